@@ -1,0 +1,68 @@
+"""All runtime settings in one place, read from `ERC_*` environment variables."""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"
+PROFILES = ("offline", "paper")
+
+
+def on_spaces() -> bool:
+    """True when running inside a Hugging Face Space."""
+    return bool(os.environ.get("SPACE_ID"))
+
+
+def _default_data_dir() -> Path:
+    # Spaces mounts persistent storage at /data; everything else keeps data beside the checkout.
+    spaces_storage = Path("/data")
+    if on_spaces() and spaces_storage.is_dir() and os.access(spaces_storage, os.W_OK):
+        return spaces_storage
+    return Path("./data")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ERC_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str | None = None
+    profile: Literal["offline", "paper"] = "offline"
+    device: str = "auto"
+    checkpoints_dir: Path = CHECKPOINTS_DIR
+    max_upload_mb: float = 200.0
+    max_video_s: float = 600.0
+    max_turns: int = 200
+    require_login: bool = Field(default_factory=on_spaces)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'erc.sqlite3').resolve()}"
+
+    @property
+    def media_dir(self) -> Path:
+        return self.data_dir / "media"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    def torch_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests that change the environment call `cache_clear`)."""
+    return Settings()

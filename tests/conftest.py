@@ -1,0 +1,47 @@
+"""Shared test setup: offline, no analytics, and real-data fixtures that skip when absent."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest
+
+SHARED_DATA = Path(os.environ.get("ERC_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def _shared(sub: str) -> Path:
+    path = SHARED_DATA / sub
+    if not path.exists():
+        pytest.skip(f"real data not present at {path} (needs ../shared beside the checkout)")
+    return path
+
+
+@pytest.fixture
+def meld_dir() -> Path:
+    return _shared("meld")
+
+
+@pytest.fixture
+def ravdess_dir() -> Path:
+    return _shared("ravdess")
+
+
+@pytest.fixture
+def fer_dir() -> Path:
+    return _shared("fer2013")
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch) -> Path:
+    """A fresh ERC data dir for settings-dependent code."""
+    from backend.settings import get_settings
+
+    monkeypatch.setenv("ERC_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("ERC_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    yield tmp_path / "data"
+    get_settings.cache_clear()
