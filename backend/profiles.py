@@ -1,0 +1,56 @@
+"""Model profiles: which encoders, checkpoints and ASR model a run uses.
+
+`offline` (default) uses small real encoders and checkpoints trained in this repository; `paper`
+uses the papers' 7-8B models, which must already be in the local Hugging Face cache or reachable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from backend.errors import InputError
+from backend.labels import MELD7
+from backend.settings import PROFILES
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    labels: tuple[str, ...]
+    asr_model: str | None
+    mister_e_checkpoint: str
+    farcer_checkpoint: str
+    face_encoder: str
+
+
+OFFLINE = Profile(
+    name="offline",
+    description="small real encoders (MiniLM, openSMILE eGeMAPS, a FER2013 CNN) and checkpoints "
+    "trained here; no network needed",
+    labels=MELD7,
+    asr_model=None,
+    mister_e_checkpoint="mister-e",
+    farcer_checkpoint="farcer",
+    face_encoder="face-encoder",
+)
+
+PAPER = Profile(
+    name="paper",
+    description="the papers' models (Qwen2.5-7B / Qwen2-Audio-7B encoders, Llama-3-8B-Instruct with "
+    "vit-face-expression, Whisper ASR); needs a GPU and the weights in the local cache",
+    labels=MELD7,
+    asr_model="openai/whisper-small",
+    mister_e_checkpoint="mister-e-paper",
+    farcer_checkpoint="farcer-paper",
+    face_encoder="trpakov/vit-face-expression",
+)
+
+_PROFILES = {p.name: p for p in (OFFLINE, PAPER)}
+assert tuple(_PROFILES) == PROFILES
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return _PROFILES[name]
+    except KeyError:
+        raise InputError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}") from None

@@ -1,0 +1,454 @@
+"""The repository API over the database: media, analyses, predictions and append-only annotations.
+
+Every method runs in its own short transaction and returns plain dicts or dataclasses, so callers
+never hold sessions or live rows. Timestamps are UTC, ISO 8601 strings.
+"""
+from __future__ import annotations
+
+import json
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.errors import InputError
+from backend.labels import normalize_label
+from backend.schema import validate_analysis
+from backend.settings import Settings, get_settings
+from backend.storage.database import WRITE_OPTION, make_engine, migrate
+from backend.storage.media import copy_hashed, media_ext, media_relpath, place
+from backend.storage.models import (
+    ANNOTATOR_MAX,
+    NOTE_MAX,
+    AnalysisRow,
+    AnnotationRow,
+    DialogueRow,
+    MediaRow,
+    ModelVersionRow,
+    PredictionRow,
+    TurnRow,
+    utc_now,
+)
+
+Row = TypeVar("Row", MediaRow, ModelVersionRow)
+
+
+@dataclass(frozen=True)
+class Media:
+    """A stored media file; `path` is inside the media dir and named by the content hash."""
+
+    sha256: str
+    path: Path
+    ext: str
+    size_bytes: int
+    created_at: str
+
+
+class SavedAnalysis(NamedTuple):
+    """Ids of what `Store.save_analysis` wrote; `turn_ids` follow the document's turn order."""
+
+    dialogue_id: int
+    turn_ids: list[int]
+
+
+def models_key(models: Mapping[str, Mapping[str, Any]]) -> str:
+    """A canonical key for a set of models shaped like a document's `models` ({slot: {name, version}})."""
+    try:
+        return json.dumps(sorted([slot, str(m["name"]), str(m["version"])] for slot, m in models.items()))
+    except (KeyError, TypeError, AttributeError):
+        raise InputError(f"models must map a slot to {{name, version}}, got {models!r}") from None
+
+
+class Store:
+    """Media files under `media_dir` and everything else in the database at `url`."""
+
+    def __init__(self, url: str, media_dir: Path) -> None:
+        self.media_dir = Path(media_dir).absolute()
+        self._engine = make_engine(url)
+        try:
+            self.schema_version = migrate(self._engine)
+        except BaseException:
+            self._engine.dispose()
+            raise
+        self._read = sessionmaker(self._engine, expire_on_commit=False)
+        writer = self._engine.execution_options(**{WRITE_OPTION: True})
+        self._write = sessionmaker(writer, expire_on_commit=False)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def add_media(self, path: str | Path) -> Media:
+        """Copy a file in under its sha256 (once per content) and record it."""
+        source = Path(path)
+        ext = media_ext(source)
+        hashed = copy_hashed(source, self.media_dir)
+        try:
+            with self._write.begin() as session:
+                row = _get_or_create(
+                    session,
+                    MediaRow,
+                    {"sha256": hashed.sha256},
+                    {"ext": ext, "size_bytes": hashed.size_bytes, "created_at": utc_now()},
+                )
+                place(hashed, self.media_dir / media_relpath(row.sha256, row.ext))
+        finally:
+            hashed.temp_path.unlink(missing_ok=True)
+        return self._media(row)
+
+    def get_media(self, sha256: str) -> Media:
+        with self._read() as session:
+            return self._media(_media_row(session, sha256))
+
+    def _media(self, row: MediaRow) -> Media:
+        path = self.media_dir / media_relpath(row.sha256, row.ext)
+        return Media(row.sha256, path, row.ext, row.size_bytes, row.created_at.isoformat())
+
+    def save_analysis(self, doc: dict, media_sha256: str, source: str = "pipeline") -> SavedAnalysis:
+        """Store an `erc.analysis/1` document with its dialogue, turns and predictions, all or nothing."""
+        validate_analysis(doc)
+        if doc["media"]["sha256"] != media_sha256:
+            raise InputError(
+                f"analysis is of media {doc['media']['sha256']!r}, not {media_sha256!r};"
+                " save it with its own media"
+            )
+        now = utc_now()
+        with self._write.begin() as session:
+            media = _media_row(session, media_sha256)
+            labels = list(doc["labels"])
+            dialogue = DialogueRow(media_id=media.id, source=source, labels=labels, created_at=now)
+            session.add(dialogue)
+            session.flush()
+            turns = [
+                TurnRow(
+                    dialogue_id=dialogue.id,
+                    index=t["index"],
+                    speaker=t["speaker"],
+                    start=t["start"],
+                    end=t["end"],
+                    text=t["text"],
+                )
+                for t in doc["turns"]
+            ]
+            session.add_all(turns)
+            session.flush()
+            versions = {
+                slot: _get_or_create(
+                    session,
+                    ModelVersionRow,
+                    {"name": str(m["name"]), "version": str(m["version"]), "profile": doc["profile"]},
+                )
+                for slot, m in doc["models"].items()
+            }
+            session.add_all(
+                _prediction_row(row.id, versions[slot].id, t[slot])
+                for row, t in zip(turns, doc["turns"])
+                for slot in versions
+                if slot in t
+            )
+            session.add(
+                AnalysisRow(
+                    media_id=media.id,
+                    dialogue_id=dialogue.id,
+                    profile=doc["profile"],
+                    models_key=models_key(doc["models"]),
+                    document=doc,
+                    created_at=now,
+                )
+            )
+        return SavedAnalysis(dialogue.id, [t.id for t in turns])
+
+    def find_analysis(
+        self, sha256: str, profile: str, models: Mapping[str, Mapping[str, Any]]
+    ) -> dict | None:
+        """The latest stored document for this media, profile and models, or None.
+
+        `models` is shaped like a document's `models`; the document comes back with `dialogue_id`
+        and a `turn_id` on each turn.
+        """
+        query = (
+            select(AnalysisRow)
+            .join(MediaRow, AnalysisRow.media_id == MediaRow.id)
+            .where(
+                MediaRow.sha256 == sha256,
+                AnalysisRow.profile == profile,
+                AnalysisRow.models_key == models_key(models),
+            )
+            .order_by(AnalysisRow.created_at.desc(), AnalysisRow.id.desc())
+            .limit(1)
+        )
+        with self._read() as session:
+            row = session.scalar(query)
+            return None if row is None else _document(session, row)
+
+    def analysis(self, dialogue_id: int) -> dict:
+        """The stored document of a dialogue (as `find_analysis` returns it)."""
+        dialogue_id = _as_id(dialogue_id, "dialogue id")
+        with self._read() as session:
+            row = session.scalar(select(AnalysisRow).where(AnalysisRow.dialogue_id == dialogue_id))
+            if row is None:
+                raise InputError(f"dialogue {dialogue_id} has no stored analysis; analyse its video again")
+            return _document(session, row)
+
+    def dialogues(self) -> list[dict]:
+        """Every stored dialogue, newest first, with turn and annotated-turn counts."""
+        n_turns = (
+            select(TurnRow.dialogue_id, func.count().label("n")).group_by(TurnRow.dialogue_id).subquery()
+        )
+        n_annotated = (
+            select(TurnRow.dialogue_id, func.count(func.distinct(AnnotationRow.turn_id)).label("n"))
+            .join(AnnotationRow, AnnotationRow.turn_id == TurnRow.id)
+            .group_by(TurnRow.dialogue_id)
+            .subquery()
+        )
+        query = (
+            select(DialogueRow, MediaRow.sha256, AnalysisRow.profile, n_turns.c.n, n_annotated.c.n)
+            .join(MediaRow, DialogueRow.media_id == MediaRow.id)
+            .outerjoin(AnalysisRow, AnalysisRow.dialogue_id == DialogueRow.id)
+            .outerjoin(n_turns, n_turns.c.dialogue_id == DialogueRow.id)
+            .outerjoin(n_annotated, n_annotated.c.dialogue_id == DialogueRow.id)
+            .order_by(DialogueRow.created_at.desc(), DialogueRow.id.desc())
+        )
+        with self._read() as session:
+            return [
+                {
+                    "dialogue_id": d.id,
+                    "media_sha256": sha,
+                    "source": d.source,
+                    "labels": list(d.labels),
+                    "profile": profile,
+                    "turns": turns or 0,
+                    "annotated_turns": annotated or 0,
+                    "created_at": d.created_at.isoformat(),
+                }
+                for d, sha, profile, turns, annotated in session.execute(query)
+            ]
+
+    def add_annotation(self, turn_id: int, label: str, annotator: str, note: str | None = "") -> dict:
+        """Append a label for a turn; it becomes the turn's current label. Invalid input writes nothing."""
+        turn_id = _as_id(turn_id, "turn id")
+        annotator = _clean_annotator(annotator)
+        note = _clean_note(note)
+        if not isinstance(label, str):
+            raise InputError(f"turn {turn_id}: the label must be text, got {type(label).__name__}")
+        with self._write.begin() as session:
+            labels = session.scalar(
+                select(DialogueRow.labels)
+                .join(TurnRow, TurnRow.dialogue_id == DialogueRow.id)
+                .where(TurnRow.id == turn_id)
+            )
+            if labels is None:
+                raise InputError(f"turn {turn_id} does not exist; reload the dialogue and try again")
+            row = AnnotationRow(
+                turn_id=turn_id,
+                annotator=annotator,
+                label=normalize_label(label, labels, where=f"turn {turn_id}"),
+                note=note,
+                created_at=utc_now(),
+            )
+            session.add(row)
+        return _annotation(row)
+
+    def history(self, turn_id: int) -> list[dict]:
+        """Every annotation of a turn, oldest first; the last one is the current label."""
+        turn_id = _as_id(turn_id, "turn id")
+        with self._read() as session:
+            if session.get(TurnRow, turn_id) is None:
+                raise InputError(f"turn {turn_id} does not exist; reload the dialogue and try again")
+            rows = session.scalars(
+                select(AnnotationRow)
+                .where(AnnotationRow.turn_id == turn_id)
+                .order_by(AnnotationRow.created_at, AnnotationRow.id)
+            )
+            return [_annotation(r) for r in rows]
+
+    def current_labels(self, dialogue_id: int) -> dict[int, str]:
+        """{turn_id: label} for the annotated turns of a dialogue (turns without annotations are absent)."""
+        dialogue_id = _as_id(dialogue_id, "dialogue id")
+        with self._read() as session:
+            if session.get(DialogueRow, dialogue_id) is None:
+                raise InputError(f"dialogue {dialogue_id} does not exist; pick one from the list")
+            latest = _latest_annotations(TurnRow.dialogue_id == dialogue_id)
+            return {turn_id: label for _, turn_id, label in session.execute(latest)}
+
+    def annotations(
+        self,
+        media_sha256: str | None = None,
+        dialogue_id: int | None = None,
+        annotator: str | None = None,
+        label: str | None = None,
+    ) -> list[dict]:
+        """Annotations, oldest first, with their turn's text, speaker, times and model predictions.
+
+        Filters combine with AND; `label` matches the stored (canonical) label exactly. Each row's
+        `is_current` says whether it is its turn's latest annotation.
+        """
+        filters = []
+        if media_sha256 is not None:
+            filters.append(MediaRow.sha256 == media_sha256)
+        if dialogue_id is not None:
+            filters.append(TurnRow.dialogue_id == _as_id(dialogue_id, "dialogue id"))
+        if annotator is not None:
+            filters.append(AnnotationRow.annotator == annotator.strip())
+        if label is not None:
+            filters.append(AnnotationRow.label == label)
+        query = _in_context(select(AnnotationRow, TurnRow, MediaRow.sha256)).where(*filters)
+        turn_ids = _in_context(select(AnnotationRow.turn_id)).where(*filters)
+        with self._read() as session:
+            rows = session.execute(query.order_by(AnnotationRow.created_at, AnnotationRow.id)).all()
+            current = {a_id for a_id, _, _ in session.execute(_latest_annotations(TurnRow.id.in_(turn_ids)))}
+            predictions = _predictions(session, turn_ids)
+        return [
+            {
+                **_annotation(a),
+                "is_current": a.id in current,
+                "dialogue_id": turn.dialogue_id,
+                "media_sha256": sha,
+                "index": turn.index,
+                "speaker": turn.speaker,
+                "start": turn.start,
+                "end": turn.end,
+                "text": turn.text,
+                "predictions": predictions.get(turn.id, {}),
+            }
+            for a, turn, sha in rows
+        ]
+
+
+def open_store(settings: Settings | None = None) -> Store:
+    """The store configured by `backend.settings` (creating the data dir)."""
+    settings = settings or get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return Store(settings.resolved_database_url, settings.media_dir)
+
+
+def _get_or_create(session: Session, model: type[Row], key: dict, values: dict | None = None) -> Row:
+    """The row matching `key`, inserted if absent; safe against a concurrent insert of the same key."""
+    query = select(model).filter_by(**key)
+    row = session.scalar(query)
+    if row is not None:
+        return row
+    try:
+        with session.begin_nested():
+            row = model(**key, **(values or {}))
+            session.add(row)
+    except IntegrityError:
+        row = session.scalar(query)
+        if row is None:
+            raise
+    return row
+
+
+def _media_row(session: Session, sha256: str) -> MediaRow:
+    row = session.scalar(select(MediaRow).where(MediaRow.sha256 == sha256))
+    if row is None:
+        raise InputError(f"media {sha256!r} is not in the store; upload the video again")
+    return row
+
+
+def _prediction_row(turn_id: int, model_version_id: int, pred: dict) -> PredictionRow:
+    extras = {k: v for k, v in pred.items() if k not in ("label", "probs")}
+    return PredictionRow(
+        turn_id=turn_id,
+        model_version_id=model_version_id,
+        label=pred["label"],
+        probs=pred["probs"],
+        extras=extras,
+    )
+
+
+def _document(session: Session, row: AnalysisRow) -> dict:
+    turn_ids = session.scalars(
+        select(TurnRow.id).where(TurnRow.dialogue_id == row.dialogue_id).order_by(TurnRow.index)
+    ).all()
+    doc = row.document
+    turns = [{**t, "turn_id": turn_id} for t, turn_id in zip(doc["turns"], turn_ids, strict=True)]
+    return {**doc, "dialogue_id": row.dialogue_id, "turns": turns}
+
+
+def _in_context(query: Select) -> Select:
+    """`query` over annotations joined to their turn, dialogue and media."""
+    return (
+        query.join(TurnRow, AnnotationRow.turn_id == TurnRow.id)
+        .join(DialogueRow, TurnRow.dialogue_id == DialogueRow.id)
+        .join(MediaRow, DialogueRow.media_id == MediaRow.id)
+    )
+
+
+def _latest_annotations(turn_filter: Any) -> Select:
+    """(annotation_id, turn_id, label) of the latest annotation of each turn matching `turn_filter`."""
+    rank = (
+        func.row_number()
+        .over(
+            partition_by=AnnotationRow.turn_id,
+            order_by=(AnnotationRow.created_at.desc(), AnnotationRow.id.desc()),
+        )
+        .label("rank")
+    )
+    ranked = (
+        select(AnnotationRow.id, AnnotationRow.turn_id, AnnotationRow.label, rank)
+        .join(TurnRow, AnnotationRow.turn_id == TurnRow.id)
+        .where(turn_filter)
+        .subquery()
+    )
+    return select(ranked.c.id, ranked.c.turn_id, ranked.c.label).where(ranked.c.rank == 1)
+
+
+def _predictions(session: Session, turn_ids: Select) -> dict[int, dict[str, dict]]:
+    """{turn_id: {model name: {version, label, probs, ...extras}}}."""
+    query = (
+        select(PredictionRow, ModelVersionRow.name, ModelVersionRow.version)
+        .join(ModelVersionRow, PredictionRow.model_version_id == ModelVersionRow.id)
+        .where(PredictionRow.turn_id.in_(turn_ids))
+    )
+    out: dict[int, dict[str, dict]] = {}
+    for p, name, version in session.execute(query):
+        pred = {"version": version, "label": p.label, "probs": p.probs, **p.extras}
+        out.setdefault(p.turn_id, {})[name] = pred
+    return out
+
+
+def _annotation(row: AnnotationRow) -> dict:
+    return {
+        "annotation_id": row.id,
+        "turn_id": row.turn_id,
+        "label": row.label,
+        "annotator": row.annotator,
+        "note": row.note,
+        "created_at": row.created_at.isoformat(),
+    }
+
+
+def _as_id(value: Any, what: str) -> int:
+    if isinstance(value, str) and value.strip().isdecimal():
+        return int(value)
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise InputError(f"{what} must be a whole number, got {value!r}") from None
+
+
+def _clean_annotator(annotator: Any) -> str:
+    name = annotator.strip() if isinstance(annotator, str) else ""
+    if not name:
+        raise InputError("annotator name is empty; enter your name or initials before saving a label")
+    if len(name) > ANNOTATOR_MAX:
+        raise InputError(f"annotator name has {len(name)} characters; use at most {ANNOTATOR_MAX}")
+    return name
+
+
+def _clean_note(note: Any) -> str:
+    if note is None:
+        return ""
+    if not isinstance(note, str):
+        raise InputError(f"the note must be text, got {type(note).__name__}")
+    note = note.strip()
+    if len(note) > NOTE_MAX:
+        raise InputError(f"the note has {len(note)} characters; shorten it to at most {NOTE_MAX}")
+    return note

@@ -1,0 +1,1 @@
+"""Corpus loaders. Each returns the shared `Dialogue`/`Turn` (or `LabelledImage`) types."""
