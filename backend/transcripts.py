@@ -32,7 +32,7 @@ _VOICE_TAG = re.compile(r"<v(?:\.[^\s>]*)?\s+([^>]+)>")
 _TAG = re.compile(r"<[^>]*>|\{\\[^}]*\}")
 _SPEAKER_PREFIX = re.compile(r"^\s*(?:-\s*)?([^\W\d_][\w.'\-]*(?: [\w.'\-]+){0,2})\s*:\s+(\S.*)$", re.DOTALL)
 
-def _check_turn(turn: Turn, where: str) -> None:
+def _check_turn(turn: Turn, where: str, require_text: bool = True) -> None:
     """Errors every source shares: missing, negative or reversed times, empty text."""
     if turn.start is None or turn.end is None:
         raise InputError(f"{where}: the start or end time is missing; give both, in seconds or hh:mm:ss,mmm")
@@ -42,7 +42,7 @@ def _check_turn(turn: Turn, where: str) -> None:
         raise InputError(
             f"{where}: the end ({turn.end:g} s) is before the start ({turn.start:g} s); swap or fix the times"
         )
-    if not turn.text:
+    if require_text and not turn.text:
         raise InputError(f"{where}: the text is empty; type what is said or delete this turn")
 
 
@@ -265,11 +265,12 @@ def read_turns(path: str | Path, dialogue_id: int | None = None) -> list[Turn]:
 
 
 def validate_turns(
-    turns: Sequence[Turn], duration_s: float | None, max_turns: int, source: str
+    turns: Sequence[Turn], duration_s: float | None, max_turns: int, source: str, require_text: bool = True
 ) -> tuple[list[Turn], list[str]]:
     """Check turns against the media; return them sorted by start, plus warnings for the user.
 
-    Errors: no turns, too many, missing/negative/reversed times, empty text, a start at or after the
+    Errors: no turns, too many, missing/negative/reversed times, empty text (unless `require_text`
+    is off, as for voice-activity turns), a start at or after the
     media end. Fixed with a warning: an end past the media end is clipped; a zero-length turn is
     widened to MIN_TURN_S (within the media) so it has audio; overlaps are listed, not changed.
     """
@@ -285,7 +286,7 @@ def validate_turns(
     checked: list[tuple[int, Turn]] = []
     for number, turn in enumerate(turns, start=1):
         where = f"{source}, turn {number}"
-        _check_turn(turn, where)
+        _check_turn(turn, where, require_text)
         start, end = turn.start, turn.end
         if duration_s is not None:
             if start >= duration_s:

@@ -1,0 +1,189 @@
+"""Video dialogue -> turns -> per-turn audio and faces -> both models -> `erc.analysis/1` JSON.
+
+    python -m backend.analyze VIDEO [--subtitles FILE | --transcript CSV] [--profile NAME] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from backend.dialogue import Turn
+from backend.errors import InputError, ModelUnavailableError
+from backend.faces import FaceResult, turn_face
+from backend.media import audio_span, load_audio, probe, sha256_file
+from backend.predictors import TurnInputs, load_predictors
+from backend.profiles import Profile, get_profile
+from backend.schema import SCHEMA, validate_analysis
+from backend.settings import Settings, get_settings
+from backend.transcripts import read_subtitles, read_turns, turns_from_table, validate_turns
+from backend.vad import vad_turns
+
+SAMPLE_RATE = 16_000
+Progress = Callable[[float, str], None]
+
+
+def _no_progress(fraction: float, stage: str) -> None:
+    pass
+
+
+def find_turns(
+    video: Path,
+    audio,
+    duration_s: float,
+    profile: Profile,
+    settings: Settings,
+    subtitles: Path | None = None,
+    transcript: Path | None = None,
+    table: Sequence | None = None,
+) -> tuple[list[Turn], list[str]]:
+    """Turns from the first source given: subtitles, transcript, table, ASR, voice activity."""
+    warnings: list[str] = []
+    if subtitles is not None:
+        turns, source = read_subtitles(subtitles), Path(subtitles).name
+    elif transcript is not None:
+        turns, source = read_turns(transcript), Path(transcript).name
+    elif table is not None:
+        turns, source = turns_from_table(table), "the transcript table"
+    elif audio is None:
+        raise InputError(
+            f"{video.name} has no audio track and no subtitles or transcript were given, so there is "
+            "nothing to find turns in; upload subtitles (SRT/VTT) or a transcript CSV"
+        )
+    elif profile.asr_model is not None:
+        from backend.asr import transcribe
+
+        turns, source = transcribe(audio, SAMPLE_RATE, profile.asr_model, settings.torch_device()), "speech recognition"
+    else:
+        turns, source = vad_turns(audio, SAMPLE_RATE), "voice activity"
+        warnings.append(
+            f"no transcript: the {profile.name!r} profile has no speech recogniser, so turns were found "
+            "by voice activity and have no text (one unknown speaker); upload subtitles (SRT/VTT) or a "
+            "transcript CSV, or type the text into the transcript table and run again"
+        )
+    turns, more = validate_turns(
+        turns, duration_s, settings.max_turns, source, require_text=source != "voice activity"
+    )
+    return turns, warnings + more
+
+
+def _face_json(face: FaceResult) -> dict:
+    return {"found": face.found, "box": [int(v) for v in face.box] if face.found else None}
+
+
+def analyze(
+    video: str | Path,
+    *,
+    subtitles: str | Path | None = None,
+    transcript: str | Path | None = None,
+    table: Sequence | None = None,
+    profile: str | None = None,
+    explain: bool = False,
+    settings: Settings | None = None,
+    progress: Progress = _no_progress,
+) -> dict:
+    """Analyse one video dialogue; returns a validated `erc.analysis/1` document."""
+    settings = settings or get_settings()
+    prof = get_profile(profile or settings.profile)
+    video = Path(video)
+    timings: dict[str, float] = {}
+
+    progress(0.0, "loading models")
+    t = time.perf_counter()
+    predictors, warnings = load_predictors(prof, settings)
+    timings["load"] = time.perf_counter() - t
+
+    start = time.perf_counter()
+    progress(0.1, "decoding")
+    info = probe(video, max_bytes=int(settings.max_upload_mb * 1e6), max_duration_s=settings.max_video_s)
+    sha = sha256_file(video)
+    audio = load_audio(video, SAMPLE_RATE) if info.has_audio else None
+    if audio is None:
+        warnings.append("the video has no audio track: speech-based experts are skipped")
+    timings["media"] = time.perf_counter() - start
+
+    progress(0.25, "turns")
+    t = time.perf_counter()
+    turns, more = find_turns(
+        video, audio, info.duration_s, prof, settings, _path(subtitles), _path(transcript), table
+    )
+    warnings += more
+    timings["turns"] = time.perf_counter() - t
+
+    progress(0.4, "faces")
+    t = time.perf_counter()
+    faces = [turn_face(video, turn.start, turn.end) for turn in turns]
+    inputs = [
+        TurnInputs(
+            audio=None if audio is None else audio_span(audio, SAMPLE_RATE, turn.start, turn.end),
+            sample_rate=SAMPLE_RATE,
+            face=face.crop if face.found else None,
+        )
+        for turn, face in zip(turns, faces)
+    ]
+    timings["features"] = time.perf_counter() - t
+
+    rows = [
+        {"index": i, "speaker": turn.speaker, "start": turn.start, "end": turn.end, "text": turn.text,
+         "face": _face_json(face)}
+        for i, (turn, face) in enumerate(zip(turns, faces))
+    ]
+    for n, predictor in enumerate(predictors):
+        progress(0.6 + 0.35 * n / max(len(predictors), 1), predictor.name)
+        t = time.perf_counter()
+        outputs, more = predictor.predict(turns, inputs, prof.labels, explain=explain)
+        warnings += more
+        for row, out in zip(rows, outputs):
+            row[predictor.key] = out
+        timings[predictor.key] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - start
+    progress(1.0, "done")
+
+    doc = {
+        "schema": SCHEMA,
+        "media": {"path": str(video), "sha256": sha, "duration_s": info.duration_s, "has_audio": info.has_audio},
+        "profile": prof.name,
+        "labels": list(prof.labels),
+        "models": {p.key: {"name": p.name, "version": p.version} for p in predictors},
+        "turns": rows,
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+        "warnings": warnings,
+    }
+    return validate_analysis(doc)
+
+
+def _path(value: str | Path | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = argparse.ArgumentParser(prog="python -m backend.analyze", description=__doc__.splitlines()[0])
+    parser.add_argument("video", type=Path)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--subtitles", type=Path, help="SRT or WebVTT file; 'Name: text' sets the speaker")
+    source.add_argument("--transcript", type=Path, help="MELD CSV or speaker,start,end,text CSV")
+    parser.add_argument("--profile", choices=("offline", "paper"), default=None)
+    parser.add_argument("--explain", action="store_true", help="include FARCER's prompt for each turn")
+    parser.add_argument("--out", type=Path, help="write the JSON here instead of printing it")
+    args = parser.parse_args(argv)
+    try:
+        doc = analyze(args.video, subtitles=args.subtitles, transcript=args.transcript,
+                      profile=args.profile, explain=args.explain)
+    except (InputError, ModelUnavailableError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    text = json.dumps(doc, indent=2, ensure_ascii=False)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
