@@ -1,7 +1,6 @@
 """Folder-per-class face images (FER2013 style): `<root>/<split>/<class>/*.jpg` or `<root>/<class>/*`."""
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,7 +83,3 @@ def load_image_folder(
         found = f"; skipped classes not in the label set: {dict(out.skipped)}" if out.skipped else ""
         raise InputError(f"{root}: no images of the classes {', '.join(labels)} found{found}; {LAYOUT}")
     return out
-
-
-def class_counts(images: list[LabelledImage]) -> dict[str, int]:
-    return dict(Counter(image.label for image in images))
