@@ -1,0 +1,185 @@
+"""Every-turn FARCER labelling: cached prefix + incremental KV cache vs re-encoding every prompt.
+
+    python -m benchmarks.farcer_incremental --turns 20 --shots 7 [--model PATH] --out FILE
+
+Without --model it uses the offline FARCER core (checkpoints_dir/farcer) when present, else a random
+Llama of a realistic small size; dialogues, examples and face vectors are synthetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from backend.dialogue import Turn
+from backend.labels import MELD7
+from models.farcer import Farcer, FarcerConfig, load_farcer_lm
+from models.farcer_prompt import Example, sample_shots
+
+SPECIAL_TOKENS = ["<unk>", "<pad>", "<s>", "<|system|>", "<|user|>", "<|assistant|>", "<|eot|>"]
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|eot|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+SPEAKERS = ("Rachel", "Ross", "Monica", "Chandler", "Joey", "Phoebe")
+WORDS = (
+    "oh my god you know what I mean this is the best day ever no way are kidding me we were on a break "
+    "could be any more wrong how you doin it is not fair why do all your coffee mugs have numbers she "
+    "can keep track that way if one of them missing where number I do not want it see look at"
+).split()
+SMALL_LLAMA = {
+    "hidden_size": 512,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 8,
+}
+
+
+def words_of(texts: Iterable[str]) -> list[str]:
+    """The words a whitespace/punctuation pre-tokenizer makes of the texts, first seen first."""
+    return list(dict.fromkeys(w for text in texts for w in re.findall(r"\w+|[^\w\s]+", text)))
+
+
+def word_tokenizer(words: Iterable[str], vocab_size: int | None = None):
+    """A word-level fast tokenizer with a chat template and an end-of-turn token (no hub needed)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    for word in words_of([" ".join(words), *MELD7]):
+        vocab.setdefault(word, len(vocab))
+    for filler in range(len(vocab), vocab_size or 0):
+        vocab[f"w{filler}"] = filler
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.add_special_tokens(SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="<|eot|>",
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def random_llama(vocab_size: int, context: int = 2048, seed: int = 0, **sizes: int):
+    """A randomly initialised Llama (fp32, eval mode); sizes are LlamaConfig fields."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, max_position_embeddings=context, tie_word_embeddings=False, **sizes
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def random_farcer(
+    config: FarcerConfig, vocab_size: int | None = None, context: int = 2048, seed: int = 0, **sizes: int
+) -> Farcer:
+    """A Farcer around a random Llama and a word tokenizer covering the synthetic dialogues."""
+    tokenizer = word_tokenizer([*WORDS, *SPEAKERS, "DIALOGUE", "EMOTION", "LABEL"], vocab_size)
+    lm = random_llama(len(tokenizer), context, seed, **sizes)
+    torch.manual_seed(seed + 1)
+    return Farcer(lm, tokenizer, config).eval()
+
+
+def synthetic_dialogue(
+    n_turns: int, image_dim: int, seed: int = 0, labels: Sequence[str] = MELD7, words: int = 12
+) -> tuple[list[Turn], list[torch.Tensor]]:
+    """Turns of random words with random gold labels, and one random face vector per turn."""
+    rng = random.Random(seed)
+    turns = [
+        Turn(
+            rng.choice(SPEAKERS),
+            None,
+            None,
+            " ".join(rng.choices(WORDS, k=rng.randint(words // 2, words))),
+            label=rng.choice(labels),
+        )
+        for _ in range(n_turns)
+    ]
+    gen = torch.Generator().manual_seed(seed)
+    return turns, list(torch.randn(n_turns, image_dim, generator=gen))
+
+
+def synthetic_pool(n: int, image_dim: int, seed: int = 0, labels: Sequence[str] = MELD7) -> list[Example]:
+    """n few-shot examples of 2-4 turns, half of them with face vectors."""
+    pool = []
+    for i in range(n):
+        turns, faces = synthetic_dialogue(2 + i % 3, image_dim, seed * 1000 + i, labels)
+        pool.append(Example(tuple(turns), tuple(faces) if i % 2 == 0 else None))
+    return pool
+
+
+def benchmark_model(path: str | None) -> tuple[Farcer, str]:
+    from backend.settings import get_settings
+
+    core = Path(path) if path else get_settings().checkpoints_dir / "farcer"
+    if path or core.is_dir():
+        return load_farcer_lm(
+            str(core), FarcerConfig(max_context=2048), device="cpu", dtype=torch.float32
+        ), str(core)
+    vocab = 8000
+    farcer = random_farcer(FarcerConfig(max_context=2048), vocab_size=vocab, **SMALL_LLAMA)
+    params = sum(p.numel() for p in farcer.lm.parameters()) / 1e6
+    return farcer, f"random Llama {params:.1f}M params (hidden 512, 6 layers, vocab {vocab}, context 2048)"
+
+
+def run(farcer: Farcer, turns: int, shots: int, seed: int = 0) -> dict:
+    dim = farcer.config.image_dim
+    dialogue, faces = synthetic_dialogue(turns, dim, seed + 1)
+    examples = sample_shots(synthetic_pool(20, dim, seed), shots, seed)
+    farcer.label_dialogue(dialogue[:2], faces[:2], farcer.encode_prefix(examples))  # warm-up
+    start = time.perf_counter()
+    prefix = farcer.encode_prefix(examples)
+    prefix_s = time.perf_counter() - start
+    incremental = farcer.label_dialogue(dialogue, faces, prefix)
+    incremental_s = time.perf_counter() - start
+    start = time.perf_counter()
+    naive = farcer.label_dialogue_naive(dialogue, faces, prefix)
+    naive_s = time.perf_counter() - start
+    return {
+        "naive_s": round(naive_s, 3),
+        "incremental_s": round(incremental_s, 3),
+        "prefix_s": round(prefix_s, 3),
+        "speedup": round(naive_s / incremental_s, 2),
+        "same_labels": naive.labels == incremental.labels,
+        "max_abs_logprob_diff": float((naive.logprobs - incremental.logprobs).abs().max()),
+        "turns": turns,
+        "shots": shots,
+        "prefix_tokens": prefix.length,
+        "warning": incremental.warning,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--shots", type=int, default=7, choices=(0, 3, 7))
+    parser.add_argument("--model", help="a Hugging Face causal LM directory (with its tokenizer)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 keeps shared boxes fair)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    torch.set_grad_enabled(False)
+    torch.set_num_threads(args.threads)
+    farcer, name = benchmark_model(args.model)
+    result = {**run(farcer, args.turns, args.shots, args.seed), "threads": args.threads, "model": name}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
