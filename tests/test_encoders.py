@@ -1,0 +1,209 @@
+"""Stage-1 encoders: pooling masks, MiniLM text encoder, paper loaders on tiny random Qwen configs,
+LoRA placement, and the offline speech features."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from backend.errors import InputError, ModelUnavailableError
+from models.encoders import (
+    SPEECH_LORA,
+    TEXT_LORA,
+    TEXT_LORA_BERT,
+    AttentiveStatsPooling,
+    HeadConfig,
+    MeanPooling,
+    SpeechUtteranceEncoder,
+    TextUtteranceEncoder,
+    apply_lora,
+    lora_dict,
+    load_speech_backbone,
+    load_text_backbone,
+    speech_inputs,
+    text_inputs,
+    text_lora_spec,
+)
+from training.speech_features import EGEMAPS_DIM, N_MELS, egemaps, logmel_stats, read_audio, speech_feature_vector
+
+SR = 16000
+
+
+def tone(freq: float, seconds: float, sr: int = SR) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def padded_pair(pool: torch.nn.Module, dim: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled output of a 5-step sequence alone, and inside a padded batch with garbage padding."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 5, dim)
+    alone = pool(x, torch.ones(1, 5, dtype=torch.bool))
+    batch = torch.full((2, 9, dim), 1e4)
+    batch[0, :5] = x[0]
+    batch[1] = torch.randn(9, dim)
+    mask = torch.zeros(2, 9, dtype=torch.bool)
+    mask[0, :5] = True
+    mask[1] = True
+    return alone[0], pool(batch, mask)[0]
+
+
+@pytest.mark.parametrize("pool", [AttentiveStatsPooling(6), MeanPooling()], ids=["attentive", "mean"])
+def test_padding_never_changes_pooled_output(pool):
+    alone, padded = padded_pair(pool)
+    torch.testing.assert_close(alone, padded, atol=1e-6, rtol=1e-6)
+
+
+def test_attentive_pooling_with_uniform_scores_is_mean_and_std():
+    pool = AttentiveStatsPooling(3)
+    torch.nn.init.zeros_(pool.score.weight)  # all scores equal -> uniform weights
+    x = torch.tensor([[[1.0, 0.0, 2.0], [3.0, 0.0, 2.0], [9.0, 9.0, 9.0]]])
+    out = pool(x, torch.tensor([[True, True, False]]))
+    mean = torch.tensor([2.0, 0.0, 2.0])
+    std = torch.tensor([1.0, 1e-5**0.5, 1e-5**0.5])  # population std, variance clamped at 1e-5
+    torch.testing.assert_close(out[0], torch.cat([mean, std]))
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_text_backbone("minilm")
+
+
+def test_minilm_text_encoder_embeds_and_ignores_padding(minilm):
+    backbone, tokenizer = minilm
+    encoder = TextUtteranceEncoder(copy.deepcopy(backbone), HeadConfig(n_labels=7, embed_dim=32)).eval()
+    with torch.no_grad():
+        alone = encoder.embed(**text_inputs(tokenizer, ["Oh my God!"]))
+        batch = encoder.embed(**text_inputs(tokenizer, ["Oh my God!", "I can't believe you just said that to her."]))
+        logits = encoder(**text_inputs(tokenizer, ["Oh my God!"]))
+    assert alone.shape == (1, 32) and logits.shape == (1, 7)
+    torch.testing.assert_close(alone[0], batch[0], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(batch[0], batch[1])
+
+
+def test_minilm_text_inputs_truncate_to_max_tokens(minilm):
+    _, tokenizer = minilm
+    inputs = text_inputs(tokenizer, ["word " * 500], max_tokens=128)
+    assert inputs["input_ids"].shape == (1, 128)
+
+
+def test_lora_on_minilm_trains_only_adapters_and_head(minilm):
+    backbone = copy.deepcopy(minilm[0])
+    spec = text_lora_spec(backbone)
+    assert spec == TEXT_LORA_BERT
+    apply_lora(backbone, **lora_dict(spec))
+    encoder = TextUtteranceEncoder(backbone, HeadConfig(n_labels=7, embed_dim=32))
+    trainable = [n for n, p in encoder.named_parameters() if p.requires_grad]
+    backbone_trainable = [n for n in trainable if n.startswith("backbone.")]
+    assert backbone_trainable and all(".lora_" in n for n in backbone_trainable)
+    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in backbone_trainable} == {"query", "value"}
+    # 6 layers x (query, value) x (A: 8x384 + B: 384x8)
+    assert sum(p.numel() for n, p in encoder.named_parameters() if n in backbone_trainable) == 6 * 2 * 2 * 8 * 384
+    assert any(n.startswith("head.") for n in trainable) and any(n.startswith("pool.") for n in trainable)
+
+
+def tiny_tokenizer():
+    """A byte-level Qwen2 tokenizer with no merges (one token per byte) plus the audio tokens."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import Qwen2Tokenizer
+
+    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
+    return Qwen2Tokenizer(vocab=vocab, merges=[], extra_special_tokens=["<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"])
+
+
+QWEN_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+
+
+def test_paper_text_loader_on_tiny_qwen2(tmp_path):
+    from transformers import Qwen2Config, Qwen2Model
+
+    tokenizer = tiny_tokenizer()
+    Qwen2Model(Qwen2Config(vocab_size=len(tokenizer), **QWEN_TEXT)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    backbone, tokenizer = load_text_backbone(str(tmp_path))
+    assert type(backbone).__name__ == "Qwen2Model" and tokenizer.pad_token == "<|endoftext|>"
+    spec = text_lora_spec(backbone)
+    assert spec == TEXT_LORA
+    apply_lora(backbone, **lora_dict(spec))
+    adapted = {n.rsplit(".", 1)[0] for n, _ in backbone.named_modules() if n.endswith(".lora_A")}
+    assert adapted == {f"layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")}
+    encoder = TextUtteranceEncoder(backbone, HeadConfig(n_labels=6, embed_dim=16)).eval()
+    with torch.no_grad():
+        batch = text_inputs(tokenizer, ["I am so happy today", "what"])
+        embedding = encoder.embed(**batch)
+        alone = encoder.embed(**text_inputs(tokenizer, ["what"]))
+    assert embedding.shape == (2, 16) and encoder(**batch).shape == (2, 6)
+    torch.testing.assert_close(embedding[1], alone[0], atol=1e-5, rtol=1e-4)  # right padding is invisible
+
+
+def test_paper_speech_loader_on_tiny_qwen2_audio(tmp_path):
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor, WhisperFeatureExtractor
+
+    tokenizer = tiny_tokenizer()
+    processor = Qwen2AudioProcessor(WhisperFeatureExtractor(feature_size=16, chunk_length=2), tokenizer)
+    config = Qwen2AudioConfig(
+        audio_config=dict(d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
+                          num_mel_bins=16, max_source_positions=100),
+        text_config=dict(model_type="qwen2", vocab_size=len(tokenizer), **QWEN_TEXT),
+        audio_token_id=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
+    )
+    Qwen2AudioForConditionalGeneration(config).save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+
+    backbone, processor = load_speech_backbone(str(tmp_path))
+    apply_lora(backbone, **lora_dict(SPEECH_LORA))
+    encoder = SpeechUtteranceEncoder(backbone, HeadConfig(n_labels=6, embed_dim=16)).eval()
+    adapted = {n.rsplit(".", 1)[0] for n, _ in backbone.named_modules() if n.endswith(".lora_A")}
+    assert adapted == {f"model.language_model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "k_proj")}
+    assert not any(p.requires_grad for p in backbone.model.audio_tower.parameters())
+
+    inputs = speech_inputs(processor, [tone(220, 1.5), tone(440, 0.3)])
+    assert inputs["attention_mask"][1].sum() < inputs["attention_mask"][0].sum()  # fewer audio tokens
+    with torch.no_grad():
+        embedding = encoder.embed(**inputs)
+        logits = encoder(**inputs)
+    assert embedding.shape == (2, 16) and logits.shape == (2, 6) and torch.isfinite(embedding).all()
+
+
+@pytest.mark.parametrize("loader", [load_text_backbone, load_speech_backbone])
+def test_absent_hub_model_is_a_clear_unavailable_error(loader):
+    with pytest.raises(ModelUnavailableError, match="not available on this machine"):
+        loader("erc-test-absent/no-such-model")
+
+
+def test_egemaps_of_a_tone_is_88_finite_values():
+    values = egemaps(tone(220, 1.0), SR)
+    assert values.shape == (EGEMAPS_DIM,) and np.isfinite(values).all()
+    short = egemaps(tone(220, 0.1), SR)  # padded to 0.5 s instead of openSMILE's NaN fill
+    assert np.isfinite(short).all() and np.count_nonzero(short) > 40
+    assert not np.allclose(values, egemaps(tone(880, 1.0), SR))
+
+
+def test_logmel_stats_peak_follows_the_tone():
+    low, high = logmel_stats(tone(300, 1.0), SR), logmel_stats(tone(3000, 1.0), SR)
+    assert low.shape == (2 * N_MELS,)
+    assert np.argmax(high[:N_MELS]) > np.argmax(low[:N_MELS]) + 5
+
+
+def test_speech_feature_vector_is_nan_safe():
+    noisy = tone(220, 1.0)
+    noisy[100:200] = np.nan
+    vector = speech_feature_vector(noisy, SR)
+    assert vector.shape == (EGEMAPS_DIM + 2 * N_MELS,) and np.isfinite(vector).all()
+    assert np.isfinite(speech_feature_vector(np.zeros(SR // 4, np.float32), SR)).all()
+
+
+def test_read_audio_mixes_to_mono_and_reports_bad_files(tmp_path):
+    stereo = np.stack([tone(220, 0.5), np.zeros(SR // 2, np.float32)], axis=1)
+    sf.write(tmp_path / "clip.flac", stereo, SR)
+    audio, sr = read_audio(tmp_path / "clip.flac")
+    assert sr == SR and audio.shape == (SR // 2,)
+    np.testing.assert_allclose(audio, stereo.mean(axis=1), atol=1e-4)
+    with pytest.raises(InputError, match="does not exist"):
+        read_audio(tmp_path / "missing.wav")
+    (tmp_path / "junk.wav").write_bytes(b"not audio at all")
+    with pytest.raises(InputError, match="cannot decode audio"):
+        read_audio(tmp_path / "junk.wav")
