@@ -9,6 +9,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import pytest
+import torch
+
+# The suite's models are tiny: one thread is faster than two fighting over a 2-core CI machine.
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(os.environ.get("ERC_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
