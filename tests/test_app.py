@@ -1,35 +1,176 @@
-"""The app starts offline and serves its page and the analyze endpoint."""
-import socket
-import urllib.request
+"""The page's pieces without a server: results table, subtitle track, teaching view, charts, annotation."""
 
+from __future__ import annotations
+
+import copy
+
+import gradio as gr
 import pytest
+
+from backend.service import Service
+from backend.settings import Settings
+from tests.app_helpers import FarcerDouble, MisterEDouble, install, write_dialogue
+from ui import charts
+from ui.annotate import HOTKEYS_JS, LABEL_ID, NEXT_ID, PREV_ID, SAVE_ID, Annotate
+from ui.callbacks import Analysis
+from ui.layout import build_app, launch_options
+from ui.results import model_status_html, predictions_vtt, results_table, teaching_html
+
+EVIL = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(scope="module")
+def dialogue(tmp_path_factory):
+    return write_dialogue(tmp_path_factory.mktemp("dialogue"))
 
 
 @pytest.fixture
-def running_app(data_dir):
-    from ui.app import build_app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = build_app()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}"
-    demo.close()
+def service(tmp_path):
+    service = Service.open(Settings(data_dir=tmp_path / "data"))
+    yield service
+    service.close()
 
 
-def test_app_serves_page_and_api(running_app):
-    page = urllib.request.urlopen(running_app, timeout=30).read().decode()
-    assert "ERC Studio" in page
-    from gradio_client import Client
-
-    api = Client(running_app, verbose=False).view_api(print_info=False, return_format="dict")
-    assert "/analyze" in api["named_endpoints"]
+@pytest.fixture
+def doc(service, dialogue, monkeypatch):
+    install(monkeypatch, MisterEDouble(), FarcerDouble())
+    return service.analyze(*dialogue)
 
 
-def test_model_status_names_unavailable_models():
-    from ui.app import model_status_markdown
+@pytest.fixture
+def doc_without_farcer(service, dialogue, monkeypatch):
+    install(monkeypatch, MisterEDouble(), None)
+    return service.analyze(*dialogue)
 
-    text = model_status_markdown("offline")
-    assert "`mister_e`" in text and "`farcer`" in text
-    assert "Profile `offline`" in text
+
+def test_results_table_compares_both_models_and_shows_human_labels(doc):
+    human = {doc["turns"][1]["turn_id"]: "anger"}
+    table = results_table(doc, human)
+    first = table.iloc[0]
+    assert list(table["speaker"]) == ["Rachel", "Ross", "Rachel"]
+    assert (first["MiSTER-E"], first["FARCER"], first["agree"]) == ("neutral", "neutral", "yes")
+    assert first["gate speech/text/cross"] == "0.50/0.20/0.30"
+    assert first["FARCER conf."] == pytest.approx(0.6)
+    assert table.iloc[1]["agree"] == "no" and list(table["human"]) == ["", "anger", ""]
+    assert first["time"] == "0:00.3–0:01.5"
+
+
+def test_a_missing_model_says_why(doc_without_farcer):
+    doc = doc_without_farcer
+    assert set(results_table(doc)["FARCER"]) == {"n/a"} and set(results_table(doc)["agree"]) == {"n/a"}
+    status = model_status_html(doc)
+    assert "MiSTER-E</b>: mister-e-double test-1" in status
+    assert "FARCER</b>: not available: FARCER is not available" in status
+    assert "not available: FARCER" in teaching_html(doc, 0)
+    assert "not available" in charts.probability_timelines(doc).layout.annotations[-1].text
+
+
+def test_subtitle_track_carries_the_predictions(doc):
+    doc = copy.deepcopy(doc)
+    doc["turns"][0]["text"] = "a --> b & <i>"
+    vtt = predictions_vtt(doc).split("\n")
+    assert vtt[0] == "WEBVTT"
+    assert vtt[2:5] == [
+        "00:00:00.300 --> 00:00:01.500",
+        "Rachel: a --&gt; b &amp; &lt;i&gt;",
+        "MiSTER-E neutral 50% · FARCER neutral 60%",
+    ]
+    assert sum("-->" in line for line in vtt) == 3
+
+
+def test_teaching_view_explains_both_models_and_escapes_text(doc):
+    doc = copy.deepcopy(doc)
+    doc["turns"][2]["speaker"] = EVIL
+    view = teaching_html(doc, 2)
+    assert EVIL not in view and "&lt;img src=x" in view
+    assert view.count("class='image-slot'") == 3, "one face slot per turn of the prompt"
+    assert "Past labels used: Rachel: neutral, Ross: anger" in view
+    assert "0.50 × " in view and "gate × vote for surprise" in view
+
+
+def test_charts(doc, doc_without_farcer):
+    gate = charts.gate_chart(doc)
+    assert [t.name for t in gate.data] == ["speech", "text", "cross"] and gate.layout.barmode == "stack"
+    assert list(gate.data[1].y) == [0.2, 0.2, 0.2]
+    timelines = charts.probability_timelines(doc)
+    assert [len(t.z) for t in timelines.data] == [7, 7] and len(timelines.data[0].z[0]) == 3
+    votes = charts.turn_distributions(doc, 1)
+    assert [t.name for t in votes.data] == [
+        "speech expert",
+        "text expert",
+        "cross expert",
+        "MiSTER-E",
+        "FARCER",
+    ]
+    assert len(charts.turn_distributions(doc_without_farcer, 1).data) == 4
+    confusion = charts.confusion_chart([[1, 0], [2, 3]], ["joy", "fear"], EVIL, "humans")
+    assert EVIL not in confusion.layout.title.text
+
+
+def test_turn_views_and_stepping(doc, service):
+    analysis, annotate = Analysis(service), Annotate(service)
+    votes, face, view = analysis.turn_views(doc, 1)
+    assert face is not None and face.ndim == 3 and "Turn 1" in view and votes.data
+    assert analysis.turn_views(doc, 7) == (None, None, "")
+    assert (annotate.next(doc, 2), annotate.previous(doc, 0), annotate.next(doc, 0)) == (2, 0, 1)
+    assert annotate.turn_state(doc, 1) == ("<p>No human label yet.</p>", "joy")
+
+
+def test_saving_needs_a_login_when_required(doc, service):
+    annotate = Annotate(service)
+    service.settings.require_login = True
+    with pytest.raises(gr.Error, match="Hugging Face login"):
+        annotate.save(doc, 0, "joy", "", "typed name", None)
+    assert service.history(doc["turns"][0]["turn_id"]) == []
+    service.settings.require_login = False
+    history, table, note = annotate.save(doc, 0, "fear", "n", "ann", None)
+    assert "<b>fear</b> by ann" in history and table.iloc[0]["human"] == "fear" and note == ""
+    history, table, note, label = annotate.accept_farcer(doc, 1, "", "ann", None)
+    assert label == doc["turns"][1]["farcer"]["label"] and table.iloc[1]["human"] == label
+    assert annotate.turn_state(doc, 1)[1] == label
+
+
+def test_page_wires_hotkeys_endpoints_and_limits(service):
+    demo = build_app(service)
+    config = demo.get_config_file()
+    ids = {c["props"].get("elem_id") for c in config["components"]}
+    assert {LABEL_ID, SAVE_ID, NEXT_ID, PREV_ID} <= ids
+    for element in (LABEL_ID, SAVE_ID, NEXT_ID, PREV_ID):
+        assert f"#{element}" in HOTKEYS_JS
+    named = {d["api_name"] for d in config["dependencies"] if d.get("api_visibility") == "public"}
+    assert named == {"analyze", "save_correction", "export_corrections"}
+    assert config["analytics_enabled"] is False
+    options = launch_options(service.settings)
+    assert options["max_file_size"] == "200mb" and options["head"] == HOTKEYS_JS
+    assert options["allowed_paths"] == [str(service.settings.data_dir.resolve())]
+
+
+def test_analyse_and_rerun_with_an_edited_transcript(service, dialogue, monkeypatch):
+    install(monkeypatch, MisterEDouble(), FarcerDouble())
+    analysis = Analysis(service)
+    doc, player, status, notes, table, gate, timelines, picker, transcript = analysis.run(
+        *dialogue, "offline"
+    )
+    assert player.subtitles["path"].endswith(f"dialogue-{doc['dialogue_id']}.vtt") and len(table) == 3
+    assert list(transcript.columns) == ["speaker", "start", "end", "text"] and picker.value == 0
+    transcript.loc[1, "text"] = "Oh, hello <b>there</b>!"
+    edited = analysis.rerun(doc, transcript, "offline")[0]
+    assert not edited["reused"] and edited["dialogue_id"] != doc["dialogue_id"]
+    assert [t["text"] for t in edited["turns"]] == [
+        "Hi & welcome.",
+        "Oh, hello <b>there</b>!",
+        "How are you?",
+    ]
+    assert "&lt;b&gt;there" in teaching_html(edited, 1)
+    assert "Reopened from the database" in analysis.reopen(doc["dialogue_id"])[3]
+    with pytest.raises(gr.Error, match="no video was given"):
+        analysis.run(None, None, "offline")
+
+
+def test_profile_status_before_any_analysis(service, monkeypatch):
+    from ui.callbacks import profile_status_html
+
+    install(monkeypatch, MisterEDouble(), None)
+    status = profile_status_html("offline", service)
+    assert "<li>mister_e: ready</li>" in status
+    assert "<li>farcer: not available: FARCER is not available in the &#x27;offline&#x27; profile" in status

@@ -1,0 +1,152 @@
+"""The app's use cases over the analysis pipeline and the store; the UI and the API call only these.
+
+An analysis is stored with its media (under the media's hash) and found again, without running the
+models, when the same media is analysed with the same profile, model versions and turn source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from backend import exports
+from backend.agreement import agreement_report
+from backend.analyze import Progress, analyze
+from backend.errors import InputError
+from backend.media import probe, sha256_file
+from backend.predictors import load_predictors
+from backend.profiles import get_profile
+from backend.settings import Settings, get_settings
+from backend.storage import Store, open_store
+
+TRANSCRIPT_SUFFIXES = (".csv",)
+
+
+def _no_progress(fraction: float, stage: str) -> None:
+    pass
+
+
+def turn_source(subtitles: str | Path | None, table: Sequence | None) -> dict:
+    """What the turns come from, fingerprinted: a stored analysis is reused only for the same source."""
+    if subtitles is not None:
+        path = Path(subtitles)
+        kind = "transcript" if path.suffix.lower() in TRANSCRIPT_SUFFIXES else "subtitles"
+        return {"kind": kind, "sha256": sha256_file(path)}
+    if table is not None:
+        rows = table.values.tolist() if hasattr(table, "values") else [list(r) for r in table]
+        text = json.dumps(rows, default=str, ensure_ascii=False)
+        return {"kind": "table", "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    return {"kind": "media", "sha256": None}
+
+
+def resolve_annotator(typed_name: str | None, username: str | None, require_login: bool) -> str:
+    """Who is saving: the logged-in user when there is one, else the typed name unless login is required."""
+    if username:
+        return username
+    if require_login:
+        raise InputError("saving labels needs a Hugging Face login here; press 'Sign in with Hugging Face'")
+    if not (typed_name or "").strip():
+        raise InputError("annotator name is empty; enter your name or initials before saving a label")
+    return typed_name.strip()
+
+
+@dataclass
+class Service:
+    store: Store
+    settings: Settings
+
+    @classmethod
+    def open(cls, settings: Settings | None = None) -> "Service":
+        settings = settings or get_settings()
+        return cls(open_store(settings), settings)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def analyze(
+        self,
+        video: str | Path | None,
+        subtitles: str | Path | None = None,
+        table: Sequence | None = None,
+        profile: str | None = None,
+        progress: Progress = _no_progress,
+    ) -> dict:
+        """Analyse and store a video, or reopen its stored analysis; the `erc.analysis/1` document plus
+        `dialogue_id`, a `turn_id` per turn, `turn_source` and `reused` (True when nothing was run)."""
+        if not video:
+            raise InputError("no video was given; upload a video dialogue (MP4, MKV, MOV, WebM or AVI)")
+        prof = get_profile(profile or self.settings.profile)
+        probe(
+            video, max_bytes=int(self.settings.max_upload_mb * 1e6), max_duration_s=self.settings.max_video_s
+        )
+        source = turn_source(subtitles, table)
+        media = self.store.add_media(video)
+        predictors, _ = load_predictors(prof, self.settings)
+        models = {p.key: {"name": p.name, "version": p.version} for p in predictors}
+        found = self.store.find_analysis(media.sha256, prof.name, models)
+        if found is not None and found.get("turn_source") == source:
+            progress(1.0, "reopened from the database")
+            return {**found, "reused": True}
+        is_transcript = source["kind"] == "transcript"
+        doc = analyze(
+            media.path,
+            subtitles=None if is_transcript else subtitles,
+            transcript=subtitles if is_transcript else None,
+            table=table,
+            profile=prof.name,
+            explain=True,
+            settings=self.settings,
+            progress=progress,
+        )
+        doc["turn_source"] = source
+        saved = self.store.save_analysis(doc, media.sha256, source=source["kind"])
+        turns = [{**t, "turn_id": turn_id} for t, turn_id in zip(doc["turns"], saved.turn_ids, strict=True)]
+        return {**doc, "dialogue_id": saved.dialogue_id, "turns": turns, "reused": False}
+
+    def reopen(self, dialogue_id: int) -> dict:
+        return {**self.store.analysis(dialogue_id), "reused": True}
+
+    def dialogues(self) -> list[dict]:
+        return self.store.dialogues()
+
+    def human_labels(self, dialogue_id: int) -> dict[int, str]:
+        return self.store.current_labels(dialogue_id)
+
+    def history(self, turn_id: int) -> list[dict]:
+        return self.store.history(turn_id)
+
+    def save_correction(self, turn_id: int, label: str, annotator: str, note: str | None = "") -> dict:
+        """`{annotation_id, turn_id, label, annotator, note, created_at}`; bad input writes nothing."""
+        return self.store.add_annotation(turn_id, label, annotator, note)
+
+    def annotations(
+        self, dialogue_id: int | None = None, annotator: str | None = None, label: str | None = None
+    ) -> list[dict]:
+        return self.store.annotations(
+            dialogue_id=dialogue_id, annotator=annotator or None, label=label or None
+        )
+
+    def agreement(
+        self, dialogue_id: int | None = None, annotator: str | None = None, label: str | None = None
+    ) -> dict:
+        rows = self.annotations(dialogue_id, annotator, label)
+        return agreement_report(rows, get_profile(self.settings.profile).labels)
+
+    def export(
+        self, fmt: str, dialogue_id: int | None = None, annotator: str | None = None, label: str | None = None
+    ) -> Path:
+        """Write the (filtered) corrections as `meld_csv` or `jsonl` under the data dir; the file's path."""
+        if fmt not in exports.FORMATS:
+            raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(exports.FORMATS)}")
+        rows = self.annotations(dialogue_id, annotator, label)
+        text = exports.meld_csv(rows) if fmt == "meld_csv" else exports.jsonl(rows)
+        folder = self.settings.data_dir / "exports"
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        path = folder / f"corrections-{stamp}.{'csv' if fmt == 'meld_csv' else 'jsonl'}"
+        path.write_text(text, encoding="utf-8")
+        return path.resolve()

@@ -1,0 +1,111 @@
+"""For the app tests: instant deterministic doubles of the two models, their registration, and a
+generated subtitled dialogue video."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from backend import predictors
+from backend.dialogue import Turn
+from backend.predictors import TurnInputs
+from backend.synthetic_media import make_dialogue_video
+
+TURNS = [(0.3, 1.5), (2.0, 3.4), (4.0, 5.2)]
+SRT = """1
+00:00:00,300 --> 00:00:01,500
+Rachel: Hi & welcome.
+
+2
+00:00:02,000 --> 00:00:03,400
+Ross: Oh, hello!
+
+3
+00:00:04,000 --> 00:00:05,200
+Rachel: How are you?
+"""
+
+
+def peaked(labels: tuple[str, ...], k: int, top: float = 0.55) -> dict[str, float]:
+    """A distribution with `top` on labels[k % n] and the rest shared evenly."""
+    rest = (1 - top) / (len(labels) - 1)
+    return {label: (top if j == k % len(labels) else rest) for j, label in enumerate(labels)}
+
+
+def _argmax(probs: dict[str, float]) -> str:
+    return max(probs, key=probs.get)
+
+
+@dataclass
+class MisterEDouble:
+    version: str = "test-1"
+    key: str = "mister_e"
+    name: str = "mister-e-double"
+    calls: int = 0
+
+    def predict(
+        self, turns: list[Turn], inputs: list[TurnInputs], labels: tuple[str, ...], explain: bool = False
+    ):
+        self.calls += 1
+        outputs = []
+        for i, inp in enumerate(inputs):
+            experts = {
+                "speech": peaked(labels, i) if inp.audio is not None else None,
+                "text": peaked(labels, i + 1, 0.4),
+                "cross": peaked(labels, i, 0.7),
+            }
+            gate = (
+                {"speech": 0.5, "text": 0.2, "cross": 0.3}
+                if inp.audio is not None
+                else {"speech": 0.0, "text": 0.4, "cross": 0.6}
+            )
+            probs = {
+                label: sum(gate[e] * experts[e][label] for e in experts if experts[e] is not None)
+                for label in labels
+            }
+            outputs.append({"label": _argmax(probs), "probs": probs, "gate": gate, "experts": experts})
+        return outputs, []
+
+
+@dataclass
+class FarcerDouble:
+    version: str = "test-1"
+    key: str = "farcer"
+    name: str = "farcer-double"
+    calls: int = 0
+
+    def predict(
+        self, turns: list[Turn], inputs: list[TurnInputs], labels: tuple[str, ...], explain: bool = False
+    ):
+        self.calls += 1
+        outputs, lines = [], []
+        for i, turn in enumerate(turns):
+            probs = peaked(labels, 3 * i, 0.6)
+            out = {"label": _argmax(probs), "probs": probs}
+            current = f"{turn.speaker}: <image:face> {turn.text}"
+            if explain:
+                out["prompt"] = "SYSTEM:\nLabel the last turn.\n\nUSER:\nDIALOGUE:\n" + "\n".join(
+                    [*lines, f"{current} {turn.speaker}'s EMOTION LABEL:"]
+                )
+            lines.append(f"{current} ({turn.speaker}'s current emotion: {out['label']})")
+            outputs.append(out)
+        return outputs, []
+
+
+def install(monkeypatch, mister_e: MisterEDouble | None = None, farcer: FarcerDouble | None = None):
+    """Register the doubles (None leaves that model unavailable) and forget loaded models."""
+    predictors.predictor_loaders()  # the real models register on first use: let them, then replace them
+    monkeypatch.setattr(predictors, "PREDICTOR_LOADERS", {})
+    for double in (mister_e, farcer):
+        if double is not None:
+            predictors.PREDICTOR_LOADERS[double.key] = lambda profile, settings, d=double: d
+    monkeypatch.setattr(predictors, "_CACHE", {})
+    return mister_e, farcer
+
+
+def write_dialogue(folder: Path) -> tuple[Path, Path]:
+    """A 6 s, 3-turn, two-speaker video and its SRT."""
+    video = make_dialogue_video(folder / "talk.mp4", TURNS, size=(320, 180), duration_s=6.0)
+    subtitles = folder / "talk.srt"
+    subtitles.write_text(SRT, encoding="utf-8")
+    return video, subtitles

@@ -1,0 +1,133 @@
+"""Gradio handlers of annotation: step through turns, pick and save labels, show a turn's history.
+
+Keyboard: 1-7 pick a label, j/k next/previous turn, Enter saves (not while typing in a field).
+"""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+import pandas as pd
+
+from backend.errors import InputError
+from backend.service import Service, resolve_annotator
+from ui.callbacks import user_error
+from ui.results import MODEL_TITLES, results_table
+
+LABEL_ID, SAVE_ID, NEXT_ID, PREV_ID = "label-choice", "save-label", "next-turn", "prev-turn"
+
+HOTKEYS_JS = f"""
+<script>
+document.addEventListener("keydown", (event) => {{
+  const target = event.target;
+  const field = ["INPUT", "TEXTAREA", "SELECT"].includes(target && target.tagName);
+  const typing = target && (target.isContentEditable || field)
+    && !(target.tagName === "INPUT" && target.type === "radio");
+  if (typing || event.ctrlKey || event.metaKey || event.altKey) return;
+  const click = (selector) => {{
+    const element = document.querySelector(selector);
+    if (element) {{ element.click(); event.preventDefault(); }}
+  }};
+  if (/^[1-9]$/.test(event.key)) {{
+    const options = document.querySelectorAll("#{LABEL_ID} input[type=radio]");
+    const option = options[Number(event.key) - 1];
+    if (option) {{ option.click(); event.preventDefault(); }}
+  }} else if (event.key === "j") click("#{NEXT_ID}");
+  else if (event.key === "k") click("#{PREV_ID}");
+  else if (event.key === "Enter") click("#{SAVE_ID}");
+}});
+</script>
+"""
+
+
+def history_html(rows: list[dict]) -> str:
+    """A turn's labels, oldest first; the last one is current."""
+    if not rows:
+        return "<p>No human label yet.</p>"
+    items = "".join(
+        f"<li>{html.escape(r['created_at'][:19].replace('T', ' '))} · <b>{html.escape(r['label'])}</b> by "
+        f"{html.escape(r['annotator'])}{' — ' + html.escape(r['note']) if r['note'] else ''}</li>"
+        for r in rows
+    )
+    return f"<ol class='history'>{items}</ol>"
+
+
+class Annotate:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def turn_state(self, doc: dict | None, index: int | None) -> tuple[str, str | None]:
+        """(history, the label to preselect: the human label, else MiSTER-E's, else FARCER's)."""
+        if not doc or index is None or not 0 <= index < len(doc["turns"]):
+            return "", None
+        turn = doc["turns"][index]
+        rows = self.service.history(turn["turn_id"])
+        if rows:
+            return history_html(rows), rows[-1]["label"]
+        model_labels = [turn[key]["label"] for key in MODEL_TITLES if key in turn]
+        return history_html(rows), next(iter(model_labels), None)
+
+    def step(self, doc: dict | None, index: int | None, delta: int) -> int | None:
+        if not doc or not doc["turns"]:
+            return None
+        return min(max((index or 0) + delta, 0), len(doc["turns"]) - 1)
+
+    def next(self, doc: dict | None, index: int | None) -> int | None:
+        return self.step(doc, index, 1)
+
+    def previous(self, doc: dict | None, index: int | None) -> int | None:
+        return self.step(doc, index, -1)
+
+    def save(
+        self,
+        doc: dict | None,
+        index: int | None,
+        label: str | None,
+        note: str,
+        name: str,
+        profile: gr.OAuthProfile | None,
+    ) -> tuple[str, pd.DataFrame, str]:
+        """Save a label for the selected turn; (history, refreshed results table, cleared note)."""
+        if not doc or index is None:
+            raise gr.Error("Analyse a video and select a turn before saving a label.")
+        if not label:
+            raise gr.Error("Pick a label first (keys 1-7).")
+        turn = doc["turns"][index]
+        try:
+            annotator = resolve_annotator(
+                name, profile.username if profile else None, self.service.settings.require_login
+            )
+            self.service.save_correction(turn["turn_id"], label, annotator, note)
+        except InputError as exc:
+            raise user_error(exc) from None
+        gr.Info(f"Saved {label} for turn {turn['index']}.")
+        human = self.service.human_labels(doc["dialogue_id"])
+        return history_html(self.service.history(turn["turn_id"])), results_table(doc, human), ""
+
+    def accept(
+        self,
+        doc: dict | None,
+        index: int | None,
+        key: str,
+        note: str,
+        name: str,
+        profile: gr.OAuthProfile | None,
+    ) -> tuple[str, pd.DataFrame, str, str]:
+        """Save a model's label as the human label; also returns it for the label picker."""
+        if not doc or index is None:
+            raise gr.Error("Analyse a video and select a turn first.")
+        pred = doc["turns"][index].get(key)
+        if pred is None:
+            raise gr.Error(f"{MODEL_TITLES[key]} has no label for this turn (not available).")
+        return (*self.save(doc, index, pred["label"], note, name, profile), pred["label"])
+
+    def accept_mister_e(
+        self, doc: dict | None, index: int | None, note: str, name: str, profile: gr.OAuthProfile | None
+    ) -> tuple[str, pd.DataFrame, str, str]:
+        return self.accept(doc, index, "mister_e", note, name, profile)
+
+    def accept_farcer(
+        self, doc: dict | None, index: int | None, note: str, name: str, profile: gr.OAuthProfile | None
+    ) -> tuple[str, pd.DataFrame, str, str]:
+        return self.accept(doc, index, "farcer", note, name, profile)

@@ -1,0 +1,153 @@
+"""Gradio handlers of the analysis side: analyse, re-run with an edited transcript, reopen, show a turn.
+
+Handlers are bound methods (Gradio reads their type hints to inject gr.Progress and friends); their
+annotations must resolve at runtime.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from backend.errors import InputError, ModelUnavailableError
+from backend.predictors import predictor_loaders
+from backend.profiles import get_profile
+from backend.service import Service
+from ui import charts
+from ui.results import (
+    face_crop,
+    model_status_html,
+    predictions_vtt,
+    results_table,
+    teaching_html,
+    turn_choices,
+    warnings_html,
+)
+
+TRANSCRIPT_COLUMNS = ["speaker", "start", "end", "text"]
+VIEW_COUNT = 9  # the outputs of `Analysis.views`
+
+
+def user_error(exc: Exception) -> gr.Error:
+    """A toast for a user-facing error (the message says what to do)."""
+    return gr.Error(html.escape(str(exc), quote=False))
+
+
+def profile_status_html(profile_name: str, service: Service) -> str:
+    """Before any analysis: one line per model, ready or why not (the loaders' own messages)."""
+    profile = get_profile(profile_name)
+    lines = [f"<p><b>Profile {html.escape(profile.name)}</b>: {html.escape(profile.description)}</p><ul>"]
+    for key, loader in predictor_loaders().items():
+        try:
+            loader(profile, service.settings)
+            lines.append(f"<li>{key}: ready</li>")
+        except ModelUnavailableError as exc:
+            lines.append(f"<li>{key}: not available: {html.escape(str(exc))}</li>")
+    return "".join(lines) + "</ul>"
+
+
+def transcript_frame(doc: dict) -> pd.DataFrame:
+    rows = [[t["speaker"], t["start"], t["end"], t["text"]] for t in doc["turns"]]
+    return pd.DataFrame(rows, columns=TRANSCRIPT_COLUMNS)
+
+
+class Analysis:
+    """Analyse, reopen and display analyses; every handler returns `views(doc)`."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def profile_status(self, profile: str) -> str:
+        return profile_status_html(profile, self.service)
+
+    def subtitle_file(self, doc: dict) -> Path:
+        folder = self.service.settings.cache_dir / "subtitles"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"dialogue-{doc['dialogue_id']}.vtt"
+        path.write_text(predictions_vtt(doc), encoding="utf-8")
+        return path
+
+    def views(self, doc: dict) -> tuple:
+        """(doc, player, status, warnings, table, gate chart, timelines, turn picker, transcript)."""
+        human = self.service.human_labels(doc["dialogue_id"])
+        player = gr.Video(value=doc["media"]["path"], subtitles=str(self.subtitle_file(doc)))
+        picker = gr.Dropdown(choices=turn_choices(doc), value=0 if doc["turns"] else None)
+        return (
+            doc,
+            player,
+            model_status_html(doc),
+            warnings_html(doc),
+            results_table(doc, human),
+            charts.gate_chart(doc),
+            charts.probability_timelines(doc),
+            picker,
+            transcript_frame(doc),
+        )
+
+    def run(self, video: str | None, subtitles: str | None, profile: str, progress=gr.Progress()) -> tuple:
+        return self._analyze(video, subtitles, None, profile, progress)
+
+    def rerun(
+        self, doc: dict | None, transcript: pd.DataFrame, profile: str, progress=gr.Progress()
+    ) -> tuple:
+        if not doc:
+            raise gr.Error("Analyse a video first; then edit its transcript here and run again.")
+        return self._analyze(doc["media"]["path"], None, transcript, profile, progress)
+
+    def _analyze(self, video, subtitles, table, profile: str, progress) -> tuple:
+        try:
+            doc = self.service.analyze(
+                video,
+                subtitles=subtitles,
+                table=table,
+                profile=profile,
+                progress=lambda fraction, stage: progress(fraction, desc=stage),
+            )
+        except (InputError, ModelUnavailableError) as exc:
+            raise user_error(exc) from None
+        return self.views(doc)
+
+    def reopen(self, dialogue_id: int | None) -> tuple:
+        if dialogue_id is None:
+            raise gr.Error("Pick a stored analysis first.")
+        try:
+            return self.views(self.service.reopen(dialogue_id))
+        except InputError as exc:
+            raise user_error(exc) from None
+
+    def from_link(self, request: gr.Request) -> tuple:
+        """Open `?dialogue=<id>` when the page is loaded with it (a link to a stored analysis)."""
+        dialogue_id = request.query_params.get("dialogue")
+        if dialogue_id is None:
+            return tuple(gr.skip() for _ in range(VIEW_COUNT))
+        return self.reopen(dialogue_id)
+
+    def stored(self) -> gr.Dropdown:
+        """The picker of stored analyses, newest first."""
+        choices = [
+            (
+                f"#{d['dialogue_id']} · {d['created_at'][:16]} · {d['turns']} turns, "
+                f"{d['annotated_turns']} labelled"
+                f" · {d['media_sha256'][:10]}",
+                d["dialogue_id"],
+            )
+            for d in self.service.dialogues()
+        ]
+        return gr.Dropdown(choices=choices, value=None)
+
+    def turn_views(
+        self, doc: dict | None, index: int | None
+    ) -> tuple[go.Figure | None, np.ndarray | None, str]:
+        """For the selected turn: the votes chart, FARCER's face crop and the teaching view."""
+        if not doc or index is None or not 0 <= index < len(doc["turns"]):
+            return None, None, ""
+        return charts.turn_distributions(doc, index), face_crop(doc, index), teaching_html(doc, index)
+
+    def pick_row(self, evt: gr.SelectData) -> int:
+        """A click in the results table selects that row's turn."""
+        return int(evt.index[0])

@@ -1,0 +1,113 @@
+"""Gradio handlers of the corrections view: filter, agreement with confusion matrices, export."""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+import pandas as pd
+import plotly.graph_objects as go
+
+from backend.errors import InputError
+from backend.service import Service
+from ui import charts
+from ui.callbacks import user_error
+
+CORRECTION_COLUMNS = ["time", "dialogue", "turn", "speaker", "text", "annotator", "label", "note", "current"]
+
+
+def _kappa(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
+
+
+def agreement_html(report: dict) -> str:
+    """Kappas as a small HTML report (names escaped)."""
+    parts = [f"<p>{report['turns']} labelled turns, {len(report['annotators'])} annotators.</p>"]
+    if report["pairs"]:
+        rows = "".join(
+            f"<tr><td>{html.escape(p['a'])}</td><td>{html.escape(p['b'])}</td><td>{p['n']}</td>"
+            f"<td>{_kappa(p['kappa'])}</td></tr>"
+            for p in report["pairs"]
+        )
+        parts.append(
+            f"<h5>Cohen's kappa</h5><table><tr><th>a</th><th>b</th><th>shared turns</th>"
+            f"<th>kappa</th></tr>{rows}</table>"
+        )
+    else:
+        parts.append("<p>Cohen's kappa needs two annotators who labelled the same turns.</p>")
+    if report["fleiss"] is not None:
+        fleiss = report["fleiss"]
+        parts.append(
+            f"<h5>Fleiss' kappa</h5><p>{_kappa(fleiss['kappa'])} over {fleiss['n']} turns with "
+            f"two or more of the {len(fleiss['annotators'])} annotators.</p>"
+        )
+    if report["models"]:
+        rows = "".join(
+            f"<tr><td>{html.escape(m['a'])}</td><td>{m['n']}</td><td>{_kappa(m['kappa'])}</td>"
+            f"<td>{'' if m['agreement'] is None else format(m['agreement'], '.1%')}</td></tr>"
+            for m in report["models"]
+        )
+        parts.append(
+            "<h5>Models vs the humans' current labels</h5><table><tr><th>model</th><th>turns</th>"
+            f"<th>kappa</th><th>agreement</th></tr>{rows}</table>"
+        )
+    return "".join(parts)
+
+
+def corrections_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            [
+                r["created_at"][:19].replace("T", " "),
+                r["dialogue_id"],
+                r["index"],
+                r["speaker"],
+                r["text"],
+                r["annotator"],
+                r["label"],
+                r["note"],
+                "yes" if r["is_current"] else "",
+            ]
+            for r in rows
+        ],
+        columns=CORRECTION_COLUMNS,
+    )
+
+
+class Corrections:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def filters(self) -> tuple[gr.Dropdown, gr.Dropdown]:
+        """Choices for the dialogue and annotator filters, from what is stored."""
+        dialogues = [
+            (f"#{d['dialogue_id']} ({d['annotated_turns']} labelled)", d["dialogue_id"])
+            for d in self.service.dialogues()
+        ]
+        annotators = sorted({r["annotator"] for r in self.service.annotations()})
+        return gr.Dropdown(choices=dialogues, value=None), gr.Dropdown(choices=annotators, value=None)
+
+    def show(
+        self, dialogue_id: int | None, annotator: str | None, label: str | None
+    ) -> tuple[pd.DataFrame, str, go.Figure | None, go.Figure | None]:
+        """(corrections, agreement report, first annotator pair's confusion, first model's confusion)."""
+        try:
+            rows = self.service.annotations(dialogue_id, annotator, label)
+            report = self.service.agreement(dialogue_id, annotator, label)
+        except InputError as exc:
+            raise user_error(exc) from None
+        labels = report["labels"]
+        pair = next((p for p in report["pairs"] if p["n"]), None)
+        model = next((m for m in report["models"] if m["n"]), None)
+        return (
+            corrections_frame(rows),
+            agreement_html(report),
+            charts.confusion_chart(pair["confusion"], labels, pair["a"], pair["b"]) if pair else None,
+            charts.confusion_chart(model["confusion"], labels, model["a"], "humans") if model else None,
+        )
+
+    def export(self, fmt: str, dialogue_id: int | None, annotator: str | None, label: str | None) -> str:
+        try:
+            return str(self.service.export(fmt, dialogue_id, annotator, label))
+        except InputError as exc:
+            raise user_error(exc) from None

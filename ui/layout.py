@@ -1,0 +1,224 @@
+"""The page and its public API: Analyse (compare both models per turn, annotate) and Corrections.
+
+Named endpoints: /analyze, /save_correction, /export_corrections. The page's own events are private.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from backend.errors import InputError, ModelUnavailableError
+from backend.profiles import get_profile
+from backend.service import Service, resolve_annotator
+from backend.settings import PROFILES, Settings, get_settings, on_spaces
+from ui.annotate import HOTKEYS_JS, LABEL_ID, NEXT_ID, PREV_ID, SAVE_ID, Annotate
+from ui.callbacks import TRANSCRIPT_COLUMNS, Analysis, profile_status_html, user_error
+from ui.corrections import CORRECTION_COLUMNS, Corrections
+from ui.results import TABLE_COLUMNS
+
+TITLE = "ERC Studio — emotion recognition in conversations"
+INFERENCE_CONCURRENCY = 1  # analyses share one queue slot: a model run uses all the CPU it gets
+DEFAULT_CONCURRENCY = 8  # everything else (saving, exports) runs side by side
+PRIVATE = {"api_visibility": "private"}
+CSS = """
+.image-slot { background: #ffe08a; border-radius: 3px; padding: 0 2px; font-weight: bold; }
+.prompt { white-space: pre-wrap; max-height: 24em; overflow: auto; font-size: 0.85em; }
+.teaching table, .teach { border-collapse: collapse; } .teach td, .teach th { padding: 2px 8px; }
+"""
+# System fonts only: the default theme would fetch web fonts from Google when the page opens.
+THEME = gr.themes.Default(
+    font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+)
+
+
+def launch_options(settings: Settings | None = None) -> dict:
+    """Keyword arguments for `demo.launch`: upload limit, served paths, hotkeys, theme, no SSR."""
+    settings = settings or get_settings()
+    return {
+        "max_file_size": f"{int(settings.max_upload_mb)}mb",
+        "allowed_paths": [str(settings.data_dir.resolve())],
+        "head": HOTKEYS_JS,
+        "css": CSS,
+        "theme": THEME,
+        "ssr_mode": False,
+    }
+
+
+def _api(service: Service, demo: gr.Blocks) -> None:
+    """The named endpoints, on hidden components, each returning plain JSON or a file."""
+
+    def analyze(video: str | None, subtitles: str | None, profile: str | None) -> dict:
+        """The `erc.analysis/1` document plus `dialogue_id` and a `turn_id` on every turn."""
+        try:
+            return service.analyze(video, subtitles=subtitles or None, profile=profile or None)
+        except (InputError, ModelUnavailableError) as exc:
+            raise user_error(exc) from None
+
+    def save_correction(
+        turn_id: int, label: str, annotator: str, note: str | None, request_profile: gr.OAuthProfile | None
+    ) -> dict:
+        """{annotation_id, turn_id, label, annotator, note, created_at}; bad input writes nothing."""
+        try:
+            name = resolve_annotator(
+                annotator,
+                request_profile.username if request_profile else None,
+                service.settings.require_login,
+            )
+            return service.save_correction(turn_id, label, name, note)
+        except InputError as exc:
+            raise user_error(exc) from None
+
+    def export_corrections(format: str) -> str:
+        """All corrections as `meld_csv` or `jsonl`."""
+        try:
+            return str(service.export(format))
+        except InputError as exc:
+            raise user_error(exc) from None
+
+    with gr.Column(visible=False):
+        video, subtitles, profile = gr.File(type="filepath"), gr.File(type="filepath"), gr.Textbox()
+        turn_id, label, annotator, note = gr.Number(precision=0), gr.Textbox(), gr.Textbox(), gr.Textbox()
+        fmt = gr.Textbox()
+        doc, saved, exported = gr.JSON(), gr.JSON(), gr.File()
+        run, save, export = gr.Button(), gr.Button(), gr.Button()
+    run.click(
+        analyze,
+        [video, subtitles, profile],
+        doc,
+        api_name="analyze",
+        concurrency_id="inference",
+        concurrency_limit=INFERENCE_CONCURRENCY,
+    )
+    save.click(save_correction, [turn_id, label, annotator, note], saved, api_name="save_correction")
+    export.click(export_corrections, fmt, exported, api_name="export_corrections")
+
+
+def build_app(service: Service | None = None) -> gr.Blocks:
+    """The Gradio app over `service` (by default the store configured by `backend.settings`)."""
+    service = service or Service.open()
+    settings = service.settings
+    analysis, annotate, corrections = Analysis(service), Annotate(service), Corrections(service)
+    labels = list(get_profile(settings.profile).labels)
+
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        doc = gr.State(None)
+        gr.Markdown(
+            "# ERC Studio\nUpload a video dialogue (and subtitles or a transcript if you have them). The "
+            "turns are labelled by **MiSTER-E** (speech, text and cross-modal experts mixed by a gate) and "
+            "**FARCER** (a language model reading the dialogue with each speaker's face); correct the labels "
+            "below."
+        )
+        with gr.Tab("Analyse and annotate"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    video = gr.Video(label="Video dialogue", sources=["upload"])
+                    subtitles = gr.File(
+                        label="Subtitles (SRT/VTT) or transcript CSV (optional)",
+                        file_types=[".srt", ".vtt", ".csv"],
+                        type="filepath",
+                    )
+                    profile = gr.Radio(list(PROFILES), value=settings.profile, label="Profile")
+                    run = gr.Button("Analyse", variant="primary")
+                    with gr.Accordion("Stored analyses", open=False):
+                        stored = gr.Dropdown(label="Reopen without recomputing", choices=[])
+                        reopen = gr.Button("Reopen")
+                    status = gr.HTML(profile_status_html(settings.profile, service), elem_id="model-status")
+                with gr.Column(scale=2):
+                    player = gr.Video(label="Video with the predictions as subtitles", interactive=False)
+                    notes = gr.HTML(elem_id="analysis-notes")
+            table = gr.Dataframe(
+                headers=TABLE_COLUMNS,
+                label="Turns (click a row to select it)",
+                interactive=False,
+                wrap=True,
+                elem_id="results-table",
+            )
+            with gr.Row():
+                gate = gr.Plot(label="Gate weights")
+                timelines = gr.Plot(label="Label probabilities over turns")
+            with gr.Accordion("Transcript: edit it and run again", open=False):
+                transcript = gr.Dataframe(headers=TRANSCRIPT_COLUMNS, interactive=True, label="Transcript")
+                rerun = gr.Button("Run again with this transcript")
+            gr.Markdown(
+                "## Selected turn\nKeys: **1-7** pick a label, **j**/**k** next/previous turn, "
+                "**Enter** saves."
+            )
+            with gr.Row():
+                with gr.Column(scale=1):
+                    turn = gr.Dropdown(label="Turn", choices=[], elem_id="turn-picker")
+                    with gr.Row():
+                        prev_turn = gr.Button("◀ previous (k)", elem_id=PREV_ID, size="sm")
+                        next_turn = gr.Button("next (j) ▶", elem_id=NEXT_ID, size="sm")
+                    label = gr.Radio(labels, label="Label (1-7)", elem_id=LABEL_ID)
+                    note = gr.Textbox(label="Note (optional)", max_lines=3)
+                    if on_spaces():
+                        gr.LoginButton()
+                    name = gr.Textbox(label="Your name", visible=not on_spaces(), max_length=64)
+                    if settings.require_login:
+                        gr.Markdown("Saving labels needs a Hugging Face login.")
+                    with gr.Row():
+                        save = gr.Button("Save label (Enter)", variant="primary", elem_id=SAVE_ID)
+                        accept_mister_e = gr.Button("Accept MiSTER-E's label", size="sm")
+                        accept_farcer = gr.Button("Accept FARCER's label", size="sm")
+                    history = gr.HTML(label="History")
+                with gr.Column(scale=1):
+                    face = gr.Image(label="Face crop FARCER saw", interactive=False, height=220)
+                    votes = gr.Plot(label="Experts' and FARCER's distributions")
+            teaching = gr.HTML(elem_id="teaching-view")
+
+        with gr.Tab("Corrections"):
+            with gr.Row():
+                dialogue_filter = gr.Dropdown(label="Video (dialogue)", choices=[])
+                annotator_filter = gr.Dropdown(label="Annotator", choices=[])
+                label_filter = gr.Dropdown(label="Label", choices=labels, value=None)
+                refresh = gr.Button("Show")
+            corrections_table = gr.Dataframe(headers=CORRECTION_COLUMNS, interactive=False, wrap=True)
+            agreement = gr.HTML()
+            with gr.Row():
+                pair_confusion = gr.Plot(label="Annotator pair")
+                model_confusion = gr.Plot(label="Model vs humans")
+            with gr.Row():
+                fmt = gr.Radio(["meld_csv", "jsonl"], value="meld_csv", label="Export format")
+                export = gr.Button("Export")
+                exported = gr.File(label="Export file")
+
+        _api(service, demo)
+
+        views = [doc, player, status, notes, table, gate, timelines, turn, transcript]
+        selected = [votes, face, teaching]
+        annotation = [history, label]
+        filters = [dialogue_filter, annotator_filter, label_filter]
+        inference = {"concurrency_id": "inference", "concurrency_limit": INFERENCE_CONCURRENCY, **PRIVATE}
+
+        run.click(analysis.run, [video, subtitles, profile], views, **inference).then(
+            analysis.stored, None, stored, **PRIVATE
+        )
+        rerun.click(analysis.rerun, [doc, transcript, profile], views, **inference)
+        reopen.click(analysis.reopen, stored, views, **PRIVATE)
+        profile.change(analysis.profile_status, profile, status, **PRIVATE)
+        turn.change(analysis.turn_views, [doc, turn], selected, queue=False, **PRIVATE).then(
+            annotate.turn_state, [doc, turn], annotation, queue=False, **PRIVATE
+        )
+        table.select(analysis.pick_row, None, turn, **PRIVATE)
+        next_turn.click(annotate.next, [doc, turn], turn, **PRIVATE)
+        prev_turn.click(annotate.previous, [doc, turn], turn, **PRIVATE)
+        save.click(annotate.save, [doc, turn, label, note, name], [history, table, note], **PRIVATE)
+        accept_mister_e.click(
+            annotate.accept_mister_e, [doc, turn, note, name], [history, table, note, label], **PRIVATE
+        )
+        accept_farcer.click(
+            annotate.accept_farcer, [doc, turn, note, name], [history, table, note, label], **PRIVATE
+        )
+        refresh.click(
+            corrections.show,
+            filters,
+            [corrections_table, agreement, pair_confusion, model_confusion],
+            **PRIVATE,
+        )
+        export.click(corrections.export, [fmt, *filters], exported, **PRIVATE)
+        # Light events skip the queue: they answer at once, also in headless browsers (virtual time).
+        demo.load(analysis.from_link, None, views, queue=False, **PRIVATE)
+        demo.load(analysis.stored, None, stored, queue=False, **PRIVATE)
+        demo.load(corrections.filters, None, [dialogue_filter, annotator_filter], queue=False, **PRIVATE)
+    demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
+    return demo
