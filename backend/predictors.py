@@ -1,6 +1,7 @@
 """The per-turn model interface the analysis pipeline runs, and the profile's model registry."""
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -38,42 +39,57 @@ class TurnPredictor(Protocol):
 
 PredictorLoader = Callable[[Profile, Settings], TurnPredictor]
 
-# Filled by the model packages as they are built: key -> loader. A loader raises
-# ModelUnavailableError with a message that says how to get the model.
+# Each model's loader as "module:function", imported when that model is first loaded, in display order.
+LOADER_PATHS: dict[str, str] = {
+    "mister_e": "backend.mister_e_predictor:load_mister_e",
+    "farcer": "backend.farcer_predictor:load_farcer_predictor",
+}
+
+# Loaders that replace the built-in ones (tests register doubles here).
 PREDICTOR_LOADERS: dict[str, PredictorLoader] = {}
 
 
-def _missing(title: str, issue_hint: str) -> PredictorLoader:
+def _imported(path: str) -> PredictorLoader:
+    module, function = path.split(":")
+
     def load(profile: Profile, settings: Settings) -> TurnPredictor:
-        raise ModelUnavailableError(f"{title} is not available in the {profile.name!r} profile yet: {issue_hint}")
+        return getattr(importlib.import_module(module), function)(profile, settings)
+
+    return load
+
+
+def unavailable(reason: str) -> PredictorLoader:
+    """A loader for a model that cannot be loaded, saying why."""
+
+    def load(profile: Profile, settings: Settings) -> TurnPredictor:
+        raise ModelUnavailableError(reason)
 
     return load
 
 
 def predictor_loaders() -> dict[str, PredictorLoader]:
-    """The loaders for every model the app shows, in display order."""
-    return {
-        "mister_e": PREDICTOR_LOADERS.get(
-            "mister_e", _missing("MiSTER-E", "its model and offline checkpoint are not built")
-        ),
-        "farcer": PREDICTOR_LOADERS.get(
-            "farcer", _missing("FARCER", "its model and offline checkpoint are not built")
-        ),
-    }
+    """The loader of every model the app shows, in display order."""
+    return {key: PREDICTOR_LOADERS.get(key) or _imported(path) for key, path in LOADER_PATHS.items()}
 
 
 _CACHE: dict[tuple[str, str, str], TurnPredictor] = {}
 
 
-def load_predictors(profile: Profile, settings: Settings) -> tuple[list[TurnPredictor], list[str]]:
-    """Load (once per process) every available model; unavailable ones become warnings."""
-    predictors, warnings = [], []
+def model_status(profile: Profile, settings: Settings) -> dict[str, TurnPredictor | str]:
+    """Each model, loaded (once per process), or the reason it is unavailable."""
+    status: dict[str, TurnPredictor | str] = {}
     for key, loader in predictor_loaders().items():
         cache_key = (key, profile.name, str(settings.checkpoints_dir))
         try:
             if cache_key not in _CACHE:
                 _CACHE[cache_key] = loader(profile, settings)
-            predictors.append(_CACHE[cache_key])
+            status[key] = _CACHE[cache_key]
         except ModelUnavailableError as exc:
-            warnings.append(str(exc))
-    return predictors, warnings
+            status[key] = str(exc)
+    return status
+
+
+def load_predictors(profile: Profile, settings: Settings) -> tuple[list[TurnPredictor], list[str]]:
+    """The available models, and a warning for each unavailable one."""
+    status = model_status(profile, settings)
+    return [p for p in status.values() if not isinstance(p, str)], [p for p in status.values() if isinstance(p, str)]

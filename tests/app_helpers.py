@@ -94,11 +94,14 @@ class FarcerDouble:
 
 def install(monkeypatch, mister_e: MisterEDouble | None = None, farcer: FarcerDouble | None = None):
     """Register the doubles (None leaves that model unavailable) and forget loaded models."""
-    predictors.predictor_loaders()  # the real models register on first use: let them, then replace them
-    monkeypatch.setattr(predictors, "PREDICTOR_LOADERS", {})
-    for double in (mister_e, farcer):
-        if double is not None:
-            predictors.PREDICTOR_LOADERS[double.key] = lambda profile, settings, d=double: d
+    loaders = {}
+    for key, title, double in (("mister_e", "MiSTER-E", mister_e), ("farcer", "FARCER", farcer)):
+        loaders[key] = (
+            predictors.unavailable(f"{title} is not available: switched off in this test")
+            if double is None
+            else lambda profile, settings, d=double: d
+        )
+    monkeypatch.setattr(predictors, "PREDICTOR_LOADERS", loaders)
     monkeypatch.setattr(predictors, "_CACHE", {})
     return mister_e, farcer
 

@@ -173,4 +173,4 @@ def test_profile_status_before_any_analysis(service, monkeypatch):
     install(monkeypatch, MisterEDouble(), None)
     status = profile_status_html("offline", service)
     assert "<li>mister_e: ready</li>" in status
-    assert "<li>farcer: not available: FARCER is not available in the &#x27;offline&#x27; profile" in status
+    assert "<li>farcer: not available: FARCER is not available: switched off in this test</li>" in status

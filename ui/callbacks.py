@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from backend.errors import InputError, ModelUnavailableError
-from backend.predictors import predictor_loaders
+from backend.predictors import model_status
 from backend.profiles import get_profile
 from backend.service import Service
 from ui import charts
@@ -42,12 +42,9 @@ def profile_status_html(profile_name: str, service: Service) -> str:
     """Before any analysis: one line per model, ready or why not (the loaders' own messages)."""
     profile = get_profile(profile_name)
     lines = [f"<p><b>Profile {html.escape(profile.name)}</b>: {html.escape(profile.description)}</p><ul>"]
-    for key, loader in predictor_loaders().items():
-        try:
-            loader(profile, service.settings)
-            lines.append(f"<li>{key}: ready</li>")
-        except ModelUnavailableError as exc:
-            lines.append(f"<li>{key}: not available: {html.escape(str(exc))}</li>")
+    for key, model in model_status(profile, service.settings).items():
+        state = f"not available: {html.escape(model)}" if isinstance(model, str) else "ready"
+        lines.append(f"<li>{key}: {state}</li>")
     return "".join(lines) + "</ul>"
 
 
