@@ -53,7 +53,8 @@ def test_subtitled_video(dialogue, data_dir):
         assert turn["face"]["found"]
         assert _overlap(turn["face"]["box"], heads[i % 2]) > 0.5, f"turn {i} took the wrong face"
     assert set(doc["timings_s"]) >= {"load", "media", "turns", "features", "total"}
-    assert any("MiSTER-E" in w for w in doc["warnings"])
+    for key in doc["models"]:
+        assert all(key in turn for turn in doc["turns"]), f"{key} did not label every turn"
 
 
 def test_voice_activity_turns_without_transcript(dialogue, data_dir):

@@ -1,0 +1,348 @@
+"""MiSTER-E training and evaluation CLI on tiny generated corpora (generic CSV, IEMOCAP layout),
+pseudo-pairs and modality dropping."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from backend.errors import InputError, ModelUnavailableError
+from backend.labels import IEMOCAP6, MELD7
+from tests.fixtures_iemocap import kept_per_dialogue, make_iemocap_fixture
+from training.__main__ import main
+from training.metrics import REPORT_KEYS
+from training.mister_e import load_checkpoint
+from training.pseudo_pairs import SpeechBank, Stage2Dialogue, drop_modalities, drop_speech
+
+SR = 16_000
+WORDS = {
+    "neutral": "the table is by the door",
+    "joy": "wonderful great happy fun",
+    "anger": "stop it now I hate this",
+}
+PITCH = {"neutral": 150.0, "joy": 600.0, "anger": 2400.0}
+TINY = [
+    "--preset",
+    "tiny",
+    "--epochs",
+    "2",
+    "--text-epochs",
+    "1",
+    "--speech-epochs",
+    "3",
+    "--text-embed-dim",
+    "8",
+    "--speech-embed-dim",
+    "8",
+    "--max-tokens",
+    "16",
+]
+
+
+def write_csv_corpus(root, audio: bool = True, text: bool = True, dialogues: dict | None = None):
+    """Dialogues of 4 turns whose words (and tone pitch) give the label; 3 of the 7 MELD labels."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = ["dialogue_id,turn,speaker,text,label,audio,split"]
+    rng = np.random.default_rng(0)
+    for split, n in (dialogues or {"train": 6, "validation": 2, "test": 2}).items():
+        for d in range(n):
+            for t in range(4):
+                label = list(WORDS)[(d + t) % 3]
+                clip = ""
+                if audio:
+                    clip = f"{split}{d}_{t}.wav"
+                    time = np.arange(int(0.6 * SR)) / SR
+                    tone = 0.3 * np.sin(2 * np.pi * PITCH[label] * (1 + 0.03 * rng.standard_normal()) * time)
+                    sf.write(root / clip, tone.astype(np.float32), SR)
+                words = " ".join(rng.permutation(WORDS[label].split())) if text else ""
+                rows.append(f"{split}{d},{t},S{t % 2},{words},{label},{clip},{split}")
+    path = root / "corpus.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def run(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def csv_checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mister-e-csv")
+    data = write_csv_corpus(root / "corpus")
+    out = root / "ckpt"
+    assert (
+        run(
+            "train",
+            "mister-e",
+            "--corpus",
+            "csv",
+            "--data",
+            data,
+            "--out",
+            out,
+            "--cache",
+            root / "cache",
+            *TINY,
+        )
+        == 0
+    )
+    return data, out, root / "cache"
+
+
+def evaluate(tmp_path, data, checkpoint, cache, *extra) -> dict:
+    out = tmp_path / "report.json"
+    assert (
+        run(
+            "evaluate",
+            "mister-e",
+            "--checkpoint",
+            checkpoint,
+            "--corpus",
+            "csv",
+            "--data",
+            data,
+            "--split",
+            "test",
+            "--cache",
+            cache,
+            "--out",
+            out,
+            *extra,
+        )
+        == 0
+    )
+    return json.loads(out.read_text())
+
+
+def test_train_writes_a_complete_checkpoint(csv_checkpoint):
+    _, out, _ = csv_checkpoint
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "labels.json",
+        "metrics.json",
+        "MODEL_CARD.md",
+        "text",
+        "speech",
+    } <= names
+    ckpt = load_checkpoint(out)
+    assert ckpt.labels == MELD7 and ckpt.modalities == ("text", "speech")
+    assert ckpt.model.config.text_dim == 8 and ckpt.model.config.speech_dim == 8
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["history"]) == 2 and 1 <= metrics["best_epoch"] <= 2
+    assert set(metrics["val"]) == {"main"}  # one corpus, no pseudo-pairs
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "python -m training train mister-e --corpus csv" in card and ckpt.version in card
+
+
+def test_evaluate_writes_exactly_the_report_keys_with_nulls_for_absent_classes(csv_checkpoint, tmp_path):
+    data, out, cache = csv_checkpoint
+    report = evaluate(tmp_path, data, out, cache)
+    assert tuple(report) == REPORT_KEYS
+    assert report["n"] == 2 * 4 and report["labels"] == list(MELD7)
+    present = {"neutral", "joy", "anger"}
+    assert {l for l, v in report["per_class_f1"].items() if v is not None} == present
+    assert {l for l, v in report["per_class_recall"].items() if v is not None} == present
+    assert 0.0 <= report["weighted_f1"] <= 1.0 and sum(map(sum, report["confusion"])) == 8
+
+
+def test_evaluate_drop_modality_and_forced_modalities(csv_checkpoint, tmp_path, capsys):
+    data, out, cache = csv_checkpoint
+    full = evaluate(tmp_path, data, out, cache)
+    dropped = evaluate(tmp_path, data, out, cache, "--drop-modality", "0.9", "--seed", "1")
+    assert dropped["n"] == full["n"]  # a turn never loses both modalities
+    text_only = evaluate(tmp_path, data, out, cache, "--modalities", "text")
+    assert text_only["n"] == full["n"]
+    with pytest.raises(InputError, match="drop-modality"):
+        evaluate(tmp_path, data, out, cache, "--drop-modality", "1.5")
+
+
+def test_text_only_corpus_skips_speech_with_a_notice(tmp_path, capsys):
+    data = write_csv_corpus(
+        tmp_path / "corpus", audio=False, dialogues={"train": 3, "validation": 1, "test": 1}
+    )
+    out = tmp_path / "ckpt"
+    assert (
+        run(
+            "train",
+            "mister-e",
+            "--corpus",
+            "csv",
+            "--data",
+            data,
+            "--out",
+            out,
+            "--cache",
+            tmp_path / "cache",
+            *TINY,
+        )
+        == 0
+    )
+    assert "no usable speech" in capsys.readouterr().err
+    assert load_checkpoint(out).modalities == ("text",) and not (out / "speech").exists()
+
+
+def test_pseudo_pairs_from_a_speech_corpus(tmp_path):
+    text_data = write_csv_corpus(tmp_path / "text", audio=False, dialogues={"train": 3, "validation": 1})
+    speech_data = write_csv_corpus(tmp_path / "speech", text=False, dialogues={"train": 3, "validation": 2})
+    out = tmp_path / "ckpt"
+    assert (
+        run(
+            "train",
+            "mister-e",
+            "--corpus",
+            "csv",
+            "--data",
+            text_data,
+            "--speech-corpus",
+            "csv",
+            "--speech-data",
+            speech_data,
+            "--out",
+            out,
+            "--cache",
+            tmp_path / "cache",
+            *TINY,
+        )
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["val"]) == {"main", "paired", "speech"}
+    assert metrics["val"]["paired"]["n"] == metrics["val"]["main"]["n"] == 4
+    assert metrics["val"]["speech"]["n"] == 8
+    assert load_checkpoint(out).modalities == ("text", "speech")
+    assert "label-matched pseudo-pairs" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_iemocap_layout_trains_and_evaluates_six_labels(tmp_path):
+    data = make_iemocap_fixture(tmp_path / "iemocap", dialogues_per_session=2, utterances=4, with_wav=True)
+    out = tmp_path / "ckpt"
+    assert (
+        run(
+            "train",
+            "mister-e",
+            "--corpus",
+            "iemocap",
+            "--data",
+            data,
+            "--out",
+            out,
+            "--cache",
+            tmp_path / "cache",
+            *TINY,
+        )
+        == 0
+    )
+    ckpt = load_checkpoint(out)
+    assert ckpt.labels == IEMOCAP6 and ckpt.modalities == ("text", "speech")
+    report_path = tmp_path / "iemocap.json"
+    assert (
+        run(
+            "evaluate",
+            "mister-e",
+            "--checkpoint",
+            out,
+            "--corpus",
+            "iemocap",
+            "--data",
+            data,
+            "--split",
+            "test",
+            "--cache",
+            tmp_path / "cache",
+            "--out",
+            report_path,
+            "--record",
+        )
+        == 0
+    )
+    report = json.loads(report_path.read_text())
+    assert tuple(report) == REPORT_KEYS and report["labels"] == list(IEMOCAP6)
+    assert report["n"] == 2 * kept_per_dialogue(4)  # session 5 is the test split
+    assert "evaluate mister-e" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_cli_errors_are_clear(tmp_path):
+    data = write_csv_corpus(tmp_path / "corpus", audio=False, dialogues={"train": 1})
+    with pytest.raises(InputError, match="--speech-corpus and --speech-data"):
+        run("train", "mister-e", "--corpus", "csv", "--data", data, "--speech-corpus", "ravdess")
+    with pytest.raises(SystemExit):
+        run("train", "mister-e", "--corpus", "csv", "--data", data, "--modalities", "video")
+    with pytest.raises(ModelUnavailableError, match="no MiSTER-E checkpoint"):
+        run(
+            "evaluate",
+            "mister-e",
+            "--checkpoint",
+            tmp_path / "none",
+            "--corpus",
+            "csv",
+            "--data",
+            data,
+            "--out",
+            tmp_path / "r.json",
+        )
+    with pytest.raises(InputError, match="stage-1"):
+        run(
+            "train",
+            "mister-e",
+            "--corpus",
+            "csv",
+            "--data",
+            data,
+            "--stage",
+            "2",
+            "--out",
+            tmp_path / "empty",
+        )
+
+
+def dialogue(labels, text=True, speech=False, dim=3) -> Stage2Dialogue:
+    n = len(labels)
+    return Stage2Dialogue(
+        "d",
+        np.ones((n, dim), np.float32) * text,
+        np.full(n, text),
+        np.ones((n, dim), np.float32) * speech,
+        np.full(n, speech),
+        np.array(labels),
+    )
+
+
+def test_speech_bank_pairs_each_turn_with_a_clip_of_its_emotion():
+    clips = Stage2Dialogue(
+        "s",
+        np.zeros((4, 1), np.float32),
+        np.zeros(4, bool),
+        np.array([[0.0], [0.1], [1.0], [1.1]], np.float32),
+        np.ones(4, bool),
+        np.array([0, 0, 1, 1]),
+    )
+    bank = SpeechBank([clips])
+    paired = bank.pair(dialogue([1, 0, 2, -1], dim=1), np.random.default_rng(0))
+    assert paired.speech_present.tolist() == [True, True, False, False]  # no clip of class 2, unlabelled turn
+    assert paired.speech[0, 0] >= 1.0 and paired.speech[1, 0] < 0.5
+    assert not paired.speech[2:].any()
+
+
+def test_drop_speech_keeps_speech_where_there_is_no_text():
+    rng = np.random.default_rng(0)
+    d = dialogue([0] * 6, text=True, speech=True)
+    d.text_present[:2] = False
+    dropped = drop_speech(d, turn_p=0.0, dialogue_p=0.999, rng=rng)
+    assert dropped.speech_present.tolist() == [True, True, False, False, False, False]
+    assert not dropped.speech[2:].any() and d.speech_present.all()  # the input is not modified
+
+
+def test_drop_modalities_never_empties_a_turn():
+    rng = np.random.default_rng(0)
+    d = dialogue(list(range(200)), text=True, speech=True)
+    dropped = drop_modalities(d, 0.9, rng)
+    assert (dropped.text_present | dropped.speech_present).all()
+    assert 0.3 < 1 - dropped.text_present.mean() < 0.7 and 0.3 < 1 - dropped.speech_present.mean() < 0.7
+    assert not dropped.text[~dropped.text_present].any()
+    text_only = drop_modalities(dialogue([0] * 20, text=True, speech=False), 0.9, rng)
+    assert text_only.text_present.all()
