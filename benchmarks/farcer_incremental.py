@@ -2,7 +2,7 @@
 
     python -m benchmarks.farcer_incremental --turns 20 --shots 7 [--model PATH] --out FILE
 
-Without --model it uses the offline FARCER core (checkpoints_dir/farcer) when present, else a random
+Without --model it uses the offline FARCER core (checkpoints_dir/farcer-core) when present, else a random
 Llama of a realistic small size; dialogues, examples and face vectors are synthetic.
 """
 
@@ -22,12 +22,8 @@ from backend.dialogue import Turn
 from backend.labels import MELD7
 from models.farcer import Farcer, FarcerConfig, load_farcer_lm
 from models.farcer_prompt import Example, sample_shots
+from training.farcer_core import CHAT_TEMPLATE, SPECIAL_TOKENS
 
-SPECIAL_TOKENS = ["<unk>", "<pad>", "<s>", "<|system|>", "<|user|>", "<|assistant|>", "<|eot|>"]
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|eot|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
 SPEAKERS = ("Rachel", "Ross", "Monica", "Chandler", "Joey", "Phoebe")
 WORDS = (
     "oh my god you know what I mean this is the best day ever no way are kidding me we were on a break "
@@ -122,7 +118,7 @@ def synthetic_pool(n: int, image_dim: int, seed: int = 0, labels: Sequence[str] 
 def benchmark_model(path: str | None) -> tuple[Farcer, str]:
     from backend.settings import get_settings
 
-    core = Path(path) if path else get_settings().checkpoints_dir / "farcer"
+    core = Path(path) if path else get_settings().checkpoints_dir / "farcer-core"
     if path or core.is_dir():
         return load_farcer_lm(
             str(core), FarcerConfig(max_context=2048), device="cpu", dtype=torch.float32

@@ -12,8 +12,9 @@ import copy
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,6 +101,7 @@ class DialogueLabels:
     logprobs: Tensor
     labels: list[str]
     warning: str | None = None
+    starts: list[int] = field(default_factory=list)  # first past turn inside the window, per turn
 
     @property
     def probs(self) -> Tensor:
@@ -182,6 +184,10 @@ class Farcer(nn.Module):
         self.token_weights = torch.ones(vocab, device=self.device)
         self.token_weights[list(weights)] = torch.tensor(list(weights.values()), device=self.device)
 
+    def ids(self, segments: Sequence[Segment]) -> list[int]:
+        """The token ids of the segments, -1 for each image slot."""
+        return [i for s in segments for i in ([-1] if isinstance(s, Image) else self.token_ids(s.text))]
+
     def embed(self, segments: Sequence[Segment]) -> Tensor:
         """[L, d]: text tokens through the embedding table, image slots through the projector."""
         ids: list[int] = []
@@ -232,6 +238,90 @@ class Farcer(nn.Module):
         if self.token_weights is not None:
             weight = weight * self.token_weights[target.flatten().clamp(min=0)]
         return (ce * weight).sum() / weight.sum()
+
+    def pack(
+        self,
+        turns: Sequence[Turn],
+        faces: Sequence[Any] | None,
+        targets: Sequence[int],
+        shots: Sequence[Example] = (),
+        past_labels: PastLabels = "none",
+    ) -> Packed:
+        """One training row that asks the label of every turn in `targets` at once.
+
+        The trunk is the prefix and the past turns (with their gold labels unless past_labels is
+        none); target turn i adds a branch [turn i, label query, answer] that sees the prefix and the
+        turns before i at the positions its prompt would have alone (the tree mask of `_score`), so
+        the row trains exactly what `label_dialogue` asks, every target in one teacher-forced pass."""
+        faces = faces if faces is not None else [None] * len(turns)
+        if not targets or len(faces) != len(turns) or any(not 0 <= i < len(turns) for i in targets):
+            raise InputError(
+                f"pack needs one face (or None) per turn and target indices below {len(turns)}; got "
+                f"{len(faces)} faces and targets {list(targets)}"
+            )
+        last = max(targets)
+        shown = past_turn_labels(turns[:last], "none" if past_labels == "none" else "gold")
+        prefix = prefix_segments(self.labels, shots, past_labels, self.chat)
+        lines = [turn_segments(t, f, lab) for t, f, lab in zip(turns, faces, shown)]
+        trunk = [*prefix, *(s for line in lines for s in line)]
+        ids = self.ids(trunk)
+        ends = list(accumulate((len(self.ids(line)) for line in lines), initial=self.n_tokens(prefix)))
+        table = self.lm.get_input_embeddings()
+        parts, positions = [self.embed(trunk)], [torch.arange(len(ids))]
+        spans, label_at, label_ids = [], [], []
+        for i in targets:
+            branch = [*turn_segments(turns[i], faces[i]), *query_segments(turns[i].speaker, self.chat)]
+            answer = self.candidates[self._label_index(turns[i].label)]
+            parts += [self.embed(branch), table(torch.tensor(answer, device=self.device))]
+            begin, size = len(ids), len(self.ids(branch)) + len(answer)
+            ids += self.ids(branch) + answer
+            spans.append((begin, size, ends[i]))
+            positions.append(ends[i] + torch.arange(size))
+            label_at += range(begin + size - len(answer) - 1, begin + size - 1)
+            label_ids += answer
+        allowed = torch.zeros(len(ids), len(ids), dtype=torch.bool)
+        allowed[: ends[-1], : ends[-1]] = torch.ones(ends[-1], ends[-1], dtype=torch.bool).tril()
+        for begin, size, seen in spans:
+            allowed[begin : begin + size, :seen] = True
+            allowed[begin : begin + size, begin : begin + size] = torch.ones(size, size, dtype=torch.bool).tril()
+        text_at = [p for p in range(ends[0], ends[-1] - 1) if ids[p + 1] >= 0]
+        return Packed(
+            torch.cat(parts), allowed, torch.cat(positions), torch.tensor(label_at), torch.tensor(label_ids),
+            torch.tensor(text_at, dtype=torch.long), torch.tensor([ids[p + 1] for p in text_at], dtype=torch.long),
+        )
+
+    def packed_loss(self, rows: Sequence[Packed], text_weight: float = 0.0) -> tuple[Tensor, dict[str, float]]:
+        """Weighted label cross-entropy over all rows' answers (+ text_weight x the LM loss on the
+        dialogue lines), from one pass over the right-padded batch."""
+        longest = max(len(r.x) for r in rows)
+        x = torch.stack([F.pad(r.x, (0, 0, 0, longest - len(r.x))) for r in rows])
+        allowed = torch.stack([F.pad(r.allowed, (0, longest - len(r.x), 0, longest - len(r.x))) for r in rows])
+        positions = torch.stack([F.pad(r.positions, (0, longest - len(r.x))) for r in rows])
+        mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
+        mask.masked_fill_(~allowed.to(x.device), torch.finfo(x.dtype).min)
+        hidden = self.lm.get_decoder()(
+            inputs_embeds=x, attention_mask=mask[:, None], position_ids=positions.to(x.device), use_cache=False
+        ).last_hidden_state
+        head = self.lm.get_output_embeddings()
+
+        def gather(at: str, ids: str) -> tuple[Tensor, Tensor]:
+            rows_at = torch.cat([torch.full((len(getattr(r, at)),), b) for b, r in enumerate(rows)])
+            cols = torch.cat([getattr(r, at) for r in rows])
+            target = torch.cat([getattr(r, ids) for r in rows]).to(x.device)
+            return head(hidden[rows_at.to(x.device), cols.to(x.device)]).float(), target
+
+        logits, target = gather("label_at", "label_ids")
+        weight = torch.ones(len(target), device=x.device)
+        if self.token_weights is not None:
+            weight = self.token_weights[target]
+        label = (F.cross_entropy(logits, target, reduction="none") * weight).sum() / weight.sum()
+        parts = {"label": label.item()}
+        if text_weight <= 0:
+            return label, parts
+        logits, target = gather("text_at", "text_ids")
+        text = F.cross_entropy(logits, target)
+        parts["text"] = text.item()
+        return label + text_weight * text, parts
 
     @torch.no_grad()
     def label_logprobs(self, prompts: Sequence[Sequence[Segment]]) -> Tensor:
@@ -289,13 +379,14 @@ class Farcer(nn.Module):
         pending = self.embed([])  # lines to keep that are not in the cache yet; they go with the next pass
         past_embeds: list[Tensor] = []
         window = _Window(self.max_context, prefix.length)
-        scores, predicted = [], []
+        scores, predicted, starts = [], [], []
         for i, turn in enumerate(turns):
             current = self.embed(turn_segments(turn, faces[i]))
             query = self.embed(query_segments(turn.speaker, self.chat))
             start = window.advance(
                 [len(e) for e in past_embeds], len(current) + len(query) + self._longest_answer
             )
+            starts.append(start)
             if window.moved:
                 cache = prefix.copy(self.lm.config)
                 pending = torch.cat([self.embed([]), *past_embeds[start:]])
@@ -312,7 +403,7 @@ class Farcer(nn.Module):
                 label = turn.label if past_labels == "gold" else predicted[-1]
                 past_embeds.append(self.embed(turn_segments(turn, faces[i], label)))
                 pending = past_embeds[-1]
-        return DialogueLabels(torch.stack(scores), predicted, window.warning())
+        return DialogueLabels(torch.stack(scores), predicted, window.warning(), starts)
 
     @torch.no_grad()
     def label_dialogue_naive(
@@ -325,7 +416,7 @@ class Farcer(nn.Module):
         """`label_dialogue` re-encoding the whole prompt from scratch for every turn (the reference)."""
         faces = self._check_dialogue(turns, faces, prefix, past_labels)
         window = _Window(self.max_context, self.n_tokens(prefix.segments))
-        scores, predicted = [], []
+        scores, predicted, starts = [], [], []
         for i, turn in enumerate(turns):
             gold_or_predicted = past_turn_labels(turns[:i], past_labels, predicted)
             lines = [turn_segments(t, f, lab) for t, f, lab in zip(turns[:i], faces[:i], gold_or_predicted)]
@@ -333,10 +424,11 @@ class Farcer(nn.Module):
             query = query_segments(turn.speaker, self.chat)
             need = self.n_tokens(current) + self.n_tokens(query) + self._longest_answer
             start = window.advance([self.n_tokens(line) for line in lines], need)
+            starts.append(start)
             prompt = Prompt(prefix.segments, [*lines[start:], current], query)
             scores.append(self.label_logprobs([prompt.segments])[0])
             predicted.append(self.labels[int(scores[-1].argmax())])
-        return DialogueLabels(torch.stack(scores), predicted, window.warning())
+        return DialogueLabels(torch.stack(scores), predicted, window.warning(), starts)
 
     @property
     def _longest_answer(self) -> int:
@@ -445,6 +537,20 @@ class Farcer(nn.Module):
         per_label[torch.arange(len(fed)), owner.to(self.device)] = 1.0
         first = torch.tensor([c[0] for c in self.candidates], device=self.device)
         return logits[:, 0, first] + steps @ per_label
+
+
+@dataclass
+class Packed:
+    """A training row from `Farcer.pack`: embeddings, tree mask, positions, and where the answers and
+    the dialogue text are predicted (index of the predicting position, target id)."""
+
+    x: Tensor
+    allowed: Tensor
+    positions: Tensor
+    label_at: Tensor
+    label_ids: Tensor
+    text_at: Tensor
+    text_ids: Tensor
 
 
 class _Window:

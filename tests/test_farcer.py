@@ -338,3 +338,36 @@ def test_paper_loader_runs_on_tiny_local_models(tmp_path):
     with pytest.raises(ModelUnavailableError, match="not available"):
         load_paper_farcer(str(tmp_path / "lm"), "no-such-org/no-such-vit", device="cpu")
     assert time.perf_counter() - start < 10
+
+
+@pytest.mark.parametrize("past_labels", ["none", "gold"])
+def test_packed_rows_equal_one_prompt_per_target(farcer, shots, past_labels):
+    """A packed row (every turn a target, tree-masked branches) gives the same weighted loss as one
+    prompt per target through `forward`, alone and right-padded in a batch."""
+    turns, faces = synthetic_dialogue(5, DIM, seed=21)
+    faces[1] = None
+    farcer.set_label_counts({label: i + 1 for i, label in enumerate(MELD7)})
+    with torch.no_grad():
+        singles = [farcer.packed_loss([farcer.pack(turns, faces, [i], shots, past_labels)])[0] for i in range(5)]
+        prompts = [
+            build_dialogue_prompt(turns[: i + 1], MELD7, faces=faces[: i + 1], shots=shots,
+                                  past_labels=past_labels, chat=farcer.chat)
+            for i in range(5)
+        ]
+        for i, prompt in enumerate(prompts):
+            assert abs(float(singles[i] - farcer([prompt], [turns[i].label]))) < 1e-4
+        every = farcer.pack(turns, faces, range(5), shots, past_labels)
+        pooled = farcer([prompt for prompt in prompts], [t.label for t in turns])
+        assert abs(float(farcer.packed_loss([every])[0] - pooled)) < 1e-4
+        # Unweighted, right padding must not change a row: the batch pools the rows' tokens.
+        farcer.token_weights = None
+        short = farcer.pack(turns[:2], faces[:2], [1], shots, past_labels)
+        _, both = farcer.packed_loss([every, short], text_weight=0.5)
+        _, alone = farcer.packed_loss([every], text_weight=0.5)
+        _, other = farcer.packed_loss([short], text_weight=0.5)
+        assert both["label"] == pytest.approx((5 * alone["label"] + other["label"]) / 6, abs=1e-5)
+        n, m = len(every.text_at), len(short.text_at)
+        assert n > m > 0
+        assert both["text"] == pytest.approx((n * alone["text"] + m * other["text"]) / (n + m), abs=1e-5)
+    with pytest.raises(InputError, match="target indices"):
+        farcer.pack(turns, faces, [5])

@@ -1,0 +1,200 @@
+"""FARCER training and evaluation CLI on a tiny generated MELD-style corpus and image folder."""
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from backend.errors import InputError
+from backend.labels import IEMOCAP6, MELD7
+from tests.fixtures_iemocap import make_iemocap_fixture
+from training.__main__ import main
+from training.farcer import CONFIG, WEIGHTS, TrainConfig, load_checkpoint, make_samples
+from training.metrics import REPORT_KEYS
+
+WORDS = ["oh", "my", "god", "you", "know", "what", "I", "mean", "this", "is", "the", "best", "day", "ever", "no",
+         "way", "we", "were", "on", "a", "break"]
+FER_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+TINY_CORE = ["--core", "new", "--vocab-size", "1000", "--hidden-size", "64", "--layers", "1", "--context", "1024"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_meld(root: Path, dialogues: dict[str, int] | None = None, turns: int = 6, seed: int = 0) -> Path:
+    """train/dev/test_sent_emo.csv with random lines; every label occurs in every split."""
+    dialogues = dialogues or {"train": 6, "dev": 3, "test": 3}
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, n in dialogues.items():
+        with open(root / f"{name}_sent_emo.csv", "w", newline="", encoding="utf-8") as f:
+            out = csv.writer(f)
+            out.writerow(["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",
+                          "Utterance_ID", "Season", "Episode", "StartTime", "EndTime"])
+            row = 0
+            for dia in range(n):
+                for utt in range(turns):
+                    label = MELD7[row % len(MELD7)]
+                    text = " ".join(rng.choices(WORDS, k=rng.randint(3, 8)))
+                    out.writerow([row + 1, text, rng.choice(["Ross", "Rachel"]), label, "neutral", dia, utt,
+                                  1, 1, f"00:00:{utt:02d},000", f"00:00:{utt:02d},900"])
+                    row += 1
+    return root
+
+
+def write_faces(root: Path, per_class: int = 2) -> Path:
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        for name in FER_CLASSES:
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 256, (48, 48), dtype=np.uint8))
+    return root
+
+
+def train_tiny(tmp: Path, extra: list[str] = ()) -> tuple[Path, Path, Path, Path]:
+    """(meld dir, faces dir, core checkpoint, projector checkpoint) trained for one tiny epoch each."""
+    meld, faces = write_meld(tmp / "meld"), write_faces(tmp / "fer")
+    core, head = tmp / "core", tmp / "head"
+    assert main(["train", "farcer", "--data", str(meld), *TINY_CORE, "--shots", "3", "--past-labels", "mixed",
+                 "--epochs", "1", "--out", str(core)]) == 0
+    assert main(["train", "farcer", "--data", str(meld), "--core", str(core), "--faces", str(faces),
+                 "--shots", "3", "--epochs", "1", "--lr", "1e-2", "--out", str(head), *extra]) == 0
+    return meld, faces, core, head
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("farcer")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ERC_DATA_DIR", str(tmp / "data"))
+    from backend.settings import get_settings
+
+    get_settings.cache_clear()
+    yield train_tiny(tmp)
+    mp.undo()
+    get_settings.cache_clear()
+
+
+def test_core_checkpoint_is_a_hub_style_folder_with_chat_template(trained):
+    _, _, core, _ = trained
+    names = {p.name for p in core.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", CONFIG, "MODEL_CARD.md"} <= names
+    meta = json.loads((core / CONFIG).read_text())
+    assert meta["core_trained"] and meta["best_epoch"] == 1 and meta["train"]["text_weight"] == 1.0
+    with safe_open(str(core / "model.safetensors"), framework="pt") as f:
+        names = f.keys()
+        assert {f.get_tensor(k).dtype for k in names} == {torch.float16}
+    farcer, _ = load_checkpoint(core)
+    assert farcer.chat.assistant_end == "<|eot|>" and farcer.labels == MELD7
+    assert "offline FARCER core LM" in (core / "MODEL_CARD.md").read_text()
+
+
+def test_projector_checkpoint_holds_only_the_projector(trained):
+    _, _, core, head = trained
+    assert not (head / "model.safetensors").exists() and not (head / "tokenizer.json").exists()
+    with safe_open(str(head / WEIGHTS), framework="pt") as f:
+        keys = set(f.keys())
+    assert keys == {"projector.net.0.weight", "projector.net.0.bias"}
+    meta = json.loads((head / CONFIG).read_text())
+    assert meta["core"] == str(core) and not meta["core_trained"] and meta["model"]["image_dim"] == 256
+    farcer, _ = load_checkpoint(head)
+    trained_weight = farcer.projector.net[0].weight
+    with safe_open(str(head / WEIGHTS), framework="pt") as f:
+        assert torch.equal(f.get_tensor("projector.net.0.weight"), trained_weight)
+    card = (head / "MODEL_CARD.md").read_text()
+    assert "pseudo-paired by label" in card and "not stored here" in card
+
+
+def test_evaluate_reports_every_utterance_and_the_last_turn_protocol(trained, tmp_path):
+    meld, faces, _, head = trained
+    out = tmp_path / "report.json"
+    assert main(["evaluate", "farcer", "--checkpoint", str(head), "--data", str(meld), "--faces", str(faces),
+                 "--split", "test", "--protocol", "last-turn", "--past-labels", "gold", "--out", str(out),
+                 "--record", "tiny test"]) == 0
+    report = json.loads(out.read_text())
+    assert set(REPORT_KEYS) <= set(report) and report["n"] == 3 * 6
+    assert report["labels"] == list(MELD7) and sum(map(sum, report["confusion"])) == 18
+    assert report["last_turn"]["n"] == 3 and set(REPORT_KEYS) <= set(report["last_turn"])
+    assert report["oracle"] is True and report["past_labels"] == "gold" and report["shots"] == 3
+    assert "--past-labels gold" in report["command"]
+    card = (head / "MODEL_CARD.md").read_text()
+    assert "tiny test (ORACLE: gold past labels): weighted F1" in card and "last turn" in card
+    text_only = tmp_path / "text.json"
+    assert main(["evaluate", "farcer", "--checkpoint", str(head), "--data", str(meld), "--split", "validation",
+                 "--out", str(text_only)]) == 0
+    report = json.loads(text_only.read_text())
+    assert report["n"] == 18 and "last_turn" not in report and report["faces"] == "none (text only)"
+    assert report["past_labels"] == "none" and report["oracle"] is False
+
+
+def test_lora_variant_saves_adapters_and_projector_only(trained, tmp_path):
+    meld, faces, core, _ = trained
+    out = tmp_path / "lora"
+    assert main(["train", "farcer", "--data", str(meld), "--core", str(core), "--faces", str(faces),
+                 "--variant", "lora", "--shots", "0", "--epochs", "1", "--max-steps", "2", "--out", str(out)]) == 0
+    with safe_open(str(out / WEIGHTS), framework="pt") as f:
+        keys = set(f.keys())
+    assert any("q_proj.lora_A" in k for k in keys) and any("v_proj.lora_B" in k for k in keys)
+    assert all(k.startswith("projector.") or "lora_" in k for k in keys)
+    farcer, meta = load_checkpoint(out)
+    assert meta["train"]["variant"] == "lora" and meta["train"]["max_steps"] == 2
+    assert any("lora_A" in name for name, _ in farcer.lm.named_parameters())
+
+
+def test_iemocap_sub_dialogues_train_with_six_labels(tmp_path, data_dir):
+    root = make_iemocap_fixture(tmp_path / "iemocap", utterances=12)
+    out = tmp_path / "core"
+    assert main(["train", "farcer", "--corpus", "iemocap", "--data", str(root), *TINY_CORE, "--shots", "0",
+                 "--epochs", "1", "--max-steps", "3", "--out", str(out)]) == 0
+    meta = json.loads((out / CONFIG).read_text())
+    assert meta["labels"] == list(IEMOCAP6) and meta["train"]["targets"] == "last"
+    assert set(meta["val"]["labels"]) == set(IEMOCAP6)
+    with pytest.raises(InputError, match="not the meld labels"):
+        main(["evaluate", "farcer", "--checkpoint", str(out), "--data", str(write_meld(tmp_path / "m")),
+              "--out", str(tmp_path / "r.json")])
+
+
+def test_samples_stay_inside_one_dialogue():
+    from backend.dialogue import Dialogue, Turn
+
+    dialogues = [Dialogue(str(i), [Turn("A", None, None, "hi", "joy")] * n) for i, n in enumerate((30, 3, 25))]
+    last = make_samples(dialogues, TrainConfig(targets="last"), seed=1)
+    assert len(last) == 30 + 3 + 25
+    assert all(s.end <= len(dialogues[s.dialogue]) and s.targets == (s.end - s.start - 1,) for s in last)
+    lengths = [s.end - s.start for s in last if s.end >= 21]
+    assert min(lengths) >= 5 and max(lengths) <= 21 and len(set(lengths)) > 3
+    assert last == make_samples(dialogues, TrainConfig(targets="last"), seed=1)
+    assert last != make_samples(dialogues, TrainConfig(targets="last"), seed=2)
+    every = make_samples(dialogues, TrainConfig(targets="every"), seed=1)
+    assert [(s.dialogue, s.start, s.end) for s in every] == [(0, 0, 21), (0, 21, 30), (1, 0, 3), (2, 0, 21), (2, 21, 25)]
+    assert sum(len(s.targets) for s in every) == 58
+    with pytest.raises(InputError, match="min_turns"):
+        make_samples(dialogues, TrainConfig(min_turns=6, max_turns=5, targets="last"), seed=0)
+
+
+def test_train_core_continues_a_core_and_keeps_its_history(trained, tmp_path):
+    meld, _, core, _ = trained
+    out = tmp_path / "core2"
+    assert main(["train", "farcer", "--data", str(meld), "--core", str(core), "--train-core", "--shots", "0",
+                 "--epochs", "1", "--max-steps", "1", "--out", str(out)]) == 0
+    meta = json.loads((out / CONFIG).read_text())
+    assert meta["core_trained"] and (out / "model.safetensors").exists() and not (out / WEIGHTS).exists()
+    assert meta["continued_from"][0]["command"] == json.loads((core / CONFIG).read_text())["command"]
+    assert "--core new" in (out / "MODEL_CARD.md").read_text() and "--train-core" in meta["command"]
+    with pytest.raises(InputError, match="text-only core"):
+        main(["train", "farcer", "--data", str(meld), "--core", str(core), "--train-core", "--variant", "lora",
+              "--out", str(tmp_path / "x")])

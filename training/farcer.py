@@ -1,0 +1,543 @@
+"""Train and evaluate FARCER: a core LM (trained here with `--core new`, or loaded) plus a projector.
+
+    python -m training train farcer --corpus meld --data ../shared/data/meld --core new \
+        --out checkpoints/farcer-core                      # offline core LM + tokenizer, text only
+    python -m training train farcer --corpus meld --data ../shared/data/meld --core farcer-core \
+        --faces ../shared/data/fer2013 --variant base --out checkpoints/farcer
+    python -m training evaluate farcer --checkpoint checkpoints/farcer --corpus meld --data ../shared/data/meld \
+        --faces ../shared/data/fer2013 --split test --protocol last-turn --out runs/farcer-test.json
+
+Faces: MELD ships no frames here, so with `--faces FOLDER` every turn is paired with a random face of
+the same emotion from a FER2013-style image folder (train faces for train, val for validation, test
+for test; seeded) and encoded once with the offline face encoder (vectors cached on disk).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from backend.dialogue import Dialogue, LabelledImage
+from backend.errors import InputError, ModelUnavailableError
+from backend.settings import get_settings
+from models.farcer import Farcer, FarcerConfig, apply_lora, load_farcer_lm, load_trainable, save_trainable
+from models.farcer_prompt import PAST_LABELS, SHOT_COUNTS, Example, sample_shots, training_prompts
+from training.corpora.image_folder import load_image_folder
+from training.corpora.registry import CORPORA, corpus_labels, load_corpus, split
+from training.farcer_core import CoreConfig, new_core, save_core, train_tokenizer
+from training.metrics import classification_report
+
+CHECKPOINT_NAME = "farcer"
+CORE_NAME = "farcer-core"
+CONFIG = "farcer.json"
+WEIGHTS = "trainable.safetensors"
+VARIANTS = ("base", "three-layer", "lora")
+PROTOCOLS = ("every", "last-turn")
+FACE_SPLITS = {"train": "train", "validation": "val", "test": "test"}
+PAST_NOTE = {
+    "none": "no labels on past turns",
+    "gold": "gold past labels in training and validation: an oracle",
+    "predicted": "gold past labels in training, the model's own in validation",
+    "mixed": "each training row without or with gold past labels; validation with the model's own",
+}
+
+
+@dataclass
+class TrainConfig:
+    variant: str = "base"
+    shots: int = 7
+    prompts: int = 10  # distinct seeded k-shot prompts rotated through in training
+    past_labels: str = "none"  # training shows gold past labels for gold and predicted
+    epochs: int = 2
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.05
+    text_weight: float = 0.0  # weight of the LM loss on the dialogue text (1 when training a core)
+    min_turns: int = 5
+    max_turns: int = 21
+    targets: str = "every"  # every: each turn of a (cut) dialogue is a target; last: the last turn of a sub-dialogue
+    max_steps: int = 0  # 0: whole epochs; otherwise stop after this many optimiser steps
+    val_dialogues: int = 0  # 0: the whole validation split
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Split:
+    dialogues: list[Dialogue]
+    faces: list[list[np.ndarray | None]]  # per dialogue, per turn
+
+
+def load_split(corpus: str, data: Path, name: str, faces: Path | None, encoder: Path | None, seed: int) -> Split:
+    dialogues = split(load_corpus(corpus, data), name)
+    if not dialogues:
+        raise InputError(f"{data}: the {corpus} corpus has no {name!r} dialogues")
+    if faces is None:
+        return Split(dialogues, [[None] * len(d) for d in dialogues])
+    return Split(dialogues, paired_faces(dialogues, faces, FACE_SPLITS[name], encoder, seed))
+
+
+def paired_faces(
+    dialogues: Sequence[Dialogue], folder: Path, face_split: str, encoder: Path | None, seed: int
+) -> list[list[np.ndarray | None]]:
+    """Each turn gets the feature of a random face (seeded) with the turn's label from the image
+    folder's split; a turn whose label has no faces there gets none."""
+    labels = tuple(dict.fromkeys(t.label for d in dialogues for t in d.turns if t.label))
+    images = load_image_folder(folder, labels, split=face_split).images
+    by_label: dict[str, list[int]] = {}
+    for i, image in enumerate(images):
+        by_label.setdefault(image.label, []).append(i)
+    rng = random.Random(seed)
+    chosen = [[rng.choice(by_label[t.label]) if t.label in by_label else None for t in d.turns] for d in dialogues]
+    used = sorted({i for row in chosen for i in row if i is not None})
+    vectors = dict(zip(used, face_features([images[i].path for i in used], encoder)))
+    return [[None if i is None else vectors[i] for i in row] for row in chosen]
+
+
+def face_features(paths: Sequence[Path], encoder: Path | None = None) -> np.ndarray:
+    """[N, feature_dim] offline face-encoder features of image files, cached on disk."""
+    from models.face_cnn import normalise, to_pixels
+    from training.face_encoder import default_checkpoint, load_face_encoder, load_pixels
+
+    encoder = encoder or default_checkpoint()
+    digest = hashlib.sha1((encoder / "model.safetensors").read_bytes())
+    for path in paths:
+        digest.update(f"{Path(path).resolve()}\t{Path(path).stat().st_size}\n".encode())
+    cache = get_settings().cache_dir / "farcer-faces" / f"{digest.hexdigest()[:20]}.npy"
+    if cache.exists():
+        return np.load(cache)
+    model, config, _ = load_face_encoder(encoder)
+    pixels = load_pixels([LabelledImage(Path(p), "") for p in paths], config.image_size)
+    with torch.no_grad():
+        out = np.concatenate([
+            model.features(normalise(to_pixels(torch.from_numpy(pixels[i : i + 512])), config)).numpy()
+            for i in range(0, len(pixels), 512)
+        ])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, out.astype(np.float32))
+    return out.astype(np.float32)
+
+
+def shot_pool(dialogues: Sequence[Dialogue], seed: int, size: int = 200) -> list[Example]:
+    """Few-shot examples: 1-3 consecutive turns ending at a random turn of a training dialogue
+    (text only, as in the released code)."""
+    rng = random.Random(seed)
+    pool = []
+    for d in rng.sample(list(dialogues), min(size, len(dialogues))):
+        end = rng.randrange(len(d))
+        pool.append(Example(tuple(d.turns[max(0, end - rng.randint(0, 2)) : end + 1])))
+    return pool
+
+
+@dataclass(frozen=True)
+class Sample:
+    dialogue: int
+    start: int
+    end: int
+    targets: tuple[int, ...]  # indices into turns[start:end]
+
+
+def make_samples(dialogues: Sequence[Dialogue], cfg: TrainConfig, seed: int) -> list[Sample]:
+    """`every`: each dialogue cut into pieces of at most max_turns, every turn a target; `last`: one
+    sub-dialogue of min_turns-max_turns turns (fewer at the start) ending at each turn, which is its
+    target. Pieces never cross dialogues."""
+    if not 1 <= cfg.min_turns <= cfg.max_turns:
+        raise InputError(f"need 1 <= min_turns <= max_turns, got {cfg.min_turns} and {cfg.max_turns}")
+    rng = random.Random(seed)
+    samples = []
+    for index, d in enumerate(dialogues):
+        if cfg.targets == "every":
+            for start in range(0, len(d), cfg.max_turns):
+                end = min(len(d), start + cfg.max_turns)
+                samples.append(Sample(index, start, end, tuple(range(end - start))))
+        else:
+            for end in range(1, len(d) + 1):
+                start = max(0, end - rng.randint(cfg.min_turns, cfg.max_turns))
+                samples.append(Sample(index, start, end, (end - start - 1,)))
+    return samples
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def resolve_core(name: str, checkpoint: Path | None = None) -> str:
+    """A core as written in a checkpoint: a folder (as given, beside the checkpoint, or in the
+    checkpoints dir, e.g. `farcer-core`), else a hub name."""
+    path = Path(name)
+    beside = (checkpoint.parent / path,) if checkpoint else ()
+    for candidate in (path, *beside, get_settings().checkpoints_dir / path):
+        if candidate.is_dir():
+            return str(candidate)
+    return name
+
+
+def load_checkpoint(path: Path, device: str = "cpu") -> tuple[Farcer, dict]:
+    """A trained FARCER (core + projector/adapters) in eval mode, and its farcer.json."""
+    if not (path / CONFIG).is_file():
+        raise ModelUnavailableError(
+            f"FARCER checkpoint {path} has no {CONFIG}; train one with `python -m training train farcer ...`"
+        )
+    meta = json.loads((path / CONFIG).read_text())
+    config = FarcerConfig(**{**meta["model"], "lora_targets": tuple(meta["model"]["lora_targets"]),
+                             "labels": tuple(meta["model"]["labels"])})
+    core = str(path) if meta["core_trained"] else resolve_core(meta["core"], path)
+    farcer = load_farcer_lm(core, config, device=device, dtype=torch.float32)
+    if meta["train"]["variant"] == "lora":
+        apply_lora(farcer, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets)
+    if (path / WEIGHTS).is_file():
+        load_trainable(farcer, path / WEIGHTS)
+    return farcer.eval(), meta
+
+
+def checkpoint_id(path: Path) -> str:
+    """A short id of a checkpoint's weights (what the app shows as the model version)."""
+    digest = hashlib.sha1()
+    for name in (CONFIG, WEIGHTS, "model.safetensors"):
+        if (path / name).is_file():
+            digest.update((path / name).read_bytes())
+    return digest.hexdigest()[:10]
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def label_split(farcer: Farcer, data: Split, shots: Sequence[Example], past_labels: str) -> list[list[str]]:
+    """Every turn's predicted label, dialogue by dialogue, with the incremental `label_dialogue`."""
+    prefix = farcer.encode_prefix(shots, past_labels)
+    return [
+        farcer.label_dialogue(d.turns, faces, prefix, past_labels).labels
+        for d, faces in zip(tqdm(data.dialogues, desc="labelling", leave=False), data.faces)
+    ]
+
+
+def reports(data: Split, predicted: list[list[str]], labels: Sequence[str], protocol: str = "every") -> dict:
+    """The every-utterance report (REPORT_KEYS), plus `last_turn` for the paper's protocol."""
+    present = sorted({t.label for d in data.dialogues for t in d.turns}, key=labels.index)
+    true = [t.label for d in data.dialogues for t in d.turns]
+    report = classification_report(true, [p for row in predicted for p in row], labels, present)
+    if protocol == "last-turn":
+        last = [d.turns[-1].label for d in data.dialogues]
+        report["last_turn"] = classification_report(last, [row[-1] for row in predicted], labels, present)
+    return report
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _cosine(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return factor
+
+
+def build_model(args: argparse.Namespace, cfg: TrainConfig, labels: tuple[str, ...], train: Split, image_dim: int) -> Farcer:
+    model = FarcerConfig(lm=args.core, image_dim=image_dim, labels=labels,
+                         projector="three-layer" if cfg.variant == "three-layer" else "base",
+                         max_context=args.context)
+    if args.core == "new":
+        if args.hidden_size % 64:
+            raise InputError(f"--hidden-size must be a multiple of 64 (heads of 64), got {args.hidden_size}")
+        tokenizer = train_tokenizer([t.text for d in train.dialogues for t in d.turns] +
+                                    [t.speaker for d in train.dialogues for t in d.turns], args.vocab_size)
+        core = CoreConfig(vocab_size=args.vocab_size, hidden_size=args.hidden_size,
+                          intermediate_size=3 * args.hidden_size, num_hidden_layers=args.layers,
+                          num_attention_heads=args.hidden_size // 64, context=args.context)
+        farcer = Farcer(new_core(tokenizer, core, cfg.seed), tokenizer, model)
+        farcer.lm.requires_grad_(True)
+        farcer.projector.requires_grad_(False)  # a text-only stage: no image slots to train
+        args.core_config = core.to_dict()
+        return farcer
+    farcer = load_farcer_lm(resolve_core(args.core), model, get_settings().torch_device(), torch.float32)
+    if args.train_core:
+        farcer.lm.requires_grad_(True)
+        farcer.projector.requires_grad_(False)
+        args.core_config = json.loads((Path(resolve_core(args.core)) / CONFIG).read_text())["core_config"]
+    elif cfg.variant == "lora":
+        apply_lora(farcer)
+    return farcer
+
+
+def fit(farcer: Farcer, train: Split, val: Split, pool: list[Example], cfg: TrainConfig, on_best) -> dict:
+    """AdamW + warmup/cosine over packed rows; after each epoch label the validation split every-turn
+    and keep the best weighted F1 (`on_best(report, epoch)`)."""
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    samples = make_samples(train.dialogues, cfg, cfg.seed)
+    counts = Counter(train.dialogues[s.dialogue].turns[s.start + t].label for s in samples for t in s.targets)
+    farcer.set_label_counts(counts)
+    prompts = training_prompts(pool, cfg.prompts, cfg.shots, cfg.seed) if cfg.shots else [[]]
+    val_shots = sample_shots(pool, cfg.shots, cfg.seed)
+    val_past = {"mixed": "predicted"}.get(cfg.past_labels, cfg.past_labels)
+    steps_per_epoch = math.ceil(len(samples) / cfg.batch_size)
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    params = [p for p in farcer.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(max(1, int(cfg.warmup * total)), total))
+    best, curve, step = {"weighted_f1": -1.0}, [], 0
+    bar = tqdm(total=total, desc="farcer", unit="batch")
+    for epoch in range(1, cfg.epochs + 1):
+        started, sums = time.time(), Counter()
+        farcer.train()
+        order = rng.sample(samples, len(samples))
+        for i in range(0, len(order), cfg.batch_size):
+            rows = []
+            for s in order[i : i + cfg.batch_size]:
+                d = train.dialogues[s.dialogue]
+                past = cfg.past_labels if cfg.past_labels in PAST_LABELS else rng.choice(("none", "gold"))
+                rows.append(farcer.pack(d.turns[s.start : s.end], train.faces[s.dialogue][s.start : s.end],
+                                        s.targets, rng.choice(prompts), past))
+            loss, parts = farcer.packed_loss(rows, cfg.text_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            sums.update({**parts, "n": 1})
+            step += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
+            if step >= total:
+                break
+        farcer.eval()
+        report = reports(val, label_split(farcer, val, val_shots, val_past), farcer.labels)
+        row = {"epoch": epoch, "steps": step, **{f"train_{k}_loss": sums[k] / sums["n"] for k in parts},
+               "val_weighted_f1": report["weighted_f1"], "val_accuracy": report["accuracy"],
+               "seconds": round(time.time() - started, 1)}
+        curve.append(row)
+        improved = report["weighted_f1"] > best["weighted_f1"]
+        if improved:
+            best = {**report, "epoch": epoch}
+            on_best(report, epoch)
+        bar.write(f"epoch {epoch}: {row}" + (" *" if improved else ""))
+        if step >= total:
+            break
+    bar.close()
+    return {"best_epoch": best["epoch"], "val": best, "curve": curve, "label_counts": dict(counts)}
+
+
+def _save(farcer: Farcer, args: argparse.Namespace, cfg: TrainConfig, extra: dict) -> None:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    if trains_core(args):
+        save_core(farcer.lm, farcer.tokenizer, out)
+    else:
+        save_trainable(farcer, out / WEIGHTS)
+    model = {**asdict(farcer.config), "lm": str(args.core)}
+    meta = {
+        "core": str(args.core), "core_trained": trains_core(args), "core_config": getattr(args, "core_config", None),
+        "model": model, "labels": list(farcer.labels), "train": asdict(cfg),
+        "faces": str(args.faces) if args.faces else None, "face_encoder": str(args.face_encoder or "face-encoder"),
+        "corpus": args.corpus, "data": str(args.data), "command": args.command, **extra,
+    }
+    (out / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+    (out / "labels.json").write_text(json.dumps(list(farcer.labels)) + "\n")
+
+
+def trains_core(args: argparse.Namespace) -> bool:
+    return args.core == "new" or args.train_core
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    parser.add_argument("--corpus", choices=sorted(CORPORA), default="meld")
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--core", default=CORE_NAME,
+                        help="core LM folder or hub name, or `new` to train a small Llama + tokenizer here (text only)")
+    parser.add_argument("--train-core", action="store_true",
+                        help="keep training a core made here (text only), e.g. from a finished --core new run")
+    parser.add_argument("--faces", type=Path, default=None, help="FER2013-style image folder for label-matched faces")
+    parser.add_argument("--face-encoder", type=Path, default=None, help="default checkpoints/face-encoder")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default checkpoints/farcer (farcer-core when training a core)")
+    parser.add_argument("--variant", choices=VARIANTS, default=d.variant)
+    parser.add_argument("--shots", type=int, choices=SHOT_COUNTS, default=d.shots)
+    parser.add_argument("--past-labels", choices=(*PAST_LABELS, "mixed"), default=d.past_labels,
+                        help="training shows gold past labels for gold/predicted; mixed: none or gold per row")
+    parser.add_argument("--targets", choices=("every", "last"), default=None,
+                        help="default: every for meld (whole dialogues), last for others (5-21 turn sub-dialogues)")
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--max-steps", type=int, default=d.max_steps)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--text-weight", type=float, default=None, help="LM loss weight (default 1 for --core new, else 0)")
+    parser.add_argument("--val-dialogues", type=int, default=d.val_dialogues)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--context", type=int, default=2048)
+    parser.add_argument("--vocab-size", type=int, default=CoreConfig.vocab_size)
+    parser.add_argument("--hidden-size", type=int, default=CoreConfig.hidden_size)
+    parser.add_argument("--layers", type=int, default=CoreConfig.num_hidden_layers)
+    parser.add_argument("--threads", type=int, default=1)
+
+
+def _command(action: str, args: argparse.Namespace, skip: tuple[str, ...] = ()) -> str:
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+             if k not in ("action", "task", "command", "core_config", *skip) and v is not None and v is not False]
+    return f"python -m training {action} farcer " + " ".join(f.replace(" True", "") for f in flags)
+
+
+def train(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    checkpoints = get_settings().checkpoints_dir
+    args.out = args.out or checkpoints / (CORE_NAME if trains_core(args) else CHECKPOINT_NAME)
+    args.command = _command("train", args)
+    if trains_core(args) and (args.faces or args.variant != "base"):
+        raise InputError("--core new / --train-core train the text-only core LM; drop --faces/--variant and train "
+                         "the projector after")
+    targets = args.targets or ("every" if args.corpus == "meld" else "last")
+    cfg = TrainConfig(variant=args.variant, shots=args.shots, past_labels=args.past_labels, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, targets=targets, max_steps=args.max_steps,
+                      text_weight=args.text_weight if args.text_weight is not None else float(trains_core(args)),
+                      val_dialogues=args.val_dialogues, seed=args.seed)
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
+        raise InputError("--epochs and --batch-size must be at least 1 and --lr positive")
+    labels = corpus_labels(args.corpus)
+    train_split = load_split(args.corpus, args.data, "train", args.faces, args.face_encoder, cfg.seed)
+    val = load_split(args.corpus, args.data, "validation", args.faces, args.face_encoder, cfg.seed)
+    if cfg.val_dialogues:
+        val = Split(val.dialogues[: cfg.val_dialogues], val.faces[: cfg.val_dialogues])
+    dims = {len(f) for row in train_split.faces for f in row if f is not None}
+    farcer = build_model(args, cfg, labels, train_split, dims.pop() if dims else FarcerConfig.image_dim)
+    pool = shot_pool(train_split.dialogues, cfg.seed)
+    started = time.time()
+    before = {}
+    if args.train_core:
+        old = json.loads((Path(resolve_core(args.core)) / CONFIG).read_text())
+        before = {"continued_from": [*old.get("continued_from", []), {k: old[k] for k in ("command", "curve", "val")}]}
+
+    def on_best(report: dict, epoch: int) -> None:
+        minutes = (time.time() - started) / 60
+        _save(farcer, args, cfg, {**before, "best_epoch": epoch, "val": report, "train_minutes": minutes})
+
+    result = fit(farcer, train_split, val, pool, cfg, on_best)
+    meta = json.loads((args.out / CONFIG).read_text())
+    meta.update(curve=result["curve"], label_counts=result["label_counts"], train_minutes=(time.time() - started) / 60)
+    write_card(args.out, meta)
+    print(f"best epoch {result['best_epoch']}: val weighted F1 {result['val']['weighted_f1']:.4f}; checkpoint in {args.out}")
+    return 0
+
+
+def write_card(out: Path, meta: dict) -> None:
+    (out / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+    (out / "MODEL_CARD.md").write_text(model_card(meta))
+
+
+def model_card(meta: dict) -> str:
+    val, cfg = meta["val"], meta["train"]
+    what = (
+        f"the offline FARCER core LM: a Llama trained from scratch here ({meta['core_config']}) with its own "
+        "byte-level BPE tokenizer and chat template, on the training transcripts in FARCER's prompt format "
+        "(LM loss on the dialogue lines + balanced-weighted label loss); no image slots were trained"
+        if meta["core_trained"]
+        else f"a {cfg['variant']} FARCER head (projector{' + LoRA adapters' if cfg['variant'] == 'lora' else ''} "
+        f"only; the core LM `{meta['core']}` is frozen and not stored here)"
+    )
+    faces = (
+        f"Faces: `{meta['faces']}` pseudo-paired by label: every turn got a random face of the same emotion "
+        "(train faces for train turns, val for validation, test for test; seeded), encoded with the offline "
+        "face encoder. MELD frames are not available here, so faces carry the gold emotion at FER-classifier "
+        "accuracy: results with faces measure the pipeline, not real audiovisual recognition."
+        if meta["faces"] else "Faces: none (text only)."
+    )
+    earlier = "".join(f"{run['command']}\n" for run in meta.get("continued_from", []))
+    tests = "\n".join(f"- {r['name']}: weighted F1 {r['weighted_f1']:.4f} (n={r['n']})\n\n  ```\n  {r['command']}\n  ```"
+                      for r in meta.get("results", []))
+    return f"""# FARCER {'core LM' if meta['core_trained'] else cfg['variant'] + ' head'}
+
+What: {what}. Labels: {', '.join(meta['labels'])}. Corpus `{meta['corpus']}`.
+
+{faces}
+
+## Training
+
+```
+{earlier}{meta['command']}
+```
+
+Targets `{cfg['targets']}`, {cfg['shots']}-shot prompts ({cfg['prompts']} seeded variants), past labels
+`{cfg['past_labels']}` ({PAST_NOTE[cfg['past_labels']]}), AdamW + warmup/cosine, batch {cfg['batch_size']},
+lr {cfg['lr']}; epoch selected on validation weighted F1 only: epoch {meta['best_epoch']} of {len(meta['curve'])},
+{meta['train_minutes']:.1f} min on CPU.
+
+Validation (every utterance, selected epoch): weighted F1 {val['weighted_f1']:.4f}, accuracy {val['accuracy']:.4f},
+n={val['n']}.
+
+## Results
+
+{tests or 'None recorded yet: run `python -m training evaluate farcer ... --record NAME`.'}
+"""
+
+
+def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, default=None, help="default checkpoints/farcer")
+    parser.add_argument("--corpus", choices=sorted(CORPORA), default="meld")
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--faces", type=Path, default=None, help="image folder for label-matched faces; omit for text only")
+    parser.add_argument("--face-encoder", type=Path, default=None)
+    parser.add_argument("--split", choices=("train", "validation", "test"), default="test")
+    parser.add_argument("--shots", type=int, choices=SHOT_COUNTS, default=None, help="default: as trained")
+    parser.add_argument("--past-labels", choices=PAST_LABELS, default=None,
+                        help="default: none if trained with none, else predicted; gold is an oracle")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="every",
+                        help="last-turn also reports the last utterance of each dialogue (the paper's protocol)")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N dialogues (0: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, required=True, help="JSON report")
+    parser.add_argument("--record", default=None, help="also list the result in the checkpoint's card under this name")
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    checkpoint = args.checkpoint or get_settings().checkpoints_dir / CHECKPOINT_NAME
+    farcer, meta = load_checkpoint(checkpoint)
+    if tuple(corpus_labels(args.corpus)) != farcer.labels:
+        raise InputError(f"the checkpoint's labels ({', '.join(farcer.labels)}) are not the {args.corpus} labels; "
+                         "evaluate on the corpus it was trained for")
+    trained = meta["train"]
+    shots_k = trained["shots"] if args.shots is None else args.shots
+    past = args.past_labels or ("none" if trained["past_labels"] == "none" else "predicted")
+    data = load_split(args.corpus, args.data, args.split, args.faces, args.face_encoder, args.seed)
+    if args.limit:
+        data = Split(data.dialogues[: args.limit], data.faces[: args.limit])
+    pool = shot_pool(split(load_corpus(args.corpus, args.data), "train"), trained["seed"])
+    shots = sample_shots(pool, shots_k, args.seed)
+    report = reports(data, label_split(farcer, data, shots, past), farcer.labels, args.protocol)
+    report.update(
+        split=args.split, shots=shots_k, past_labels=past, oracle=past == "gold",
+        faces="none (text only)" if args.faces is None else f"pseudo-paired by label from {args.faces}",
+        protocol=args.protocol, checkpoint=str(checkpoint), command=_command("evaluate", args, ("record",)),
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    oracle = " (ORACLE: gold past labels)" if past == "gold" else ""
+    last = f"; last-turn weighted F1 {report['last_turn']['weighted_f1']:.4f}" if "last_turn" in report else ""
+    print(f"{args.split}{oracle}: weighted F1 {report['weighted_f1']:.4f}, accuracy {report['accuracy']:.4f}, "
+          f"n={report['n']}{last}")
+    if args.record:
+        entry = {"name": args.record + oracle, "weighted_f1": report["weighted_f1"], "n": report["n"],
+                 "command": report["command"]}
+        results = [r for r in meta.get("results", []) if r["name"] != entry["name"]] + [entry]
+        if "last_turn" in report:
+            results = [r for r in results if r["name"] != entry["name"] + ", last turn"] + [
+                {**entry, "name": entry["name"] + ", last turn", "weighted_f1": report["last_turn"]["weighted_f1"],
+                 "n": report["last_turn"]["n"]}]
+        write_card(checkpoint, {**meta, "results": results})
+    return 0
