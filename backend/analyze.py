@@ -27,8 +27,8 @@ SAMPLE_RATE = 16_000
 Progress = Callable[[float, str], None]
 
 
-def _no_progress(fraction: float, stage: str) -> None:
-    pass
+def no_progress(fraction: float, stage: str) -> None:
+    """The default progress callback: report nothing."""
 
 
 def find_turns(
@@ -84,7 +84,7 @@ def analyze(
     profile: str | None = None,
     explain: bool = False,
     settings: Settings | None = None,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> dict:
     """Analyse one video dialogue; returns a validated `erc.analysis/1` document."""
     settings = settings or get_settings()

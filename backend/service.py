@@ -15,7 +15,7 @@ from pathlib import Path
 
 from backend import exports
 from backend.agreement import agreement_report
-from backend.analyze import Progress, analyze
+from backend.analyze import Progress, analyze, no_progress
 from backend.errors import InputError
 from backend.media import probe, sha256_file
 from backend.predictors import load_predictors
@@ -24,10 +24,6 @@ from backend.settings import Settings, get_settings
 from backend.storage import Store, open_store
 
 TRANSCRIPT_SUFFIXES = (".csv",)
-
-
-def _no_progress(fraction: float, stage: str) -> None:
-    pass
 
 
 def turn_source(subtitles: str | Path | None, table: Sequence | None) -> dict:
@@ -73,13 +69,14 @@ class Service:
         subtitles: str | Path | None = None,
         table: Sequence | None = None,
         profile: str | None = None,
-        progress: Progress = _no_progress,
+        progress: Progress = no_progress,
     ) -> dict:
         """Analyse and store a video, or reopen its stored analysis; the `erc.analysis/1` document plus
         `dialogue_id`, a `turn_id` per turn, `turn_source` and `reused` (True when nothing was run)."""
         if not video:
             raise InputError("no video was given; upload a video dialogue (MP4, MKV, MOV, WebM or AVI)")
         prof = get_profile(profile or self.settings.profile)
+        # Refuse a bad or oversized upload before it is copied into the media store.
         probe(
             video, max_bytes=int(self.settings.max_upload_mb * 1e6), max_duration_s=self.settings.max_video_s
         )
