@@ -22,7 +22,7 @@ from backend.dialogue import Turn
 from backend.labels import MELD7
 from models.farcer import Farcer, FarcerConfig, load_farcer_lm
 from models.farcer_prompt import Example, sample_shots
-from training.farcer_core import CHAT_TEMPLATE, SPECIAL_TOKENS
+from training.farcer_core import SPECIAL_TOKENS, chat_tokenizer
 
 SPEAKERS = ("Rachel", "Ross", "Monica", "Chandler", "Joey", "Phoebe")
 WORDS = (
@@ -46,7 +46,6 @@ def words_of(texts: Iterable[str]) -> list[str]:
 def word_tokenizer(words: Iterable[str], vocab_size: int | None = None):
     """A word-level fast tokenizer with a chat template and an end-of-turn token (no hub needed)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
     for word in words_of([" ".join(words), *MELD7]):
@@ -56,14 +55,7 @@ def word_tokenizer(words: Iterable[str], vocab_size: int | None = None):
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.add_special_tokens(SPECIAL_TOKENS)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="<|eot|>",
-        chat_template=CHAT_TEMPLATE,
-    )
+    return chat_tokenizer(backend)
 
 
 def random_llama(vocab_size: int, context: int = 2048, seed: int = 0, **sizes: int):

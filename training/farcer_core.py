@@ -43,10 +43,23 @@ def prompt_texts(repeat: int = 100) -> list[str]:
     return (texts + ["DIALOGUE:\nFew-shot examples:\nEMOTION LABEL:'s current emotion:"]) * repeat
 
 
+def chat_tokenizer(backend):
+    """A `tokenizers` tokenizer wrapped for transformers, with FARCER's special tokens and chat template."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="<|eot|>",
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
     """A byte-level BPE tokenizer (never an unknown token) with chat special tokens and template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -58,14 +71,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
         show_progress=False,
     )
     backend.train_from_iterator([*texts, *prompt_texts()], trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="<|eot|>",
-        chat_template=CHAT_TEMPLATE,
-    )
+    return chat_tokenizer(backend)
 
 
 def new_core(tokenizer, config: CoreConfig, seed: int = 0):
