@@ -41,16 +41,6 @@ def tiny(seed: int = 0, **config) -> Farcer:
     return random_farcer(FarcerConfig(image_dim=DIM, **config), seed=seed, **TINY)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads, and on a shared 2-core box two spinning threads make the
-    # training test ~50x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def farcer():
     return tiny()

@@ -5,7 +5,6 @@ import shutil
 import time
 
 import pytest
-import torch
 
 from backend.analyze import analyze
 from backend.errors import ModelUnavailableError
@@ -30,14 +29,6 @@ Ross: we were on a break
 00:00:04,000 --> 00:00:05,200
 Rachel: no way
 """
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,6 @@ FER_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"
 TINY_CORE = ["--core", "new", "--vocab-size", "1000", "--hidden-size", "64", "--layers", "1", "--context", "1024"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_meld(root: Path, dialogues: dict[str, int] | None = None, turns: int = 6, seed: int = 0) -> Path:
     """train/dev/test_sent_emo.csv with random lines; every label occurs in every split."""
     dialogues = dialogues or {"train": 6, "dev": 3, "test": 3}
