@@ -14,7 +14,7 @@ from pathlib import Path
 
 from backend.dialogue import Turn
 from backend.errors import InputError, ModelUnavailableError
-from backend.faces import FaceResult, turn_face
+from backend.faces import FaceResult, turn_faces
 from backend.media import audio_span, load_audio, probe, sha256_file
 from backend.predictors import TurnInputs, load_predictors
 from backend.profiles import Profile, get_profile
@@ -116,7 +116,7 @@ def analyze(
 
     progress(0.4, "faces")
     t = time.perf_counter()
-    faces = [turn_face(video, turn.start, turn.end) for turn in turns]
+    faces = turn_faces(video, [(turn.start, turn.end) for turn in turns])
     inputs = [
         TurnInputs(
             audio=None if audio is None else audio_span(audio, SAMPLE_RATE, turn.start, turn.end),

@@ -124,12 +124,25 @@ def speaker_face(frames: Sequence[np.ndarray], min_fraction: float = _MIN_FACE_F
     return _result(frames, largest, "largest")
 
 
-def turn_face(path: str | Path, start: float, end: float, n_frames: int = 3) -> FaceResult:
-    """The speaker's face in a turn, from `n_frames` frames spread evenly inside [start, end]."""
+def _sample_times(start: float, end: float, n_frames: int) -> list[float]:
     if start is None or end is None or end < start:
         raise InputError(f"Turn times must satisfy start <= end, got start={start}, end={end}. Fix the turn.")
     if n_frames < 1:
         raise InputError(f"n_frames must be at least 1, got {n_frames}.")
     step = (end - start) / n_frames
-    frames = read_frames(path, [start + (k + 0.5) * step for k in range(n_frames)])
-    return speaker_face(frames)
+    return [start + (k + 0.5) * step for k in range(n_frames)]
+
+
+def turn_faces(path: str | Path, spans: Sequence[tuple[float, float]], n_frames: int = 3) -> list[FaceResult]:
+    """The speaker's face in each (start, end) turn, from `n_frames` frames spread evenly inside it.
+
+    The frames of all turns are decoded in one pass over the video.
+    """
+    times = [t for start, end in spans for t in _sample_times(start, end, n_frames)]
+    frames = read_frames(path, times)
+    return [speaker_face(frames[i : i + n_frames]) for i in range(0, len(frames), n_frames)]
+
+
+def turn_face(path: str | Path, start: float, end: float, n_frames: int = 3) -> FaceResult:
+    """The speaker's face in one turn (see `turn_faces`)."""
+    return turn_faces(path, [(start, end)], n_frames)[0]
