@@ -13,7 +13,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import cached_property, partial
 from itertools import accumulate
 from pathlib import Path
 from typing import Any, Literal
@@ -283,25 +283,32 @@ class Farcer(nn.Module):
         allowed[: ends[-1], : ends[-1]] = torch.ones(ends[-1], ends[-1], dtype=torch.bool).tril()
         for begin, size, seen in spans:
             allowed[begin : begin + size, :seen] = True
-            allowed[begin : begin + size, begin : begin + size] = torch.ones(size, size, dtype=torch.bool).tril()
+            allowed[begin : begin + size, begin : begin + size] = torch.ones(
+                size, size, dtype=torch.bool
+            ).tril()
         text_at = [p for p in range(ends[0], ends[-1] - 1) if ids[p + 1] >= 0]
         return Packed(
-            torch.cat(parts), allowed, torch.cat(positions), torch.tensor(label_at), torch.tensor(label_ids),
-            torch.tensor(text_at, dtype=torch.long), torch.tensor([ids[p + 1] for p in text_at], dtype=torch.long),
+            torch.cat(parts),
+            allowed,
+            torch.cat(positions),
+            torch.tensor(label_at),
+            torch.tensor(label_ids),
+            torch.tensor(text_at, dtype=torch.long),
+            torch.tensor([ids[p + 1] for p in text_at], dtype=torch.long),
         )
 
-    def packed_loss(self, rows: Sequence[Packed], text_weight: float = 0.0) -> tuple[Tensor, dict[str, float]]:
+    def packed_loss(
+        self, rows: Sequence[Packed], text_weight: float = 0.0
+    ) -> tuple[Tensor, dict[str, float]]:
         """Weighted label cross-entropy over all rows' answers (+ text_weight x the LM loss on the
         dialogue lines), from one pass over the right-padded batch."""
         longest = max(len(r.x) for r in rows)
         x = torch.stack([F.pad(r.x, (0, 0, 0, longest - len(r.x))) for r in rows])
-        allowed = torch.stack([F.pad(r.allowed, (0, longest - len(r.x), 0, longest - len(r.x))) for r in rows])
+        allowed = torch.stack(
+            [F.pad(r.allowed, (0, longest - len(r.x), 0, longest - len(r.x))) for r in rows]
+        )
         positions = torch.stack([F.pad(r.positions, (0, longest - len(r.x))) for r in rows])
-        mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
-        mask.masked_fill_(~allowed.to(x.device), torch.finfo(x.dtype).min)
-        hidden = self.lm.get_decoder()(
-            inputs_embeds=x, attention_mask=mask[:, None], position_ids=positions.to(x.device), use_cache=False
-        ).last_hidden_state
+        hidden = self._decode(x, allowed, positions, None)
         head = self.lm.get_output_embeddings()
 
         def gather(at: str, ids: str) -> tuple[Tensor, Tensor]:
@@ -334,7 +341,7 @@ class Farcer(nn.Module):
                 "dialogue or use label_dialogue, which drops the oldest turns"
             )
         x, valid, positions = _left_pad(embeds)
-        return self._score(x, _causal(valid), positions, None)
+        return self._score(x, _causal(valid), positions)
 
     def score_labels(self, prompts: Sequence[Sequence[Segment]]) -> Tensor:
         """[B, n_labels] probability of each label, a softmax over the label sequence log-probs."""
@@ -371,38 +378,47 @@ class Farcer(nn.Module):
         faces: Sequence[Any] | None,
         prefix: PrefixCache,
         past_labels: PastLabels = "none",
+        turns_per_pass: int = 16,
     ) -> DialogueLabels:
-        """Label every turn, extending one KV cache turn by turn; each label query runs on a branch that
-        is cropped off again. Past turns carry no label, the gold one, or the model's own argmax."""
+        """Label every turn on top of the cached prefix, extending one KV cache pass by pass.
+
+        A pass appends the lines of up to `turns_per_pass` turns to the cache and asks each of those
+        turns' label on its own branch, which sees exactly the lines its own prompt holds and is cropped
+        off after the pass. Past turns carry no label, the gold one, or the model's own argmax; with
+        predicted labels a turn's line exists only after its label does, so every pass holds one turn."""
         faces = self._check_dialogue(turns, faces, prefix, past_labels)
-        cache = prefix.copy(self.lm.config)
-        pending = self.embed([])  # lines to keep that are not in the cache yet; they go with the next pass
-        past_embeds: list[Tensor] = []
+        if turns_per_pass < 1:
+            raise InputError(f"turns_per_pass must be at least 1, got {turns_per_pass}")
+        context = _DialogueContext(self, prefix)
         window = _Window(self.max_context, prefix.length)
-        scores, predicted, starts = [], [], []
+        scores: list[Tensor] = []
+        starts: list[int] = []
+        waiting: list[tuple[int, Tensor]] = []  # branches for the next pass: (lines seen, embeddings)
+
+        def run_pass() -> None:
+            scores.extend(context.score(starts[-1], waiting))
+            waiting.clear()
+
         for i, turn in enumerate(turns):
             current = self.embed(turn_segments(turn, faces[i]))
             query = self.embed(query_segments(turn.speaker, self.chat))
-            start = window.advance(
-                [len(e) for e in past_embeds], len(current) + len(query) + self._longest_answer
-            )
+            need = len(current) + len(query) + self._longest_answer
+            start = window.advance([len(line) for line in context.lines], need)
+            if waiting and (window.moved or len(waiting) == turns_per_pass):
+                run_pass()
             starts.append(start)
-            if window.moved:
-                cache = prefix.copy(self.lm.config)
-                pending = torch.cat([self.embed([]), *past_embeds[start:]])
-            # Unlabelled lines are kept as scored; labelled ones are re-encoded with their label later.
-            kept = len(pending) + (len(current) if past_labels == "none" else 0)
-            x = torch.cat([pending, current, query])[None]
-            scores.append(self._score(x, *self._appending(cache, x.shape[1]), cache)[0])
-            cache.crop(kept - x.shape[1])
-            predicted.append(self.labels[int(scores[-1].argmax())])
-            if past_labels == "none":
-                past_embeds.append(current)
-                pending = self.embed([])
-            else:
-                label = turn.label if past_labels == "gold" else predicted[-1]
-                past_embeds.append(self.embed(turn_segments(turn, faces[i], label)))
-                pending = past_embeds[-1]
+            if past_labels == "none":  # the line is kept exactly as the turn's own prompt ends with it
+                context.lines.append(current)
+                waiting.append((i + 1, query))
+                continue
+            waiting.append((i, torch.cat([current, query])))
+            if past_labels == "predicted":
+                run_pass()
+            label = turn.label if past_labels == "gold" else self.labels[int(scores[-1].argmax())]
+            context.lines.append(self.embed(turn_segments(turn, faces[i], label)))
+        if waiting:
+            run_pass()
+        predicted = [self.labels[int(row.argmax())] for row in scores]
         return DialogueLabels(torch.stack(scores), predicted, window.warning(), starts)
 
     @torch.no_grad()
@@ -482,21 +498,23 @@ class Farcer(nn.Module):
         )  # gold labels present if needed
         return faces
 
-    def _run(
-        self, x: Tensor, allowed: Tensor, positions: Tensor, cache: DynamicCache | None, keep: int
-    ) -> Tensor:
-        """LM logits of the last `keep` positions; `allowed[b, q, k]` says whether query q sees key k."""
+    def _decode(self, x: Tensor, allowed: Tensor, positions: Tensor, cache: DynamicCache | None) -> Tensor:
+        """Last hidden states [B, Q, d]; `allowed[b, q, k]` says whether query q sees key k."""
         mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
         mask.masked_fill_(~allowed.to(x.device), torch.finfo(x.dtype).min)
-        out = self.lm(
+        return self.lm.get_decoder()(
             inputs_embeds=x,
             attention_mask=mask[:, None],
             position_ids=positions.to(x.device),
             cache=cache,
             use_cache=cache is not None,
-            logits_to_keep=keep,
-        )
-        return out.logits
+        ).last_hidden_state
+
+    def _run(
+        self, x: Tensor, allowed: Tensor, positions: Tensor, cache: DynamicCache | None, keep: int
+    ) -> Tensor:
+        """LM logits of the last `keep` positions."""
+        return self.lm.get_output_embeddings()(self._decode(x, allowed, positions, cache)[:, -keep:])
 
     def _appending(self, cache: DynamicCache, q: int) -> tuple[Tensor, Tensor]:
         """Mask [1, q, past + q] and positions [1, q] for q new tokens after a single-row cache."""
@@ -508,35 +526,117 @@ class Farcer(nn.Module):
         """Append [1, Q, d] embeddings to a single-row cache; logits of the last position."""
         return self._run(x, *self._appending(cache, x.shape[1]), cache, keep=1)
 
-    def _score(self, x: Tensor, allowed: Tensor, positions: Tensor, cache: DynamicCache | None) -> Tensor:
-        """[B, n_labels] log-probs of every candidate continuation of the prompts ending `x`.
-
-        The candidates ride in the same pass, concatenated after the prompt, each seeing all that the
-        prompt's last token sees plus its own earlier tokens (a tree mask), at the positions right after
-        the prompt. Nothing of them stays in the cache."""
-        batch, q = x.shape[:2]
+    @cached_property
+    def _fed(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The candidate tokens fed after a prompt: owner label, offset in its label, token, next token."""
         fed = [(j, i, c[i], c[i + 1]) for j, c in enumerate(self.candidates) for i in range(len(c) - 1)]
-        owner, offset, token, target = (torch.tensor(col) for col in zip(*fed))
-        tree = (owner[:, None] == owner[None, :]) & (offset[None, :] <= offset[:, None])
+        return tuple(torch.tensor(col) for col in zip(*fed))
+
+    def _candidate_tree(self) -> Tensor:
+        """[F, F]: each candidate token sees its own label's earlier tokens."""
+        owner, offset = self._fed[:2]
+        return (owner[:, None] == owner[None, :]) & (offset[None, :] <= offset[:, None])
+
+    def _candidate_block(self, q: int) -> Tensor:
+        """[q + F, q + F] mask of a q-token prompt followed by the F candidate tokens: the prompt is
+        causal, and each candidate token sees the whole prompt and its own label's earlier tokens."""
+        f = len(self._fed[0])
+        block = torch.ones(q + f, q + f, dtype=torch.bool).tril()
+        block[q:, q:] = self._candidate_tree()
+        return block
+
+    def _label_logprobs(self, hidden: Tensor) -> Tensor:
+        """[B, n_labels] from the hidden states [B, 1 + F, d] of each prompt's last token and the
+        candidate tokens after it."""
+        owner, _, _, target = self._fed
+        logits = self.lm.get_output_embeddings()(hidden).float().log_softmax(-1)
+        steps = logits[:, 1 + torch.arange(len(owner)), target.to(self.device)]
+        per_label = torch.zeros(len(owner), len(self.candidates), device=self.device)
+        per_label[torch.arange(len(owner)), owner.to(self.device)] = 1.0
+        first = torch.tensor([c[0] for c in self.candidates], device=self.device)
+        return logits[:, 0, first] + steps @ per_label
+
+    def _score(self, x: Tensor, allowed: Tensor, positions: Tensor) -> Tensor:
+        """[B, n_labels] log-probs of every candidate continuation of the left-padded prompts `x`.
+
+        The candidate tokens ride in the same pass after each prompt, seeing all that its last token
+        sees plus their own label's earlier tokens, at the positions right after it."""
+        batch, q = x.shape[:2]
+        _, offset, token, _ = self._fed
         allowed = allowed.cpu()
         allowed = torch.cat(
             [
-                torch.cat([allowed, torch.zeros(batch, q, len(fed), dtype=torch.bool)], dim=-1),
-                torch.cat([allowed[:, -1:].expand(-1, len(fed), -1), tree.expand(batch, -1, -1)], dim=-1),
+                torch.cat([allowed, torch.zeros(batch, q, len(offset), dtype=torch.bool)], dim=-1),
+                torch.cat(
+                    [
+                        allowed[:, -1:].expand(-1, len(offset), -1),
+                        self._candidate_tree().expand(batch, -1, -1),
+                    ],
+                    dim=-1,
+                ),
             ],
             dim=1,
         )
         positions = torch.cat([positions.cpu(), positions[:, -1:].cpu() + 1 + offset[None, :]], dim=1)
         candidates = self.lm.get_input_embeddings()(token.to(self.device))
         x = torch.cat([x, candidates[None].expand(batch, -1, -1)], dim=1)
-        logits = self._run(x, allowed, positions, cache, keep=len(fed) + 1).float().log_softmax(-1)
-        if cache is not None:
-            cache.crop(-len(fed))
-        steps = logits[:, 1 + torch.arange(len(fed)), target.to(self.device)]
-        per_label = torch.zeros(len(fed), len(self.candidates), device=self.device)
-        per_label[torch.arange(len(fed)), owner.to(self.device)] = 1.0
-        first = torch.tensor([c[0] for c in self.candidates], device=self.device)
-        return logits[:, 0, first] + steps @ per_label
+        return self._label_logprobs(self._decode(x, allowed, positions, None)[:, -len(offset) - 1 :])
+
+    def _score_branches(
+        self, trunk: Tensor, branches: Sequence[tuple[int, Tensor]], cache: DynamicCache
+    ) -> Tensor:
+        """[len(branches), n_labels] log-probs of every candidate after each branch, in one pass.
+
+        `trunk` [T, d] is appended to the cache and kept. Branch (seen, x) sees the cache, the first
+        `seen` trunk tokens and its own tokens, at the positions right after them, followed by the
+        candidate tokens (`_candidate_block`); no branch sees another, and all are cropped off."""
+        past, kept = cache.get_seq_length(), len(trunk)
+        _, offset, token, _ = self._fed
+        candidates = self.lm.get_input_embeddings()(token.to(self.device))
+        parts, spans, size = [trunk], [], kept
+        for seen, x in branches:
+            spans.append((size, len(x), seen))
+            parts += [x, candidates]
+            size += len(x) + len(offset)
+        allowed = torch.zeros(size, past + size, dtype=torch.bool)
+        allowed[:, :past] = True
+        allowed[:kept, past : past + kept] = torch.ones(kept, kept, dtype=torch.bool).tril()
+        positions = past + torch.arange(size)
+        for begin, q, seen in spans:
+            end = begin + q + len(offset)
+            allowed[begin:end, past : past + seen] = True
+            allowed[begin:end, past + begin : past + end] = self._candidate_block(q)
+            positions[begin:end] = past + seen + torch.cat([torch.arange(q), q + offset])
+        hidden = self._decode(torch.cat(parts)[None], allowed[None], positions[None], cache)[0]
+        cache.crop(kept - size)
+        last = torch.tensor([begin + q - 1 for begin, q, _ in spans])
+        return self._label_logprobs(hidden[last[:, None] + torch.arange(len(offset) + 1)[None]])
+
+
+class _DialogueContext:
+    """A dialogue's KV cache while it is labelled: the prefix, then the kept lines from the window
+    start on; `lines` holds every turn's line as later turns see it, cached or not yet."""
+
+    def __init__(self, farcer: Farcer, prefix: PrefixCache):
+        self.farcer, self.prefix = farcer, prefix
+        self.lines: list[Tensor] = []
+        self.start = self.cached = 0
+        self.cache = prefix.copy(farcer.lm.config)
+
+    def score(self, start: int, branches: Sequence[tuple[int, Tensor]]) -> Tensor:
+        """Scores of branches (seen, x) that each see lines[start:seen]; the lines they see join the
+        cache. A new window start re-encodes the kept lines on a fresh copy of the prefix."""
+        if start != self.start:
+            self.cache, self.start, self.cached = self.prefix.copy(self.farcer.lm.config), start, start
+        stop = max(seen for seen, _ in branches)
+        new = self.lines[self.cached : stop]
+        ends = list(accumulate(len(line) for line in new))
+        trunk = torch.cat([self.farcer.embed([]), *new])
+        scores = self.farcer._score_branches(
+            trunk, [(([0] + ends)[seen - self.cached], x) for seen, x in branches], self.cache
+        )
+        self.cached = stop
+        return scores
 
 
 @dataclass

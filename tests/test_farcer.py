@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -11,7 +12,14 @@ import torch
 from backend.dialogue import Turn
 from backend.errors import InputError, ModelUnavailableError
 from backend.labels import IEMOCAP6, MELD7
-from benchmarks.farcer_incremental import random_farcer, synthetic_dialogue, synthetic_pool, word_tokenizer
+from benchmarks.farcer_incremental import (
+    main,
+    random_farcer,
+    run,
+    synthetic_dialogue,
+    synthetic_pool,
+    word_tokenizer,
+)
 from models.farcer import (
     Farcer,
     FarcerConfig,
@@ -221,34 +229,55 @@ def test_label_argmax_equals_greedy_decoding_when_valid():
     assert checked, "greedy decoding never produced a valid label"
 
 
+@pytest.mark.parametrize("turns_per_pass", [1, 3, 16])
 @pytest.mark.parametrize("past_labels", ["none", "gold", "predicted"])
-def test_incremental_labelling_matches_naive(farcer, shots, past_labels):
+def test_incremental_labelling_matches_naive(farcer, shots, past_labels, turns_per_pass):
     turns, faces = synthetic_dialogue(7, DIM, seed=11)
     faces[2] = None  # a turn without a face has no slot
     prefix = farcer.encode_prefix(shots, past_labels)
-    incremental = farcer.label_dialogue(turns, faces, prefix, past_labels=past_labels)
+    incremental = farcer.label_dialogue(turns, faces, prefix, past_labels, turns_per_pass)
     naive = farcer.label_dialogue_naive(turns, faces, prefix, past_labels=past_labels)
     assert incremental.logprobs.shape == (7, len(MELD7))
     assert float((incremental.logprobs - naive.logprobs).abs().max()) <= 1e-4
     assert incremental.labels == naive.labels and incremental.warning is None
-    again = farcer.label_dialogue(turns, faces, prefix, past_labels=past_labels)  # the prefix is reusable
+    again = farcer.label_dialogue(turns, faces, prefix, past_labels, turns_per_pass)  # the prefix is reusable
     torch.testing.assert_close(again.logprobs, incremental.logprobs)
 
 
-def test_sliding_window_drops_oldest_turns_and_warns(shots):
+@pytest.mark.parametrize("turns_per_pass", [1, 4, 16])
+@pytest.mark.parametrize("past_labels", ["none", "gold"])
+def test_sliding_window_drops_oldest_turns_and_warns(shots, past_labels, turns_per_pass):
     model = tiny(max_context=260)
     turns, faces = synthetic_dialogue(12, DIM, seed=12)
-    prefix = model.encode_prefix(shots)
-    incremental = model.label_dialogue(turns, faces, prefix)
-    naive = model.label_dialogue_naive(turns, faces, prefix)
+    prefix = model.encode_prefix(shots, past_labels)
+    incremental = model.label_dialogue(turns, faces, prefix, past_labels, turns_per_pass)
+    naive = model.label_dialogue_naive(turns, faces, prefix, past_labels)
     assert incremental.warning and "oldest past turns were dropped" in incremental.warning
-    assert incremental.warning == naive.warning
+    assert incremental.warning == naive.warning and incremental.starts == naive.starts
+    assert len(set(naive.starts)) > 2  # the window moved more than once, inside and across passes
     assert float((incremental.logprobs - naive.logprobs).abs().max()) <= 1e-4
     too_long = [Turn("A", None, None, " ".join(["oh"] * 300))]
     with pytest.raises(InputError, match="more than the model context"):
-        model.label_dialogue(too_long, None, prefix)
+        model.label_dialogue(too_long, None, prefix, past_labels)
+    other = "none" if past_labels == "gold" else "gold"
     with pytest.raises(InputError, match="same past_labels"):
-        model.label_dialogue(turns, faces, prefix, past_labels="gold")
+        model.label_dialogue(turns, faces, prefix, past_labels=other)
+    with pytest.raises(InputError, match="at least 1"):
+        model.label_dialogue(turns, faces, prefix, past_labels, turns_per_pass=0)
+
+
+def test_benchmark_compares_the_three_ways_on_one_dialogue(farcer):
+    result = run(farcer, turns=20, shots=3)
+    assert result["same_labels"] and result["max_abs_logprob_diff"] <= 1e-4
+    assert result["prefix_tokens"] > 0 and result["warning"] is None
+
+
+def test_benchmark_cli_writes_its_json_on_the_offline_core(tmp_path):
+    out = tmp_path / "farcer.json"
+    result = main(["--turns", "3", "--shots", "3", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert {"naive_s", "incremental_s", "speedup", "same_labels", "max_abs_logprob_diff", "model"} <= set(result)
+    assert result["same_labels"] and "farcer-core" in result["model"]
 
 
 def test_bad_faces_are_input_errors(farcer):
