@@ -2,8 +2,9 @@
 
 Input embeddings are assembled from prompt segments (farcer_prompt): text through the LM's embedding
 table, image slots through the modality projector. A label is scored as log P(label tokens + end of
-turn | prompt) for every candidate at once; every-turn labelling extends one KV cache turn by turn on
-top of a cached instructions + examples prefix and asks each turn's label on a branch it crops off.
+turn | prompt) for every candidate at once; every-turn labelling extends one KV cache pass by pass on
+top of a cached instructions + examples prefix, each pass appending up to 16 turns and asking each
+turn's label on a branch it crops off.
 """
 
 from __future__ import annotations

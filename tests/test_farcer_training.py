@@ -87,6 +87,8 @@ def test_core_checkpoint_is_a_hub_style_folder_with_chat_template(trained):
     assert {"config.json", "model.safetensors", "tokenizer.json", CONFIG, "MODEL_CARD.md"} <= names
     meta = json.loads((core / CONFIG).read_text())
     assert meta["core_trained"] and meta["best_epoch"] == 1 and meta["train"]["text_weight"] == 1.0
+    predicted = meta["curve"][0]["val_predicted"]
+    assert list(predicted) == meta["labels"] and sum(predicted.values()) == meta["val"]["n"]
     with safe_open(str(core / "model.safetensors"), framework="pt") as f:
         names = f.keys()
         assert {f.get_tensor(k).dtype for k in names} == {torch.float16}

@@ -317,9 +317,13 @@ def fit(farcer: Farcer, train: Split, val: Split, pool: list[Example], cfg: Trai
             if step >= total:
                 break
         farcer.eval()
-        report = reports(val, label_split(farcer, val, val_shots, val_past), farcer.labels)
+        predicted = label_split(farcer, val, val_shots, val_past)
+        report = reports(val, predicted, farcer.labels)
+        # How often each label is predicted shows a collapse onto a few classes before the F1 does.
+        predicted_counts = Counter(label for labels in predicted for label in labels)
         row = {"epoch": epoch, "steps": step, **{f"train_{k}_loss": sums[k] / sums["n"] for k in parts},
                "val_weighted_f1": report["weighted_f1"], "val_accuracy": report["accuracy"],
+               "val_predicted": {label: predicted_counts[label] for label in farcer.labels},
                "seconds": round(time.time() - started, 1)}
         curve.append(row)
         improved = report["weighted_f1"] > best["weighted_f1"]
