@@ -1,4 +1,5 @@
-"""The page in real headless Chromium shows both models' results for a generated video.
+"""The page in real headless Chromium: both models' results for a generated video, and the annotation
+hotkeys pressed as real key events (plus a video uploaded through the page).
 
 The screenshot is kept as test-artifacts/browser-analysis.png.
 """
@@ -6,30 +7,53 @@ The screenshot is kept as test-artifacts/browser-analysis.png.
 from __future__ import annotations
 
 import html
+import json
 import re
 import shutil
 import subprocess
+import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
+from backend.labels import MELD7
+from backend.media import sha256_file
 from backend.settings import REPO_ROOT
 from tests.app_helpers import FarcerDouble, MisterEDouble, install, write_dialogue
-from tests.test_api import RunningApp
+from tests.cdp import CDP, chromium_session
+from tests.test_api import RunningApp, free_port
 
+T = TypeVar("T")
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 EVIL_NOTE = "<img src=x onerror=alert(1)>"
-FLAGS = [
+HEADLESS = [
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
     "--disable-background-networking",
     "--disable-dev-shm-usage",
-    "--virtual-time-budget=20000",
 ]
+# One-shot dumps and screenshots: the page gets 20 s of virtual time to load and settle.
+SNAPSHOT = [*HEADLESS, "--virtual-time-budget=20000"]
+ANNOTATOR = "Kim Tester"
+# key -> (DOM code, Windows virtual key code), as a US keyboard sends them.
+KEYS = {"j": ("KeyJ", 74), "k": ("KeyK", 75), "Enter": ("Enter", 13)} | {
+    str(n): (f"Digit{n}", 48 + n) for n in range(1, 8)
+}
+BUSY = (
+    "[...document.querySelectorAll('[data-testid=status-tracker]')].some(e => !e.classList.contains('hide'))"
+)
+SELECTION = f"""({{
+  turn: document.querySelector('#turn-picker input').value,
+  label: document.querySelector('#label-choice input:checked')?.value ?? null,
+  busy: {BUSY},
+}})"""
 
 
+@pytest.fixture
 def chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if found := shutil.which(name):
@@ -37,8 +61,21 @@ def chromium() -> str:
     pytest.skip("no headless Chromium found (`apt-get install -y chromium`; .ci/run installs it)")
 
 
+@pytest.fixture
+def served(tmp_path, monkeypatch) -> Iterator[tuple[RunningApp, dict, Path]]:
+    """The app with the model doubles, serving a stored analysis of a generated video:
+    (app, the analysis, the video)."""
+    install(monkeypatch, MisterEDouble(), FarcerDouble())
+    video, subtitles = write_dialogue(tmp_path)
+    app = RunningApp(tmp_path / "data")
+    try:
+        yield app, app.service.analyze(video, subtitles=subtitles), video
+    finally:
+        app.close()
+
+
 def browse(binary: str, url: str, *args: str) -> str:
-    done = subprocess.run([binary, *FLAGS, *args, url], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([binary, *SNAPSHOT, *args, url], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -49,25 +86,93 @@ def _text(dom: str, element_id: str) -> str:
     return re.sub(r"<[^>]+>", " ", dom[start : start + 60_000])
 
 
-def test_page_shows_both_models_for_a_generated_video(tmp_path, monkeypatch):
-    binary = chromium()
-    install(monkeypatch, MisterEDouble(), FarcerDouble())
-    video, subtitles = write_dialogue(tmp_path)
-    app = RunningApp(tmp_path / "data")
-    try:
-        doc = app.service.analyze(video, subtitles=subtitles)
-        app.service.save_correction(doc["turns"][0]["turn_id"], "joy", "ann", EVIL_NOTE)
-        url = f"{app.url}/?dialogue={doc['dialogue_id']}"
-        dom = browse(binary, url, "--dump-dom")
-        track = re.search(r'<track kind="captions"[^>]* src="([^"]+)"', dom)
-        assert track, "the player has the predictions as a subtitle track"
-        captions = urllib.request.urlopen(html.unescape(track[1]), timeout=30).read().decode()
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / "browser-analysis.png"
-        shot.unlink(missing_ok=True)
-        browse(binary, url, "--window-size=1400,2600", f"--screenshot={shot}")
-    finally:
-        app.close()
+def wait_until(check: Callable[[], T], what: str, limit_s: float = 30) -> T:
+    """Poll `check` until it returns something truthy; that value."""
+    deadline = time.monotonic() + limit_s
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {limit_s} s waiting for {what}")
+        time.sleep(0.1)
+    return value
+
+
+def press(cdp: CDP, key: str, held: bool = False) -> None:
+    """A trusted key press (down, then up) through the browser's input pipeline; `held` sends it as
+    the auto-repeat of a key held down."""
+    code, virtual = KEYS[key]
+    event = {"key": key, "code": code, "windowsVirtualKeyCode": virtual}
+    text = "\r" if key == "Enter" else key
+    cdp.call("Input.dispatchKeyEvent", type="keyDown", text=text, autoRepeat=held, **event)
+    cdp.call("Input.dispatchKeyEvent", type="keyUp", **event)
+
+
+def field(label: str) -> str:
+    """JS for the text field under the visible label `label`."""
+    return (
+        f"[...document.querySelectorAll('label')].find(l => l.innerText.trim().startsWith({json.dumps(label)}))"
+        ".querySelector('textarea, input')"
+    )
+
+
+def shows(cdp: CDP, index: int, label: str) -> None:
+    """Wait until the page has turn `index` selected, `label` picked and no event running."""
+    wait_until(
+        lambda: (
+            (s := cdp.evaluate(SELECTION))["turn"].startswith(f"{index} · ")
+            and s["label"] == label
+            and not s["busy"]
+        ),
+        f"turn {index} selected with {label} picked",
+    )
+
+
+def label_with_keys(cdp: CDP, move: str, index: int, preselected: str, digit: str) -> None:
+    """Press `move` (j/k), wait for turn `index` with its `preselected` label, press `digit` and Enter."""
+    press(cdp, move)
+    shows(cdp, index, preselected)
+    press(cdp, digit)
+    press(cdp, "Enter")
+
+
+def upload_and_analyse(cdp: CDP, video: Path) -> None:
+    """Put `video` in the page's video upload, press Analyse and wait for the new analysis' notes."""
+    chooser = cdp.call(
+        "Runtime.evaluate", expression="document.querySelector('input[type=file][accept*=video]')"
+    )
+    cdp.call("DOM.setFileInputFiles", files=[str(video)], objectId=chooser["result"]["objectId"])
+    wait_until(
+        lambda: cdp.evaluate(f"!!document.querySelector('video[src$={json.dumps('/' + video.name)}]')"),
+        "the uploaded video in its player",
+    )
+    cdp.evaluate(
+        "[...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Analyse').click()"
+    )
+    wait_until(
+        lambda: cdp.evaluate(
+            f"document.querySelector('#analysis-notes').innerText.includes('Analysed now') && !{BUSY}"
+        ),
+        "the analysis of the uploaded video",
+    )
+
+
+def labelled(app: RunningApp, turn_id: int) -> list[tuple[str, str]]:
+    """(label, annotator) of a turn's annotations once it has any (polled)."""
+    rows = wait_until(lambda: app.service.history(turn_id), f"an annotation of turn {turn_id}")
+    return [(r["label"], r["annotator"]) for r in rows]
+
+
+def test_page_shows_both_models_for_a_generated_video(chromium, served):
+    app, doc, _ = served
+    app.service.save_correction(doc["turns"][0]["turn_id"], "joy", "ann", EVIL_NOTE)
+    url = f"{app.url}/?dialogue={doc['dialogue_id']}"
+    dom = browse(chromium, url, "--dump-dom")
+    track = re.search(r'<track kind="captions"[^>]* src="([^"]+)"', dom)
+    assert track, "the player has the predictions as a subtitle track"
+    captions = urllib.request.urlopen(html.unescape(track[1]), timeout=30).read().decode()
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "browser-analysis.png"
+    shot.unlink(missing_ok=True)
+    browse(chromium, url, "--window-size=1400,2600", f"--screenshot={shot}")
 
     status = _text(dom, "model-status")
     assert "mister-e-double test-1" in status and "farcer-double test-1" in status
@@ -84,3 +189,61 @@ def test_page_shows_both_models_for_a_generated_video(tmp_path, monkeypatch):
         "the note is shown as text, not markup"
     )
     assert Path(shot).stat().st_size > 10_000
+
+
+def test_hotkeys_label_turns_and_an_uploaded_video_is_analysed(chromium, served, tmp_path):
+    app, doc, video = served
+    turn_ids = [t["turn_id"] for t in doc["turns"]]
+    preselected = [t["mister_e"]["label"] for t in doc["turns"]]
+    second, third = MELD7[1], MELD7[2]  # what keys 2 and 3 pick: joy, surprise
+    assert preselected[:2] != [second, third], "the keys must change the preselected labels"
+    with chromium_session(chromium, HEADLESS, free_port(), tmp_path / "chromium") as cdp:
+        cdp.call("Page.navigate", url=f"{app.url}/?dialogue={doc['dialogue_id']}")
+        last_text = json.dumps(doc["turns"][-1]["text"])
+        wait_until(
+            lambda: cdp.evaluate(
+                f"document.querySelector('#results-table')?.innerText.includes({last_text})"
+            ),
+            "the results table",
+        )
+        shows(cdp, 0, preselected[0])
+        cdp.evaluate(f"{field('Your name')}.focus()")
+        cdp.call("Input.insertText", text=ANNOTATOR)
+        cdp.evaluate("document.activeElement.blur()")
+
+        label_with_keys(cdp, "j", 1, preselected[1], "3")
+        assert labelled(app, turn_ids[1]) == [(third, ANNOTATOR)]
+        label_with_keys(cdp, "k", 0, preselected[0], "2")
+        assert labelled(app, turn_ids[0]) == [(second, ANNOTATOR)]
+        saved = json.dumps(f"{second} by {ANNOTATOR}")
+        wait_until(
+            lambda: cdp.evaluate(f"document.body.innerText.includes({saved}) && !{BUSY}"),
+            "the saved label in the turn's history",
+        )
+
+        cdp.evaluate(f"{field('Note (optional)')}.focus()")
+        press(cdp, "1")
+        press(cdp, "Enter")
+        time.sleep(1.5)  # nothing to poll for: the assertion is that no save happens
+        assert len(app.service.annotations()) == 2, "Enter in the note saved a label"
+        assert cdp.evaluate(SELECTION)["label"] == second, "1 in the note picked a label"
+        assert cdp.evaluate(f"{field('Note (optional)')}.value") == "1", "the key was typed into the note"
+
+        cdp.evaluate("document.activeElement.blur()")
+        press(cdp, "Enter", held=True)
+        time.sleep(1.5)  # as above: a held Enter must not save again and again
+        assert len(app.service.annotations()) == 2, "a held Enter saved"
+        farcer_label = doc["turns"][0]["farcer"]["label"]
+        assert farcer_label != second, "the accept button must save something other than the picked label"
+        cdp.evaluate(
+            "[...document.querySelectorAll('button')].find(b => b.innerText.includes(\"Accept FARCER\")).focus()"
+        )
+        press(cdp, "Enter")  # on a focused button Enter presses that button, not "Save label"
+        wait_until(lambda: len(app.service.history(turn_ids[0])) == 2, "the accepted FARCER label")
+        time.sleep(1.0)
+        assert [r["label"] for r in app.service.history(turn_ids[0])] == [second, farcer_label]
+
+        upload_and_analyse(cdp, video)
+    newest = app.service.dialogues()[0]
+    assert newest["dialogue_id"] != doc["dialogue_id"] and newest["source"] == "media"
+    assert newest["media_sha256"] == sha256_file(video) and newest["turns"] == len(doc["turns"])

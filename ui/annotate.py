@@ -1,6 +1,7 @@
 """Gradio handlers of annotation: step through turns, pick and save labels, show a turn's history.
 
-Keyboard: 1-7 pick a label, j/k next/previous turn, Enter saves (not while typing in a field).
+Keyboard: 1-7 pick a label, j/k next/previous turn, Enter saves (not while typing in a field, not on a
+focused button, and a held key does not repeat).
 """
 
 from __future__ import annotations
@@ -24,18 +25,21 @@ document.addEventListener("keydown", (event) => {{
   const field = ["INPUT", "TEXTAREA", "SELECT"].includes(target && target.tagName);
   const typing = target && (target.isContentEditable || field)
     && !(target.tagName === "INPUT" && target.type === "radio");
-  if (typing || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (typing || event.repeat || event.ctrlKey || event.metaKey || event.altKey) return;
   const click = (selector) => {{
     const element = document.querySelector(selector);
     if (element) {{ element.click(); event.preventDefault(); }}
   }};
-  if (/^[1-9]$/.test(event.key)) {{
+  const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
+  // Enter on a focused button or link keeps its own meaning (e.g. "Accept MiSTER-E's label").
+  const onControl = target && target.closest && target.closest("button, a[href]");
+  if (/^[1-9]$/.test(key)) {{
     const options = document.querySelectorAll("#{LABEL_ID} input[type=radio]");
-    const option = options[Number(event.key) - 1];
+    const option = options[Number(key) - 1];
     if (option) {{ option.click(); event.preventDefault(); }}
-  }} else if (event.key === "j") click("#{NEXT_ID}");
-  else if (event.key === "k") click("#{PREV_ID}");
-  else if (event.key === "Enter") click("#{SAVE_ID}");
+  }} else if (key === "j") click("#{NEXT_ID}");
+  else if (key === "k") click("#{PREV_ID}");
+  else if (key === "Enter" && !onControl) click("#{SAVE_ID}");
 }});
 </script>
 """
