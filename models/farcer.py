@@ -551,9 +551,9 @@ class Farcer(nn.Module):
         candidate tokens after it."""
         owner, _, _, target = self._fed
         logits = self.lm.get_output_embeddings()(hidden).float().log_softmax(-1)
-        steps = logits[:, 1 + torch.arange(len(owner)), target.to(self.device)]
+        steps = logits[:, 1 + torch.arange(len(owner), device=self.device), target.to(self.device)]
         per_label = torch.zeros(len(owner), len(self.candidates), device=self.device)
-        per_label[torch.arange(len(owner)), owner.to(self.device)] = 1.0
+        per_label[torch.arange(len(owner), device=self.device), owner.to(self.device)] = 1.0
         first = torch.tensor([c[0] for c in self.candidates], device=self.device)
         return logits[:, 0, first] + steps @ per_label
 
@@ -611,7 +611,8 @@ class Farcer(nn.Module):
         hidden = self._decode(torch.cat(parts)[None], allowed[None], positions[None], cache)[0]
         cache.crop(kept - size)
         last = torch.tensor([begin + q - 1 for begin, q, _ in spans])
-        return self._label_logprobs(hidden[last[:, None] + torch.arange(len(offset) + 1)[None]])
+        at = last[:, None] + torch.arange(len(offset) + 1)[None]
+        return self._label_logprobs(hidden[at.to(hidden.device)])
 
 
 class _DialogueContext:
