@@ -16,7 +16,7 @@ from backend.errors import InputError
 from backend.labels import IEMOCAP6, MELD7
 from tests.fixtures_iemocap import make_iemocap_fixture
 from training.__main__ import main
-from training.farcer import CONFIG, WEIGHTS, TrainConfig, load_checkpoint, make_samples
+from training.farcer import CONFIG, WEIGHTS, TrainConfig, drop_faces, load_checkpoint, make_samples
 from training.metrics import REPORT_KEYS
 
 WORDS = ["oh", "my", "god", "you", "know", "what", "I", "mean", "this", "is", "the", "best", "day", "ever", "no",
@@ -192,3 +192,18 @@ def test_train_core_continues_a_core_and_keeps_its_history(trained, tmp_path):
     with pytest.raises(InputError, match="text-only core"):
         main(["train", "farcer", "--data", str(meld), "--core", str(core), "--train-core", "--variant", "lora",
               "--out", str(tmp_path / "x")])
+
+
+def test_face_dropout_leaves_out_turns_or_whole_rows_and_spares_faceless_rows():
+    faces = [np.full(4, i, np.float32) for i in range(200)]
+    rng = random.Random(0)
+    kept = [drop_faces(faces, TrainConfig(face_drop_turn=0.25, face_drop_dialogue=0.0), rng) for _ in range(20)]
+    share = np.mean([f is not None for row in kept for f in row])
+    assert 0.7 < share < 0.8 and all(f is None or f is faces[i] for row in kept for i, f in enumerate(row))
+    whole = [drop_faces(faces, TrainConfig(face_drop_turn=0.0, face_drop_dialogue=0.5), rng) for _ in range(200)]
+    assert {sum(f is None for f in row) for row in whole} == {0, len(faces)}
+    assert 60 < sum(row[0] is None for row in whole) < 140
+    state = rng.getstate()
+    assert drop_faces([None, None], TrainConfig(), rng) == [None, None]
+    assert drop_faces(faces[:3], TrainConfig(face_drop_turn=0.0, face_drop_dialogue=0.0), rng) == faces[:3]
+    assert rng.getstate() == state, "rows without faces, or no dropout, keep the random stream of text-only runs"

@@ -69,6 +69,8 @@ class TrainConfig:
     max_turns: int = 21
     targets: str = "every"  # every: each turn of a (cut) dialogue is a target; last: the last turn of a sub-dialogue
     max_steps: int = 0  # 0: whole epochs; otherwise stop after this many optimiser steps
+    face_drop_turn: float = 0.2  # teach the model to label turns whose face was not found
+    face_drop_dialogue: float = 0.3
     val_dialogues: int = 0  # 0: the whole validation split
     seed: int = 0
 
@@ -172,6 +174,16 @@ def make_samples(dialogues: Sequence[Dialogue], cfg: TrainConfig, seed: int) -> 
 
 
 # ----------------------------------------------------------------------------- checkpoints
+
+
+def drop_faces(faces: list[np.ndarray | None], cfg: TrainConfig, rng: random.Random) -> list[np.ndarray | None]:
+    """The row's faces with the whole row's dropped (face_drop_dialogue) or single turns' dropped
+    (face_drop_turn); rows without faces, or no dropout, draw nothing from `rng`."""
+    if all(f is None for f in faces) or not (cfg.face_drop_turn or cfg.face_drop_dialogue):
+        return faces
+    if rng.random() < cfg.face_drop_dialogue:
+        return [None] * len(faces)
+    return [None if rng.random() < cfg.face_drop_turn else f for f in faces]
 
 
 def resolve_core(name: str, checkpoint: Path | None = None) -> str:
@@ -302,8 +314,8 @@ def fit(farcer: Farcer, train: Split, val: Split, pool: list[Example], cfg: Trai
             for s in order[i : i + cfg.batch_size]:
                 d = train.dialogues[s.dialogue]
                 past = cfg.past_labels if cfg.past_labels in PAST_LABELS else rng.choice(("none", "gold"))
-                rows.append(farcer.pack(d.turns[s.start : s.end], train.faces[s.dialogue][s.start : s.end],
-                                        s.targets, rng.choice(prompts), past))
+                faces = drop_faces(train.faces[s.dialogue][s.start : s.end], cfg, rng)
+                rows.append(farcer.pack(d.turns[s.start : s.end], faces, s.targets, rng.choice(prompts), past))
             loss, parts = farcer.packed_loss(rows, cfg.text_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -382,6 +394,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--text-weight", type=float, default=None, help="LM loss weight (default 1 for --core new, else 0)")
+    parser.add_argument("--face-drop-turn", type=float, default=d.face_drop_turn,
+                        help="chance a training turn's face is left out (the app meets turns without a face)")
+    parser.add_argument("--face-drop-dialogue", type=float, default=d.face_drop_dialogue,
+                        help="chance all faces of a training row are left out")
     parser.add_argument("--val-dialogues", type=int, default=d.val_dialogues)
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--context", type=int, default=2048)
@@ -409,9 +425,12 @@ def train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(variant=args.variant, shots=args.shots, past_labels=args.past_labels, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, targets=targets, max_steps=args.max_steps,
                       text_weight=args.text_weight if args.text_weight is not None else float(trains_core(args)),
-                      val_dialogues=args.val_dialogues, seed=args.seed)
+                      val_dialogues=args.val_dialogues, seed=args.seed, face_drop_turn=args.face_drop_turn,
+                      face_drop_dialogue=args.face_drop_dialogue)
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
         raise InputError("--epochs and --batch-size must be at least 1 and --lr positive")
+    if not (0 <= cfg.face_drop_turn <= 1 and 0 <= cfg.face_drop_dialogue <= 1):
+        raise InputError("--face-drop-turn and --face-drop-dialogue are chances between 0 and 1")
     labels = corpus_labels(args.corpus)
     train_split = load_split(args.corpus, args.data, "train", args.faces, args.face_encoder, cfg.seed)
     val = load_split(args.corpus, args.data, "validation", args.faces, args.face_encoder, cfg.seed)
@@ -457,7 +476,9 @@ def model_card(meta: dict) -> str:
         f"Faces: `{meta['faces']}` pseudo-paired by label: every turn got a random face of the same emotion "
         "(train faces for train turns, val for validation, test for test; seeded), encoded with the offline "
         "face encoder. MELD frames are not available here, so faces carry the gold emotion at FER-classifier "
-        "accuracy: results with faces measure the pipeline, not real audiovisual recognition."
+        "accuracy: results with faces measure the pipeline, not real audiovisual recognition. Faces left out at "
+        f"random in training (so turns without one are labelled too): a turn's with chance {cfg.get('face_drop_turn', 0.0)}, "
+        f"all of a row's with chance {cfg.get('face_drop_dialogue', 0.0)}."
         if meta["faces"] else "Faces: none (text only)."
     )
     earlier = "".join(f"{run['command']}\n" for run in meta.get("continued_from", []))
