@@ -1,6 +1,6 @@
 """Every-turn FARCER labelling: cached prefix + incremental KV cache vs re-encoding every prompt.
 
-    python -m benchmarks.farcer_incremental --turns 20 --shots 7 [--model PATH] --out FILE
+    python -m benchmarks.farcer_incremental --turns 20 --shots 7 [--model PATH] [--repeats 3] --out FILE
 
 Without --model it uses the offline FARCER core (checkpoints_dir/farcer-core) when present, else a random
 Llama of a realistic small size; dialogues, examples and face vectors are synthetic.
@@ -12,9 +12,11 @@ import argparse
 import json
 import random
 import re
+import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -24,6 +26,7 @@ from models.farcer import Farcer, FarcerConfig, load_farcer_lm
 from models.farcer_prompt import Example, sample_shots
 from training.farcer_core import SPECIAL_TOKENS, chat_tokenizer
 
+T = TypeVar("T")
 SPEAKERS = ("Rachel", "Ross", "Monica", "Chandler", "Joey", "Phoebe")
 WORDS = (
     "oh my god you know what I mean this is the best day ever no way are kidding me we were on a break "
@@ -121,25 +124,33 @@ def benchmark_model(path: str | None) -> tuple[Farcer, str]:
     return farcer, f"random Llama {params:.1f}M params (hidden 512, 6 layers, vocab {vocab}, context 2048)"
 
 
-def run(farcer: Farcer, turns: int, shots: int, seed: int = 0) -> dict:
-    """Label one synthetic dialogue three ways. `incremental_s` counts encoding the prefix for this
-    dialogue alone (the app encodes it once per process); `turn_by_turn_s` is one turn per pass, as
-    labelling with predicted past labels must run, on the same prefix."""
+def timed(fn: Callable[[], T], repeats: int) -> tuple[float, T]:
+    """The median wall time of `repeats` calls, and the last call's result."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def run(farcer: Farcer, turns: int, shots: int, seed: int = 0, repeats: int = 3) -> dict:
+    """Label one synthetic dialogue three ways (median of `repeats` runs each). `incremental_s` counts
+    encoding the prefix for this dialogue alone (the app encodes it once per process);
+    `turn_by_turn_s` is one turn per pass, as labelling with predicted past labels must run, on an
+    encoded prefix."""
     dim = farcer.config.image_dim
     dialogue, faces = synthetic_dialogue(turns, dim, seed + 1)
     examples = sample_shots(synthetic_pool(20, dim, seed), shots, seed)
     farcer.label_dialogue(dialogue[:2], faces[:2], farcer.encode_prefix(examples))  # warm-up
-    start = time.perf_counter()
-    prefix = farcer.encode_prefix(examples)
-    prefix_s = time.perf_counter() - start
-    incremental = farcer.label_dialogue(dialogue, faces, prefix)
-    incremental_s = time.perf_counter() - start
-    start = time.perf_counter()
-    turn_by_turn = farcer.label_dialogue(dialogue, faces, prefix, turns_per_pass=1)
-    turn_by_turn_s = time.perf_counter() - start
-    start = time.perf_counter()
-    naive = farcer.label_dialogue_naive(dialogue, faces, prefix)
-    naive_s = time.perf_counter() - start
+    prefix_s, prefix = timed(lambda: farcer.encode_prefix(examples), repeats)
+    incremental_s, incremental = timed(
+        lambda: farcer.label_dialogue(dialogue, faces, farcer.encode_prefix(examples)), repeats
+    )
+    turn_by_turn_s, turn_by_turn = timed(
+        lambda: farcer.label_dialogue(dialogue, faces, prefix, turns_per_pass=1), repeats
+    )
+    naive_s, naive = timed(lambda: farcer.label_dialogue_naive(dialogue, faces, prefix), repeats)
     return {
         "naive_s": round(naive_s, 3),
         "incremental_s": round(incremental_s, 3),
@@ -153,6 +164,7 @@ def run(farcer: Farcer, turns: int, shots: int, seed: int = 0) -> dict:
         "speedup_turn_by_turn": round(naive_s / (prefix_s + turn_by_turn_s), 2),
         "turns": turns,
         "shots": shots,
+        "repeats": repeats,
         "prefix_tokens": prefix.length,
         "warning": incremental.warning,
     }
@@ -166,13 +178,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--shots", type=int, default=7, choices=(0, 3, 7))
     parser.add_argument("--model", help="a Hugging Face causal LM directory (with its tokenizer)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs of each way; the median is reported"
+    )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 keeps shared boxes fair)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     farcer, name = benchmark_model(args.model)
     with torch.no_grad():
-        result = {**run(farcer, args.turns, args.shots, args.seed), "threads": args.threads, "model": name}
+        result = {
+            **run(farcer, args.turns, args.shots, args.seed, max(1, args.repeats)),
+            "threads": args.threads,
+            "model": name,
+        }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
