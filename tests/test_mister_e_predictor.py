@@ -18,7 +18,7 @@ from backend.profiles import OFFLINE, PAPER
 from backend.schema import validate_analysis
 from backend.settings import get_settings
 from backend.synthetic_media import make_dialogue_video
-from tests.test_mister_e_training import TINY, run, write_csv_corpus
+from tests.test_mister_e_training import train, write_csv_corpus
 from training.mister_e import load_checkpoint
 
 TURNS = [(0.3, 1.5), (2.0, 3.4), (4.0, 5.2)]
@@ -42,22 +42,7 @@ def tiny_checkpoints(tmp_path_factory):
     """A checkpoints folder whose `mister-e` is a tiny model trained on a generated corpus."""
     root = tmp_path_factory.mktemp("mister-e-predictor")
     data = write_csv_corpus(root / "corpus", dialogues={"train": 4, "validation": 1})
-    assert (
-        run(
-            "train",
-            "mister-e",
-            "--corpus",
-            "csv",
-            "--data",
-            data,
-            "--out",
-            root / "checkpoints" / "mister-e",
-            "--cache",
-            root / "cache",
-            *TINY,
-        )
-        == 0
-    )
+    train(data, root / "checkpoints" / "mister-e", root / "cache")
     return root / "checkpoints"
 
 

@@ -68,52 +68,51 @@ def run(*argv) -> int:
     return main([str(a) for a in argv])
 
 
-@pytest.fixture(scope="module")
-def csv_checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mister-e-csv")
-    data = write_csv_corpus(root / "corpus")
-    out = root / "ckpt"
+def train(data, out, cache, *extra, corpus: str = "csv") -> None:
+    """`train mister-e` at the TINY sizes; it must succeed."""
     assert (
         run(
             "train",
             "mister-e",
             "--corpus",
-            "csv",
+            corpus,
             "--data",
             data,
             "--out",
             out,
-            "--cache",
-            root / "cache",
-            *TINY,
-        )
-        == 0
-    )
-    return data, out, root / "cache"
-
-
-def evaluate(tmp_path, data, checkpoint, cache, *extra) -> dict:
-    out = tmp_path / "report.json"
-    assert (
-        run(
-            "evaluate",
-            "mister-e",
-            "--checkpoint",
-            checkpoint,
-            "--corpus",
-            "csv",
-            "--data",
-            data,
-            "--split",
-            "test",
             "--cache",
             cache,
-            "--out",
-            out,
+            *TINY,
             *extra,
         )
         == 0
     )
+
+
+@pytest.fixture(scope="module")
+def csv_checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mister-e-csv")
+    data = write_csv_corpus(root / "corpus")
+    train(data, root / "ckpt", root / "cache")
+    return data, root / "ckpt", root / "cache"
+
+
+def evaluate(tmp_path, data, checkpoint, cache, *extra, corpus: str = "csv") -> dict:
+    """`evaluate mister-e` on the test split; it must succeed; the report."""
+    out = tmp_path / "report.json"
+    argv = [
+        "--checkpoint",
+        checkpoint,
+        "--corpus",
+        corpus,
+        "--data",
+        data,
+        "--split",
+        "test",
+        "--cache",
+        cache,
+    ]
+    assert run("evaluate", "mister-e", *argv, "--out", out, *extra) == 0
     return json.loads(out.read_text())
 
 
@@ -166,22 +165,7 @@ def test_text_only_corpus_skips_speech_with_a_notice(tmp_path, capsys):
         tmp_path / "corpus", audio=False, dialogues={"train": 3, "validation": 1, "test": 1}
     )
     out = tmp_path / "ckpt"
-    assert (
-        run(
-            "train",
-            "mister-e",
-            "--corpus",
-            "csv",
-            "--data",
-            data,
-            "--out",
-            out,
-            "--cache",
-            tmp_path / "cache",
-            *TINY,
-        )
-        == 0
-    )
+    train(data, out, tmp_path / "cache")
     assert "no usable speech" in capsys.readouterr().err
     assert load_checkpoint(out).modalities == ("text",) and not (out / "speech").exists()
 
@@ -190,26 +174,7 @@ def test_pseudo_pairs_from_a_speech_corpus(tmp_path):
     text_data = write_csv_corpus(tmp_path / "text", audio=False, dialogues={"train": 3, "validation": 1})
     speech_data = write_csv_corpus(tmp_path / "speech", text=False, dialogues={"train": 3, "validation": 2})
     out = tmp_path / "ckpt"
-    assert (
-        run(
-            "train",
-            "mister-e",
-            "--corpus",
-            "csv",
-            "--data",
-            text_data,
-            "--speech-corpus",
-            "csv",
-            "--speech-data",
-            speech_data,
-            "--out",
-            out,
-            "--cache",
-            tmp_path / "cache",
-            *TINY,
-        )
-        == 0
-    )
+    train(text_data, out, tmp_path / "cache", "--speech-corpus", "csv", "--speech-data", speech_data)
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["val"]) == {"main", "paired", "speech"}
     assert metrics["val"]["paired"]["n"] == metrics["val"]["main"]["n"] == 4
@@ -221,46 +186,10 @@ def test_pseudo_pairs_from_a_speech_corpus(tmp_path):
 def test_iemocap_layout_trains_and_evaluates_six_labels(tmp_path):
     data = make_iemocap_fixture(tmp_path / "iemocap", dialogues_per_session=2, utterances=4, with_wav=True)
     out = tmp_path / "ckpt"
-    assert (
-        run(
-            "train",
-            "mister-e",
-            "--corpus",
-            "iemocap",
-            "--data",
-            data,
-            "--out",
-            out,
-            "--cache",
-            tmp_path / "cache",
-            *TINY,
-        )
-        == 0
-    )
+    train(data, out, tmp_path / "cache", corpus="iemocap")
     ckpt = load_checkpoint(out)
     assert ckpt.labels == IEMOCAP6 and ckpt.modalities == ("text", "speech")
-    report_path = tmp_path / "iemocap.json"
-    assert (
-        run(
-            "evaluate",
-            "mister-e",
-            "--checkpoint",
-            out,
-            "--corpus",
-            "iemocap",
-            "--data",
-            data,
-            "--split",
-            "test",
-            "--cache",
-            tmp_path / "cache",
-            "--out",
-            report_path,
-            "--record",
-        )
-        == 0
-    )
-    report = json.loads(report_path.read_text())
+    report = evaluate(tmp_path, data, out, tmp_path / "cache", "--record", corpus="iemocap")
     assert tuple(report) == REPORT_KEYS and report["labels"] == list(IEMOCAP6)
     assert report["n"] == 2 * kept_per_dialogue(4)  # session 5 is the test split
     assert "evaluate mister-e" in (out / "MODEL_CARD.md").read_text()
