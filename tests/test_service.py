@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 
@@ -13,6 +12,7 @@ from backend.service import Service, resolve_annotator
 from backend.settings import Settings
 from backend.storage.media import media_relpath
 from tests.app_helpers import FarcerDouble, MisterEDouble, install, write_dialogue
+from tests.concurrency import run_at_once
 from tests.pg import postgres_url  # noqa: F401 (a fixture used by name)
 
 
@@ -154,22 +154,11 @@ def test_many_annotators_at_once_lose_nothing(any_settings, models, dialogue):
     try:
         doc = service.analyze(*dialogue)
         turn_ids = [t["turn_id"] for t in doc["turns"]]
-        start, errors = threading.Barrier(threads), []
 
-        def annotate(worker: int) -> None:
-            try:
-                start.wait()
-                for i in range(per_thread):
-                    service.save_correction(turn_ids[i % len(turn_ids)], "joy", f"annotator-{worker}", str(i))
-            except BaseException as exc:  # asserted in the main thread
-                errors.append(exc)
+        def annotate(worker: int, i: int) -> None:
+            service.save_correction(turn_ids[i % len(turn_ids)], "joy", f"annotator-{worker}", str(i))
 
-        workers = [threading.Thread(target=annotate, args=(w,)) for w in range(threads)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join(timeout=120)
-        assert not errors
+        run_at_once(annotate, threads, per_thread)
         rows = service.annotations(dialogue_id=doc["dialogue_id"])
         assert len({r["annotation_id"] for r in rows}) == threads * per_thread
         assert (

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from backend.storage.models import (
     SchemaVersionRow,
     TurnRow,
 )
+from tests.concurrency import run_at_once
 from tests.pg import postgres_url  # noqa: F401 (a fixture used by name)
 
 MODELS = {"mister_e": {"name": "mister-e", "version": "v1"}, "farcer": {"name": "farcer", "version": "v2"}}
@@ -207,6 +207,7 @@ def test_annotations_are_appended_and_the_latest_is_current(store, saved, monkey
         "note": "too loud",
         "created_at": "2025-01-01T00:00:00+00:00",
     }
+    assert tied["created_at"] == first["created_at"] and tied["annotation_id"] > first["annotation_id"]
     assert [a["label"] for a in store.history(t0)] == ["fear", "anger", "joy"]
     assert store.history(t2) == []
     assert store.current_labels(dialogue_id) == {t0: "joy", t1: "sadness"}
@@ -329,24 +330,11 @@ def test_concurrent_annotations_are_all_kept(any_url, tmp_path):
         dialogue_id, turn_ids = store.save_analysis(make_doc(media.sha256), media.sha256)
         # JSON must come back with its key order (probs are keyed by the labels, in order).
         validate_analysis(store.find_analysis(media.sha256, "offline", MODELS))
-        errors: list[BaseException] = []
-        start = threading.Barrier(threads)
 
-        def annotate(worker: int) -> None:
-            try:
-                start.wait()
-                for i in range(per_thread):
-                    turn_id = turn_ids[i % len(turn_ids)]
-                    store.add_annotation(turn_id, MELD7[i % 7], f"annotator-{worker}", str(i))
-            except BaseException as exc:  # collected and asserted in the main thread
-                errors.append(exc)
+        def annotate(worker: int, i: int) -> None:
+            store.add_annotation(turn_ids[i % len(turn_ids)], MELD7[i % 7], f"annotator-{worker}", str(i))
 
-        workers = [threading.Thread(target=annotate, args=(w,)) for w in range(threads)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join(timeout=120)
-        assert not errors
+        run_at_once(annotate, threads, per_thread)
         rows = store.annotations(dialogue_id=dialogue_id)
         assert len(rows) == threads * per_thread
         assert len({r["annotation_id"] for r in rows}) == threads * per_thread
