@@ -632,10 +632,10 @@ class _DialogueContext:
             self.cache, self.start, self.cached = self.prefix.copy(self.farcer.lm.config), start, start
         stop = max(seen for seen, _ in branches)
         new = self.lines[self.cached : stop]
-        ends = list(accumulate(len(line) for line in new))
+        ends = list(accumulate((len(line) for line in new), initial=0))  # trunk tokens before each line
         trunk = torch.cat([self.farcer.embed([]), *new])
         scores = self.farcer._score_branches(
-            trunk, [(([0] + ends)[seen - self.cached], x) for seen, x in branches], self.cache
+            trunk, [(ends[seen - self.cached], x) for seen, x in branches], self.cache
         )
         self.cached = stop
         return scores
