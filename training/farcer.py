@@ -134,6 +134,16 @@ def face_features(paths: Sequence[Path], encoder: Path | None = None) -> np.ndar
     return out.astype(np.float32)
 
 
+def drop_faces(faces: list[np.ndarray | None], cfg: TrainConfig, rng: random.Random) -> list[np.ndarray | None]:
+    """The row's faces with the whole row's dropped (face_drop_dialogue) or single turns' dropped
+    (face_drop_turn); rows without faces, or no dropout, draw nothing from `rng`."""
+    if all(f is None for f in faces) or not (cfg.face_drop_turn or cfg.face_drop_dialogue):
+        return faces
+    if rng.random() < cfg.face_drop_dialogue:
+        return [None] * len(faces)
+    return [None if rng.random() < cfg.face_drop_turn else f for f in faces]
+
+
 def shot_pool(dialogues: Sequence[Dialogue], seed: int, size: int = 200) -> list[Example]:
     """Few-shot examples: 1-3 consecutive turns ending at a random turn of a training dialogue
     (text only, as in the released code)."""
@@ -174,16 +184,6 @@ def make_samples(dialogues: Sequence[Dialogue], cfg: TrainConfig, seed: int) -> 
 
 
 # ----------------------------------------------------------------------------- checkpoints
-
-
-def drop_faces(faces: list[np.ndarray | None], cfg: TrainConfig, rng: random.Random) -> list[np.ndarray | None]:
-    """The row's faces with the whole row's dropped (face_drop_dialogue) or single turns' dropped
-    (face_drop_turn); rows without faces, or no dropout, draw nothing from `rng`."""
-    if all(f is None for f in faces) or not (cfg.face_drop_turn or cfg.face_drop_dialogue):
-        return faces
-    if rng.random() < cfg.face_drop_dialogue:
-        return [None] * len(faces)
-    return [None if rng.random() < cfg.face_drop_turn else f for f in faces]
 
 
 def resolve_core(name: str, checkpoint: Path | None = None) -> str:
