@@ -114,6 +114,11 @@ def field(label: str) -> str:
     )
 
 
+def button(text: str) -> str:
+    """JS for the button whose visible text is `text`."""
+    return f"[...document.querySelectorAll('button')].find(b => b.innerText.trim() === {json.dumps(text)})"
+
+
 def shows(cdp: CDP, index: int, label: str) -> None:
     """Wait until the page has turn `index` selected, `label` picked and no event running."""
     wait_until(
@@ -144,9 +149,7 @@ def upload_and_analyse(cdp: CDP, video: Path) -> None:
         lambda: cdp.evaluate(f"!!document.querySelector('video[src$={json.dumps('/' + video.name)}]')"),
         "the uploaded video in its player",
     )
-    cdp.evaluate(
-        "[...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Analyse').click()"
-    )
+    cdp.evaluate(f"{button('Analyse')}.click()")
     wait_until(
         lambda: cdp.evaluate(
             f"document.querySelector('#analysis-notes').innerText.includes('Analysed now') && !{BUSY}"
@@ -235,9 +238,7 @@ def test_hotkeys_label_turns_and_an_uploaded_video_is_analysed(chromium, served,
         assert len(app.service.annotations()) == 2, "a held Enter saved"
         farcer_label = doc["turns"][0]["farcer"]["label"]
         assert farcer_label != second, "the accept button must save something other than the picked label"
-        cdp.evaluate(
-            "[...document.querySelectorAll('button')].find(b => b.innerText.includes(\"Accept FARCER\")).focus()"
-        )
+        cdp.evaluate(button("Accept FARCER's label") + ".focus()")
         press(cdp, "Enter")  # on a focused button Enter presses that button, not "Save label"
         wait_until(lambda: len(app.service.history(turn_ids[0])) == 2, "the accepted FARCER label")
         time.sleep(1.0)
