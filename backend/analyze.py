@@ -9,15 +9,16 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from backend.dialogue import Turn
 from backend.errors import InputError, ModelUnavailableError
 from backend.faces import FaceResult, turn_faces
 from backend.media import audio_span, load_audio, probe, sha256_file
-from backend.predictors import TurnInputs, load_predictors
-from backend.profiles import Profile, get_profile
+from backend.predictors import TurnInputs, TurnPredictor, load_predictors
+from backend.profiles import PROFILES, Profile, get_profile
+from backend import registry
 from backend.schema import SCHEMA, validate_analysis
 from backend.settings import Settings, get_settings
 from backend.transcripts import read_subtitles, read_turns, turns_from_table, validate_turns
@@ -132,14 +133,14 @@ def analyze(
          "face": _face_json(face)}
         for i, (turn, face) in enumerate(zip(turns, faces))
     ]
-    for n, predictor in enumerate(predictors):
-        progress(0.6 + 0.35 * n / max(len(predictors), 1), predictor.name)
+    for n, (key, predictor) in enumerate(predictors.items()):
+        progress(0.6 + 0.35 * n / max(len(predictors), 1), registry.model_spec(key).title)
         t = time.perf_counter()
         outputs, more = predictor.predict(turns, inputs, prof.labels, explain=explain)
         warnings += more
         for row, out in zip(rows, outputs):
-            row[predictor.key] = out
-        timings[predictor.key] = time.perf_counter() - t
+            row[key] = out
+        timings[key] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
     progress(1.0, "done")
 
@@ -148,12 +149,21 @@ def analyze(
         "media": {"path": str(video), "sha256": sha, "duration_s": info.duration_s, "has_audio": info.has_audio},
         "profile": prof.name,
         "labels": list(prof.labels),
-        "models": {p.key: {"name": p.name, "version": p.version} for p in predictors},
+        "models": model_records(predictors),
         "turns": rows,
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "warnings": warnings,
     }
     return validate_analysis(doc)
+
+
+def model_records(predictors: Mapping[str, TurnPredictor]) -> dict[str, dict]:
+    """The document's `models`: for each model that ran, its name, exact version and component versions."""
+    return {
+        key: {"name": spec.title, "model": spec.name, "version": p.version, "components": p.versions}
+        for key, p in predictors.items()
+        for spec in [registry.model_spec(key)]
+    }
 
 
 def _path(value: str | Path | None) -> Path | None:
@@ -167,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--subtitles", type=Path, help="SRT or WebVTT file; 'Name: text' sets the speaker")
     source.add_argument("--transcript", type=Path, help="MELD CSV or speaker,start,end,text CSV")
-    parser.add_argument("--profile", choices=("offline", "paper"), default=None)
+    parser.add_argument("--profile", choices=PROFILES, default=None)
     parser.add_argument("--explain", action="store_true", help="include FARCER's prompt for each turn")
     parser.add_argument("--out", type=Path, help="write the JSON here instead of printing it")
     args = parser.parse_args(argv)

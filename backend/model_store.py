@@ -36,6 +36,18 @@ class VersionInfo:
     data: dict
     metrics: dict
 
+    @property
+    def validation(self) -> dict[str, float]:
+        """Validation weighted F1 as the checkpoint recorded it: one number, or one per validation view."""
+        val = self.metrics.get("val") or self.metrics.get("val_report") or {}
+        if "weighted_f1" in val:
+            return {"weighted_f1": round(float(val["weighted_f1"]), 4)}
+        return {
+            f"{view}.weighted_f1": round(float(report["weighted_f1"]), 4)
+            for view, report in val.items()
+            if isinstance(report, dict) and "weighted_f1" in report
+        }
+
 
 @dataclass
 class NewVersion:

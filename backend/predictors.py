@@ -1,7 +1,7 @@
-"""The per-turn model interface the analysis pipeline runs, and the profile's model registry."""
+"""The per-turn model interface the analysis pipeline runs, and loading each registered model's
+active version (once per process)."""
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -10,7 +10,10 @@ import numpy as np
 
 from backend.dialogue import Turn
 from backend.errors import ModelUnavailableError
+from backend.model_store import open_model_store
 from backend.profiles import Profile
+from backend import registry
+from backend.registry import ModelSpec, resolve
 from backend.settings import Settings
 
 
@@ -26,34 +29,33 @@ class TurnInputs:
 class TurnPredictor(Protocol):
     """A model that labels every turn of one dialogue."""
 
-    key: str  # the per-turn key it adds to the analysis JSON (e.g. "mister_e")
-    name: str
-    version: str
+    version: str  # the checkpoint version (backend.checkpoints)
+    versions: dict[str, str]  # its own version and every component's, as the analysis records them
 
     def predict(
         self, turns: list[Turn], inputs: list[TurnInputs], labels: tuple[str, ...], explain: bool = False
     ) -> tuple[list[dict], list[str]]:
-        """One output dict per turn (at least `label` and `probs` over `labels`) and warnings."""
+        """One output dict per turn (at least `label` and `probs` over `labels`, plus the spec's
+        fields) and warnings."""
         ...
 
 
 PredictorLoader = Callable[[Profile, Settings], TurnPredictor]
 
-# Each model's loader as "module:function", imported when that model is first loaded, in display order.
-LOADER_PATHS: dict[str, str] = {
-    "mister_e": "backend.mister_e_predictor:load_mister_e",
-    "farcer": "backend.farcer_predictor:load_farcer_predictor",
-}
-
-# Loaders that replace the built-in ones (tests register doubles here).
+# Loaders that replace the registered ones, by analysis key (tests register doubles here).
 PREDICTOR_LOADERS: dict[str, PredictorLoader] = {}
 
 
-def _imported(path: str) -> PredictorLoader:
-    module, function = path.split(":")
+def registered_loader(spec: ModelSpec) -> PredictorLoader:
+    """Load the active version of `spec` for a profile: the one chosen in the model store, else the
+    profile's built-in checkpoint."""
 
     def load(profile: Profile, settings: Settings) -> TurnPredictor:
-        return getattr(importlib.import_module(module), function)(profile, settings)
+        default = spec.checkpoints.get(profile.name)
+        if default is None:
+            raise ModelUnavailableError(f"{spec.title} has no checkpoint for the {profile.name} profile")
+        store = open_model_store(settings)
+        return resolve(spec.loader)(store.active(spec.name, default), store, settings)
 
     return load
 
@@ -67,29 +69,29 @@ def unavailable(reason: str) -> PredictorLoader:
     return load
 
 
-def predictor_loaders() -> dict[str, PredictorLoader]:
-    """The loader of every model the app shows, in display order."""
-    return {key: PREDICTOR_LOADERS.get(key) or _imported(path) for key, path in LOADER_PATHS.items()}
-
-
-_CACHE: dict[tuple[str, str, str], TurnPredictor] = {}
+_CACHE: dict[tuple[str, str, str, str], TurnPredictor] = {}
 
 
 def model_status(profile: Profile, settings: Settings) -> dict[str, TurnPredictor | str]:
-    """Each model, loaded (once per process), or the reason it is unavailable."""
+    """Each registered model by analysis key, in display order: loaded (once per process and active
+    version), or the reason it is unavailable."""
     status: dict[str, TurnPredictor | str] = {}
-    for key, loader in predictor_loaders().items():
-        cache_key = (key, profile.name, str(settings.checkpoints_dir))
+    store = open_model_store(settings)
+    for spec in registry.MODELS:
+        loader = PREDICTOR_LOADERS.get(spec.key) or registered_loader(spec)
+        active = store.active_version(spec.name) or ""
+        cache_key = (spec.key, profile.name, str(settings.checkpoints_dir), active)
         try:
             if cache_key not in _CACHE:
                 _CACHE[cache_key] = loader(profile, settings)
-            status[key] = _CACHE[cache_key]
+            status[spec.key] = _CACHE[cache_key]
         except ModelUnavailableError as exc:
-            status[key] = str(exc)
+            status[spec.key] = str(exc)
     return status
 
 
-def load_predictors(profile: Profile, settings: Settings) -> tuple[list[TurnPredictor], list[str]]:
-    """The available models, and a warning for each unavailable one."""
+def load_predictors(profile: Profile, settings: Settings) -> tuple[dict[str, TurnPredictor], list[str]]:
+    """The available models by analysis key, and a warning ("<title>: <reason>") for each unavailable one."""
     status = model_status(profile, settings)
-    return [p for p in status.values() if not isinstance(p, str)], [p for p in status.values() if isinstance(p, str)]
+    ready = {key: p for key, p in status.items() if not isinstance(p, str)}
+    return ready, [f"{registry.model_spec(key).title}: {p}" for key, p in status.items() if isinstance(p, str)]

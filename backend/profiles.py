@@ -1,7 +1,8 @@
-"""Model profiles: which encoders, checkpoints and ASR model a run uses.
+"""Model profiles: which encoders, checkpoints and ASR model a run uses. Profile names are defined here.
 
 `offline` (default) uses small real encoders and checkpoints trained in this repository; `paper`
 uses the papers' 7-8B models, which must already be in the local Hugging Face cache or reachable.
+Which checkpoint each model uses in a profile is said by the model registry (backend.registry).
 """
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from dataclasses import dataclass
 
 from backend.errors import InputError
 from backend.labels import MELD7
-from backend.settings import PROFILES
 
 
 @dataclass(frozen=True)
@@ -18,9 +18,6 @@ class Profile:
     description: str
     labels: tuple[str, ...]
     asr_model: str | None
-    mister_e_checkpoint: str
-    farcer_checkpoint: str
-    face_encoder: str
 
 
 OFFLINE = Profile(
@@ -29,9 +26,6 @@ OFFLINE = Profile(
     "trained here; no network needed",
     labels=MELD7,
     asr_model=None,
-    mister_e_checkpoint="mister-e",
-    farcer_checkpoint="farcer",
-    face_encoder="face-encoder",
 )
 
 PAPER = Profile(
@@ -40,13 +34,10 @@ PAPER = Profile(
     "vit-face-expression, Whisper ASR); needs a GPU and the weights in the local cache",
     labels=MELD7,
     asr_model="openai/whisper-small",
-    mister_e_checkpoint="mister-e-paper",
-    farcer_checkpoint="farcer-paper",
-    face_encoder="trpakov/vit-face-expression",
 )
 
 _PROFILES = {p.name: p for p in (OFFLINE, PAPER)}
-assert tuple(_PROFILES) == PROFILES
+PROFILES: tuple[str, ...] = tuple(_PROFILES)
 
 
 def get_profile(name: str) -> Profile:

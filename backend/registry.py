@@ -4,7 +4,8 @@ view) and `python -m training versions` are driven from `MODELS`; a third model 
 plus its code (a builder and a loader returning a `backend.predictors.TurnPredictor`).
 
 Builders and loaders are named as "module:function" and imported on first use, so listing the
-registry imports no model code.
+registry imports no model code. Code reads `registry.MODELS` when it runs (never a copy taken at
+import), so tests can register a model by patching it.
 """
 from __future__ import annotations
 
@@ -96,15 +97,18 @@ MODELS: tuple[ModelSpec, ...] = (
     ),
 )
 
-BY_NAME: dict[str, ModelSpec] = {m.name: m for m in MODELS}
-BY_KEY: dict[str, ModelSpec] = {m.key: m for m in MODELS}
+
+
+def find_spec(name: str) -> ModelSpec | None:
+    """A registered model by store name ("mister-e") or analysis key ("mister_e"), else None."""
+    return next((m for m in MODELS if name in (m.name, m.key)), None)
 
 
 def model_spec(name: str) -> ModelSpec:
-    """A registered model by store name ("mister-e") or analysis key ("mister_e")."""
-    spec = BY_NAME.get(name) or BY_KEY.get(name)
+    """Like `find_spec`, but an unknown name is an InputError listing the registered models."""
+    spec = find_spec(name)
     if spec is None:
-        raise InputError(f"unknown model {name!r}; choose one of {', '.join(BY_NAME)}")
+        raise InputError(f"unknown model {name!r}; choose one of {', '.join(m.name for m in MODELS)}")
     return spec
 
 

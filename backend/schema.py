@@ -1,22 +1,26 @@
 """The `erc.analysis/1` JSON contract between backend, UI, CLI and tests.
 
     {schema, media:{path, sha256, duration_s, has_audio}, profile, labels:[...],
-     models:{<name>:{name, version}},
+     models:{<key>:{name, version[, model, components:{name: version}]}},
      turns:[{index, speaker, start, end, text, face:{found, box:[x,y,w,h]|null},
-             mister_e?:{label, probs, gate:{speech,text,cross}, experts:{speech,text,cross}},
-             farcer?:{label, probs[, prompt]}}],
+             <key>?:{label, probs, <the fields its registry entry lists>}}],
      timings_s:{load, media, features, ..., total}, warnings:[...]}
 
-`total` is analysis time without model loading. `validate_analysis` checks a document against
-this description and is what tests and the API use.
+<key> is a model's analysis key in backend.registry (mister_e: gate and expert votes; farcer: the
+prompt as segments [{kind: text|image|label, text}] when explained). `total` is analysis time
+without model loading. `validate_analysis` checks a document against this description and is what
+tests and the API use.
 """
 from __future__ import annotations
 
 import math
 from typing import Any
 
+from backend import registry
+from backend.registry import ModelSpec
+
 SCHEMA = "erc.analysis/1"
-EXPERTS = ("speech", "text", "cross")
+SEGMENT_KINDS = ("text", "image", "label")
 _PROB_TOLERANCE = 1e-4
 
 
@@ -50,21 +54,31 @@ def _check_prediction(pred: Any, labels: list[str], where: str) -> None:
         raise SchemaError(f"{where}.label: {pred['label']!r} is not the argmax of probs")
 
 
-def _check_mister_e(pred: Any, labels: list[str], where: str) -> None:
-    _check_prediction(pred, labels, where)
-    _require(pred, ("gate", "experts"), where)
-    gate = pred["gate"]
-    _require(gate, EXPERTS, f"{where}.gate")
-    if abs(sum(gate[e] for e in EXPERTS) - 1.0) > _PROB_TOLERANCE:
-        raise SchemaError(f"{where}.gate: weights must sum to 1")
-    _require(pred["experts"], EXPERTS, f"{where}.experts")
-    for expert in EXPERTS:
-        votes = pred["experts"][expert]
-        if votes is None:
-            if gate[expert] != 0:
-                raise SchemaError(f"{where}.gate.{expert}: an unavailable expert must weigh 0")
-            continue
-        _check_probs(votes, labels, f"{where}.experts.{expert}")
+def _check_fields(pred: Any, spec: ModelSpec, labels: list[str], where: str) -> None:
+    """The keys the registry says `spec` adds to each turn."""
+    for field in spec.fields:
+        if field.name not in pred:
+            if field.optional:
+                continue
+            raise SchemaError(f"{where}: missing key {field.name!r}")
+        value, at = pred[field.name], f"{where}.{field.name}"
+        if field.kind == "weights":
+            _require(value, field.over, at)
+            if abs(sum(value[e] for e in field.over) - 1.0) > _PROB_TOLERANCE:
+                raise SchemaError(f"{at}: weights must sum to 1")
+        elif field.kind == "distributions":
+            _require(value, field.over, at)
+            for name in field.over:
+                if value[name] is None:
+                    if field.weighted_by and pred[field.weighted_by][name] != 0:
+                        raise SchemaError(f"{where}.{field.weighted_by}.{name}: an unavailable {name} must weigh 0")
+                    continue
+                _check_probs(value[name], labels, f"{at}.{name}")
+        elif field.kind == "segments":
+            if not isinstance(value, list) or not all(
+                isinstance(s, dict) and s.get("kind") in SEGMENT_KINDS and isinstance(s.get("text"), str) for s in value
+            ):
+                raise SchemaError(f"{at}: expected a list of {{kind: {'|'.join(SEGMENT_KINDS)}, text}} segments")
 
 
 def validate_analysis(doc: Any) -> dict:
@@ -90,8 +104,8 @@ def validate_analysis(doc: Any) -> dict:
         box = turn["face"]["box"]
         if turn["face"]["found"] != (box is not None) or (box is not None and len(box) != 4):
             raise SchemaError(f"{where}.face: a found face has a 4-number box, no face has null")
-        if "mister_e" in turn:
-            _check_mister_e(turn["mister_e"], labels, f"{where}.mister_e")
-        if "farcer" in turn:
-            _check_prediction(turn["farcer"], labels, f"{where}.farcer")
+        for spec in registry.MODELS:
+            if spec.key in turn:
+                _check_prediction(turn[spec.key], labels, f"{where}.{spec.key}")
+                _check_fields(turn[spec.key], spec, labels, f"{where}.{spec.key}")
     return doc

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from backend import exports
 from backend.agreement import agreement_report
-from backend.analyze import Progress, analyze, no_progress
+from backend.analyze import Progress, analyze, model_records, no_progress
 from backend.errors import InputError
 from backend.media import probe, sha256_file
 from backend.predictors import load_predictors
@@ -83,7 +83,7 @@ class Service:
         source = turn_source(subtitles, table)
         media = self.store.add_media(video)
         predictors, _ = load_predictors(prof, self.settings)
-        models = {p.key: {"name": p.name, "version": p.version} for p in predictors}
+        models = model_records(predictors)
         found = self.store.find_analysis(media.sha256, prof.name, models)
         if found is not None and found.get("turn_source") == source:
             progress(1.0, "reopened from the database")

@@ -4,14 +4,13 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
-
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from backend.profiles import PROFILES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"
-PROFILES = ("offline", "paper")
 
 
 def on_spaces() -> bool:
@@ -32,13 +31,20 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=_default_data_dir)
     database_url: str | None = None
-    profile: Literal["offline", "paper"] = "offline"
+    profile: str = PROFILES[0]
     device: str = "auto"
     checkpoints_dir: Path = CHECKPOINTS_DIR
     max_upload_mb: float = 200.0
     max_video_s: float = 600.0
     max_turns: int = 200
     require_login: bool = Field(default_factory=on_spaces)
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        if value not in PROFILES:
+            raise ValueError(f"ERC_PROFILE must be one of {', '.join(PROFILES)}, got {value!r}")
+        return value
 
     @property
     def resolved_database_url(self) -> str:

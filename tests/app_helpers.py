@@ -3,7 +3,7 @@ generated subtitled dialogue video."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend import predictors
@@ -39,8 +39,7 @@ def _argmax(probs: dict[str, float]) -> str:
 @dataclass
 class MisterEDouble:
     version: str = "test-1"
-    key: str = "mister_e"
-    name: str = "mister-e-double"
+    versions: dict = field(default_factory=lambda: {"mister-e": "test-1"})
     calls: int = 0
 
     def predict(
@@ -70,8 +69,7 @@ class MisterEDouble:
 @dataclass
 class FarcerDouble:
     version: str = "test-1"
-    key: str = "farcer"
-    name: str = "farcer-double"
+    versions: dict = field(default_factory=lambda: {"farcer": "test-1", "core": "core-1"})
     calls: int = 0
 
     def predict(
@@ -82,22 +80,26 @@ class FarcerDouble:
         for i, turn in enumerate(turns):
             probs = peaked(labels, 3 * i, 0.6)
             out = {"label": _argmax(probs), "probs": probs}
-            current = f"{turn.speaker}: <image:face> {turn.text}"
+            current = [_text(f"{turn.speaker}: "), {"kind": "image", "text": "<image:face>"}, _text(f" {turn.text}")]
             if explain:
-                out["prompt"] = "SYSTEM:\nLabel the last turn.\n\nUSER:\nDIALOGUE:\n" + "\n".join(
-                    [*lines, f"{current} {turn.speaker}'s EMOTION LABEL:"]
-                )
-            lines.append(f"{current} ({turn.speaker}'s current emotion: {out['label']})")
+                query = _text(f" {turn.speaker}'s EMOTION LABEL:")
+                out["prompt"] = [_text("SYSTEM:\nLabel the last turn.\n\nUSER:\nDIALOGUE:\n"), *lines, *current, query]
+            past = f" ({turn.speaker}'s current emotion: {out['label']})"
+            lines += [*current, {"kind": "label", "text": past, "speaker": turn.speaker, "label": out["label"]}, _text("\n")]
             outputs.append(out)
         return outputs, []
+
+
+def _text(text: str) -> dict:
+    return {"kind": "text", "text": text}
 
 
 def install(monkeypatch, mister_e: MisterEDouble | None = None, farcer: FarcerDouble | None = None):
     """Register the doubles (None leaves that model unavailable) and forget loaded models."""
     loaders = {}
-    for key, title, double in (("mister_e", "MiSTER-E", mister_e), ("farcer", "FARCER", farcer)):
+    for key, double in (("mister_e", mister_e), ("farcer", farcer)):
         loaders[key] = (
-            predictors.unavailable(f"{title} is not available: switched off in this test")
+            predictors.unavailable("switched off in this test")
             if double is None
             else lambda profile, settings, d=double: d
         )

@@ -59,9 +59,9 @@ def test_a_missing_model_says_why(doc_without_farcer):
     doc = doc_without_farcer
     assert set(results_table(doc)["FARCER"]) == {"n/a"} and set(results_table(doc)["agree"]) == {"n/a"}
     status = model_status_html(doc)
-    assert "MiSTER-E</b>: mister-e-double test-1" in status
-    assert "FARCER</b>: not available: FARCER is not available" in status
-    assert "not available: FARCER" in teaching_html(doc, 0)
+    assert "MiSTER-E</b>: version test-1" in status
+    assert "FARCER</b>: not available: switched off in this test" in status
+    assert "not available: switched off in this test" in teaching_html(doc, 0)
     assert "not available" in charts.probability_timelines(doc).layout.annotations[-1].text
 
 
@@ -89,7 +89,7 @@ def test_teaching_view_explains_both_models_and_escapes_text(doc):
 
 
 def test_charts(doc, doc_without_farcer):
-    gate = charts.gate_chart(doc)
+    gate = charts.weights_chart(doc)
     assert [t.name for t in gate.data] == ["speech", "text", "cross"] and gate.layout.barmode == "stack"
     assert list(gate.data[1].y) == [0.2, 0.2, 0.2]
     timelines = charts.probability_timelines(doc)
@@ -125,7 +125,7 @@ def test_saving_needs_a_login_when_required(doc, service):
     service.settings.require_login = False
     history, table, note = annotate.save(doc, 0, "fear", "n", "ann", None)
     assert "<b>fear</b> by ann" in history and table.iloc[0]["human"] == "fear" and note == ""
-    history, table, note, label = annotate.accept_farcer(doc, 1, "", "ann", None)
+    history, table, note, label = annotate.accept_handler("farcer")(doc, 1, "", "ann", None)
     assert label == doc["turns"][1]["farcer"]["label"] and table.iloc[1]["human"] == label
     assert annotate.turn_state(doc, 1)[1] == label
 
@@ -172,5 +172,5 @@ def test_profile_status_before_any_analysis(service, monkeypatch):
 
     install(monkeypatch, MisterEDouble(), None)
     status = profile_status_html("offline", service)
-    assert "<li>mister_e: ready</li>" in status
-    assert "<li>farcer: not available: FARCER is not available: switched off in this test</li>" in status
+    assert "<li>MiSTER-E: ready (version test-1)</li>" in status
+    assert "<li>FARCER: not available: switched off in this test</li>" in status

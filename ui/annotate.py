@@ -14,7 +14,8 @@ import pandas as pd
 from backend.errors import InputError
 from backend.service import Service, resolve_annotator
 from ui.callbacks import user_error
-from ui.results import MODEL_TITLES, results_table
+from backend import registry
+from ui.results import results_table
 
 LABEL_ID, SAVE_ID, NEXT_ID, PREV_ID = "label-choice", "save-label", "next-turn", "prev-turn"
 
@@ -62,14 +63,14 @@ class Annotate:
         self.service = service
 
     def turn_state(self, doc: dict | None, index: int | None) -> tuple[str, str | None]:
-        """(history, the label to preselect: the human label, else MiSTER-E's, else FARCER's)."""
+        """(history, the label to preselect: the human label, else the first model's in registry order)."""
         if not doc or index is None or not 0 <= index < len(doc["turns"]):
             return "", None
         turn = doc["turns"][index]
         rows = self.service.history(turn["turn_id"])
         if rows:
             return history_html(rows), rows[-1]["label"]
-        model_labels = [turn[key]["label"] for key in MODEL_TITLES if key in turn]
+        model_labels = [turn[spec.key]["label"] for spec in registry.MODELS if spec.key in turn]
         return history_html(rows), next(iter(model_labels), None)
 
     def step(self, doc: dict | None, index: int | None, delta: int) -> int | None:
@@ -123,15 +124,16 @@ class Annotate:
             raise gr.Error("Analyse a video and select a turn first.")
         pred = doc["turns"][index].get(key)
         if pred is None:
-            raise gr.Error(f"{MODEL_TITLES[key]} has no label for this turn (not available).")
+            raise gr.Error(f"{registry.model_spec(key).title} has no label for this turn (not available).")
         return (*self.save(doc, index, pred["label"], note, name, profile), pred["label"])
 
-    def accept_mister_e(
-        self, doc: dict | None, index: int | None, note: str, name: str, profile: gr.OAuthProfile | None
-    ) -> tuple[str, pd.DataFrame, str, str]:
-        return self.accept(doc, index, "mister_e", note, name, profile)
+    def accept_handler(self, key: str):
+        """The click handler of the "Accept <model>'s label" button of model `key` (a plain function
+        with annotations, so that Gradio injects the OAuth profile)."""
 
-    def accept_farcer(
-        self, doc: dict | None, index: int | None, note: str, name: str, profile: gr.OAuthProfile | None
-    ) -> tuple[str, pd.DataFrame, str, str]:
-        return self.accept(doc, index, "farcer", note, name, profile)
+        def accept(
+            doc: dict | None, index: int | None, note: str, name: str, profile: gr.OAuthProfile | None
+        ) -> tuple[str, pd.DataFrame, str, str]:
+            return self.accept(doc, index, key, note, name, profile)
+
+        return accept

@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from backend.errors import InputError, ModelUnavailableError
 from backend.predictors import model_status
 from backend.profiles import get_profile
+from backend import registry
 from backend.service import Service
 from ui import charts
 from ui.results import (
@@ -43,8 +44,8 @@ def profile_status_html(profile_name: str, service: Service) -> str:
     profile = get_profile(profile_name)
     lines = [f"<p><b>Profile {html.escape(profile.name)}</b>: {html.escape(profile.description)}</p><ul>"]
     for key, model in model_status(profile, service.settings).items():
-        state = f"not available: {html.escape(model)}" if isinstance(model, str) else "ready"
-        lines.append(f"<li>{key}: {state}</li>")
+        state = f"not available: {html.escape(model)}" if isinstance(model, str) else f"ready (version {model.version})"
+        lines.append(f"<li>{registry.model_spec(key).title}: {state}</li>")
     return "".join(lines) + "</ul>"
 
 
@@ -80,7 +81,7 @@ class Analysis:
             model_status_html(doc),
             warnings_html(doc),
             results_table(doc, human),
-            charts.gate_chart(doc),
+            charts.weights_chart(doc),
             charts.probability_timelines(doc),
             picker,
             transcript_frame(doc),
@@ -140,7 +141,7 @@ class Analysis:
     def turn_views(
         self, doc: dict | None, index: int | None
     ) -> tuple[go.Figure | None, np.ndarray | None, str]:
-        """For the selected turn: the votes chart, FARCER's face crop and the teaching view."""
+        """For the selected turn: the votes chart, the speaker's face crop and the teaching view."""
         if not doc or index is None or not 0 <= index < len(doc["turns"]):
             return None, None, ""
         return charts.turn_distributions(doc, index), face_crop(doc, index), teaching_html(doc, index)

@@ -9,10 +9,17 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ui.results import EXPERTS, MODEL_TITLES, unavailable_reason
+from backend import registry
+from ui.results import unavailable_reason
 
-EXPERT_COLOURS = {"speech": "#1f77b4", "text": "#ff7f0e", "cross": "#2ca02c"}
+# Members of weights/distributions fields (MiSTER-E's experts); other names take the palette's colours.
+MEMBER_COLOURS = {"speech": "#1f77b4", "text": "#ff7f0e", "cross": "#2ca02c"}
+PALETTE = ("#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 _HEIGHT = 320
+
+
+def _colour(name: str, i: int) -> str:
+    return MEMBER_COLOURS.get(name, PALETTE[i % len(PALETTE)])
 
 
 def _notice(fig: go.Figure, text: str, **where) -> go.Figure:
@@ -20,46 +27,51 @@ def _notice(fig: go.Figure, text: str, **where) -> go.Figure:
     return fig
 
 
-def gate_chart(doc: dict) -> go.Figure:
-    """MiSTER-E's gate weights per turn, stacked (speech, text, cross)."""
-    fig = go.Figure(layout={"title": "MiSTER-E gate weights per turn", "height": _HEIGHT, "barmode": "stack"})
-    reason = unavailable_reason(doc, "mister_e")
-    if reason is not None:
-        return _notice(fig, f"not available: {reason}")
-    turns = [t for t in doc["turns"] if "mister_e" in t]
-    for expert in EXPERTS:
-        fig.add_bar(
-            name=expert,
-            x=[t["index"] for t in turns],
-            y=[t["mister_e"]["gate"][expert] for t in turns],
-            marker_color=EXPERT_COLOURS[expert],
-        )
-    fig.update_layout(xaxis_title="turn", yaxis_title="weight", yaxis_range=[0, 1])
+def _row_notice(fig: go.Figure, text: str, row: int) -> None:
+    fig.add_annotation(
+        text=text, showarrow=False, row=row, col=1, xref="x domain", yref="y domain", x=0.5, y=0.5
+    )
+
+
+def weights_chart(doc: dict) -> go.Figure:
+    """Each weights field per turn, stacked (MiSTER-E's gate: speech, text, cross), one row per field."""
+    fields = [(spec, f) for spec in registry.MODELS for f in spec.fields if f.kind == "weights"]
+    titles = [f"{spec.title} {f.title} weights per turn" for spec, f in fields]
+    fig = make_subplots(rows=max(len(fields), 1), cols=1, subplot_titles=titles or ["no model has weights"])
+    for row, (spec, field) in enumerate(fields, start=1):
+        reason = unavailable_reason(doc, spec.key)
+        if reason is not None:
+            _row_notice(fig, f"not available: {reason}", row)
+            continue
+        turns = [t for t in doc["turns"] if spec.key in t]
+        for i, member in enumerate(field.over):
+            fig.add_bar(
+                name=member,
+                x=[t["index"] for t in turns],
+                y=[t[spec.key][field.name][member] for t in turns],
+                marker_color=_colour(member, i),
+                row=row,
+                col=1,
+            )
+        fig.update_yaxes(title_text="weight", range=[0, 1], row=row, col=1)
+    fig.update_layout(height=_HEIGHT * max(len(fields), 1), barmode="stack")
+    fig.update_xaxes(title_text="turn")
     return fig
 
 
 def probability_timelines(doc: dict) -> go.Figure:
-    """Both models' label probabilities over the turns, one heatmap per model."""
+    """Every model's label probabilities over the turns, one heatmap per model."""
     labels = doc["labels"]
     fig = make_subplots(
-        rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12, subplot_titles=list(MODEL_TITLES.values())
+        rows=len(registry.MODELS), cols=1, shared_xaxes=True, vertical_spacing=0.12, subplot_titles=[m.title for m in registry.MODELS]
     )
-    for row, key in enumerate(MODEL_TITLES, start=1):
-        reason = unavailable_reason(doc, key)
+    for row, spec in enumerate(registry.MODELS, start=1):
+        reason = unavailable_reason(doc, spec.key)
         if reason is not None:
-            fig.add_annotation(
-                text=f"not available: {reason}",
-                showarrow=False,
-                row=row,
-                col=1,
-                xref="x domain",
-                yref="y domain",
-                x=0.5,
-                y=0.5,
-            )
+            _row_notice(fig, f"not available: {reason}", row)
             continue
-        turns = [t for t in doc["turns"] if key in t]
-        z = [[t[key]["probs"][label] for t in turns] for label in labels]
+        turns = [t for t in doc["turns"] if spec.key in t]
+        z = [[t[spec.key]["probs"][label] for t in turns] for label in labels]
         fig.add_heatmap(
             z=z,
             x=[t["index"] for t in turns],
@@ -71,27 +83,32 @@ def probability_timelines(doc: dict) -> go.Figure:
             col=1,
         )
     fig.update_layout(
-        height=2 * _HEIGHT,
+        height=len(registry.MODELS) * _HEIGHT,
         coloraxis={"colorscale": "Viridis", "cmin": 0, "cmax": 1},
         title="Label probabilities over turns",
     )
-    fig.update_xaxes(title_text="turn", row=2, col=1)
+    fig.update_xaxes(title_text="turn", row=len(registry.MODELS), col=1)
     return fig
 
 
 def turn_distributions(doc: dict, index: int) -> go.Figure:
-    """For one turn: the three experts' votes, MiSTER-E's mix and FARCER's distribution."""
+    """For one turn: every model's distribution, and the members' votes of models that mix them."""
     labels, turn = doc["labels"], doc["turns"][index]
     fig = go.Figure(
         layout={"title": f"Turn {index}: what each model voted", "height": _HEIGHT, "barmode": "group"}
     )
-    series: list[tuple[str, dict | None, str | None]] = []
-    mister = turn.get("mister_e")
-    if mister is not None:
-        series += [(f"{e} expert", mister["experts"][e], EXPERT_COLOURS[e]) for e in EXPERTS]
-        series.append(("MiSTER-E", mister["probs"], "#9467bd"))
-    if turn.get("farcer") is not None:
-        series.append(("FARCER", turn["farcer"]["probs"], "#d62728"))
+    series: list[tuple[str, dict | None, str]] = []
+    for spec in registry.MODELS:
+        pred = turn.get(spec.key)
+        if pred is None:
+            continue
+        votes = spec.field("distributions")
+        if votes is not None:
+            series += [
+                (f"{member} {votes.title.split()[0]}", pred[votes.name][member], _colour(member, i))
+                for i, member in enumerate(votes.over)
+            ]
+        series.append((spec.title, pred["probs"], spec.colour))
     for name, probs, colour in series:
         if probs is not None:
             fig.add_bar(name=name, x=labels, y=[probs[label] for label in labels], marker_color=colour)
@@ -99,7 +116,7 @@ def turn_distributions(doc: dict, index: int) -> go.Figure:
         _notice(
             fig,
             "no model output for this turn: "
-            + "; ".join(f"{title} not available" for key, title in MODEL_TITLES.items() if key not in turn),
+            + "; ".join(f"{spec.title} not available" for spec in registry.MODELS if spec.key not in turn),
         )
     fig.update_layout(yaxis_range=[0, 1], yaxis_title="probability")
     return fig

@@ -8,13 +8,14 @@ from __future__ import annotations
 import gradio as gr
 
 from backend.errors import InputError, ModelUnavailableError
-from backend.profiles import get_profile
+from backend.profiles import PROFILES, get_profile
+from backend import registry
 from backend.service import Service, resolve_annotator
-from backend.settings import PROFILES, Settings, get_settings, on_spaces
+from backend.settings import Settings, get_settings, on_spaces
 from ui.annotate import HOTKEYS_JS, LABEL_ID, NEXT_ID, PREV_ID, SAVE_ID, Annotate
 from ui.callbacks import TRANSCRIPT_COLUMNS, Analysis, profile_status_html, user_error
 from ui.corrections import CORRECTION_COLUMNS, Corrections
-from ui.results import TABLE_COLUMNS
+from ui.results import table_columns
 
 TITLE = "ERC Studio — emotion recognition in conversations"
 INFERENCE_CONCURRENCY = 1  # analyses share one queue slot: a model run uses all the CPU it gets
@@ -104,9 +105,9 @@ def build_app(service: Service | None = None) -> gr.Blocks:
         doc = gr.State(None)
         gr.Markdown(
             "# ERC Studio\nUpload a video dialogue (and subtitles or a transcript if you have them). The "
-            "turns are labelled by **MiSTER-E** (speech, text and cross-modal experts mixed by a gate) and "
-            "**FARCER** (a language model reading the dialogue with each speaker's face); correct the labels "
-            "below."
+            "turns are labelled by "
+            + " and ".join(f"**{spec.title}** ({spec.summary})" for spec in registry.MODELS)
+            + "; correct the labels below."
         )
         with gr.Tab("Analyse and annotate"):
             with gr.Row():
@@ -127,14 +128,14 @@ def build_app(service: Service | None = None) -> gr.Blocks:
                     player = gr.Video(label="Video with the predictions as subtitles", interactive=False)
                     notes = gr.HTML(elem_id="analysis-notes")
             table = gr.Dataframe(
-                headers=TABLE_COLUMNS,
+                headers=table_columns(),
                 label="Turns (click a row to select it)",
                 interactive=False,
                 wrap=True,
                 elem_id="results-table",
             )
             with gr.Row():
-                gate = gr.Plot(label="Gate weights")
+                gate = gr.Plot(label="Weights per turn")
                 timelines = gr.Plot(label="Label probabilities over turns")
             with gr.Accordion("Transcript: edit it and run again", open=False):
                 transcript = gr.Dataframe(headers=TRANSCRIPT_COLUMNS, interactive=True, label="Transcript")
@@ -158,12 +159,13 @@ def build_app(service: Service | None = None) -> gr.Blocks:
                         gr.Markdown("Saving labels needs a Hugging Face login.")
                     with gr.Row():
                         save = gr.Button("Save label (Enter)", variant="primary", elem_id=SAVE_ID)
-                        accept_mister_e = gr.Button("Accept MiSTER-E's label", size="sm")
-                        accept_farcer = gr.Button("Accept FARCER's label", size="sm")
+                        accepts = {
+                            spec.key: gr.Button(f"Accept {spec.title}'s label", size="sm") for spec in registry.MODELS
+                        }
                     history = gr.HTML(label="History")
                 with gr.Column(scale=1):
-                    face = gr.Image(label="Face crop FARCER saw", interactive=False, height=220)
-                    votes = gr.Plot(label="Experts' and FARCER's distributions")
+                    face = gr.Image(label="Speaker's face crop (what the models saw)", interactive=False, height=220)
+                    votes = gr.Plot(label="Each model's distribution for this turn")
             teaching = gr.HTML(elem_id="teaching-view")
 
         with gr.Tab("Corrections"):
@@ -203,12 +205,10 @@ def build_app(service: Service | None = None) -> gr.Blocks:
         next_turn.click(annotate.next, [doc, turn], turn, **PRIVATE)
         prev_turn.click(annotate.previous, [doc, turn], turn, **PRIVATE)
         save.click(annotate.save, [doc, turn, label, note, name], [history, table, note], **PRIVATE)
-        accept_mister_e.click(
-            annotate.accept_mister_e, [doc, turn, note, name], [history, table, note, label], **PRIVATE
-        )
-        accept_farcer.click(
-            annotate.accept_farcer, [doc, turn, note, name], [history, table, note, label], **PRIVATE
-        )
+        for key, button in accepts.items():
+            button.click(
+                annotate.accept_handler(key), [doc, turn, note, name], [history, table, note, label], **PRIVATE
+            )
         refresh.click(
             corrections.show,
             filters,

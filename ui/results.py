@@ -4,51 +4,48 @@ teaching view. Pure functions of the document; every piece of user text is escap
 from __future__ import annotations
 
 import html
-import re
 
 import pandas as pd
 
 from backend.faces import turn_face
+from backend import registry
+from backend.registry import ModelSpec, TurnField
 
-MODEL_TITLES = {"mister_e": "MiSTER-E", "farcer": "FARCER"}
-EXPERTS = ("speech", "text", "cross")
-TABLE_COLUMNS = [
-    "#",
-    "time",
-    "speaker",
-    "text",
-    "MiSTER-E",
-    "MiSTER-E conf.",
-    "gate speech/text/cross",
-    "FARCER",
-    "FARCER conf.",
-    "agree",
-    "human",
-]
-_IMAGE_SLOT = re.compile(r"<image:[^>]*>|<IMG>")
-_PAST_LABEL = re.compile(r"\(([^()]*)'s current emotion: ([a-z]+)\)")
+
+def table_columns() -> list[str]:
+    """The results table's columns: the turn, then each model's label, confidence and weights fields,
+    then whether the models agree and the human label."""
+    columns = ["#", "time", "speaker", "text"]
+    for spec in registry.MODELS:
+        columns += [spec.title, f"{spec.title} conf."]
+        columns += [f"{f.title} {'/'.join(f.over)}" for f in spec.fields if f.kind == "weights"]
+    return [*columns, "agree", "human"]
 
 
 def unavailable_reason(doc: dict, key: str) -> str | None:
     """None when model `key` ran, else why not (its loader's warning)."""
     if key in doc.get("models", {}):
         return None
-    title = MODEL_TITLES[key]
-    return next((w for w in doc["warnings"] if title in w), f"{title} did not run for this analysis")
+    prefix = f"{registry.model_spec(key).title}: "
+    reason = next((w for w in doc["warnings"] if w.startswith(prefix)), None)
+    return reason[len(prefix) :] if reason else f"{prefix}did not run for this analysis"
 
 
 def model_status_html(doc: dict) -> str:
     """One line per model: its name and version, or 'not available: <reason>'."""
     lines = []
-    for key, title in MODEL_TITLES.items():
-        reason = unavailable_reason(doc, key)
+    for spec in registry.MODELS:
+        reason = unavailable_reason(doc, spec.key)
         if reason is None:
-            info = doc["models"][key]
+            info = doc["models"][spec.key]
+            parts = ", ".join(f"{k} {v}" for k, v in info.get("components", {}).items() if k != spec.name)
             lines.append(
-                f"<li><b>{title}</b>: {html.escape(info['name'])} {html.escape(str(info['version']))}</li>"
+                f"<li><b>{spec.title}</b>: version {html.escape(str(info['version']))}"
+                + (f" <small>({html.escape(parts)})</small>" if parts else "")
+                + "</li>"
             )
         else:
-            lines.append(f"<li><b>{title}</b>: not available: {html.escape(reason)}</li>")
+            lines.append(f"<li><b>{spec.title}</b>: not available: {html.escape(reason)}</li>")
     return f"<ul class='model-status'>{''.join(lines)}</ul>"
 
 
@@ -73,32 +70,24 @@ def _top(pred: dict | None) -> tuple[str, float | None]:
 
 
 def results_table(doc: dict, human: dict[int, str] | None = None) -> pd.DataFrame:
-    """One row per turn: time, speaker, text, both models' label and confidence, the gate, whether they
-    agree, and the human label."""
+    """One row per turn: time, speaker, text, each model's label, confidence and weights, whether the
+    models agree, and the human label."""
     human = human or {}
     rows = []
     for turn in doc["turns"]:
-        mister, farcer = turn.get("mister_e"), turn.get("farcer")
-        m_label, m_conf = _top(mister)
-        f_label, f_conf = _top(farcer)
-        gate = "/".join(f"{mister['gate'][e]:.2f}" for e in EXPERTS) if mister else "n/a"
-        agree = "n/a" if mister is None or farcer is None else ("yes" if m_label == f_label else "no")
-        rows.append(
-            [
-                turn["index"],
-                f"{clock(turn['start'])}–{clock(turn['end'])}",
-                turn["speaker"],
-                turn["text"],
-                m_label,
-                m_conf,
-                gate,
-                f_label,
-                f_conf,
-                agree,
-                human.get(turn.get("turn_id"), ""),
-            ]
-        )
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+        row = [turn["index"], f"{clock(turn['start'])}–{clock(turn['end'])}", turn["speaker"], turn["text"]]
+        labels = []
+        for spec in registry.MODELS:
+            pred = turn.get(spec.key)
+            label, conf = _top(pred)
+            labels.append(label if pred is not None else None)
+            row += [label, conf]
+            for f in spec.fields:
+                if f.kind == "weights":
+                    row.append("/".join(f"{pred[f.name][e]:.2f}" for e in f.over) if pred else "n/a")
+        agree = "n/a" if None in labels else ("yes" if len(set(labels)) == 1 else "no")
+        rows.append([*row, agree, human.get(turn.get("turn_id"), "")])
+    return pd.DataFrame(rows, columns=table_columns())
 
 
 def _vtt_time(seconds: float) -> str:
@@ -117,9 +106,9 @@ def predictions_vtt(doc: dict) -> str:
             continue
         said = f"{turn['speaker']}: {turn['text']}".strip().rstrip(":")
         verdicts = []
-        for key, title in MODEL_TITLES.items():
-            label, conf = _top(turn.get(key))
-            verdicts.append(f"{title} {label}" + (f" {conf:.0%}" if conf is not None else ""))
+        for spec in registry.MODELS:
+            label, conf = _top(turn.get(spec.key))
+            verdicts.append(f"{spec.title} {label}" + (f" {conf:.0%}" if conf is not None else ""))
         text = html.escape(said, quote=False)  # WebVTT's escapes; also keeps "-->" out of the cue text
         cues += [f"{_vtt_time(turn['start'])} --> {_vtt_time(turn['end'])}", text, " · ".join(verdicts), ""]
     return "\n".join(cues)
@@ -135,7 +124,7 @@ def turn_choices(doc: dict) -> list[tuple[str, int]]:
 
 
 def face_crop(doc: dict, index: int):
-    """The face crop FARCER saw for a turn (found again from the video), or None."""
+    """The speaker's face crop the models saw for a turn (found again from the video), or None."""
     turn = doc["turns"][index]
     if not turn["face"]["found"]:
         return None
@@ -150,49 +139,53 @@ def _probs_line(probs: dict | None) -> str:
     return ", ".join(f"{html.escape(k)} {v:.0%}" for k, v in top)
 
 
-def _absent(doc: dict, key: str) -> str:
-    reason = unavailable_reason(doc, key) or "no output for this turn"
-    return f"<p>not available: {html.escape(reason)}</p>"
-
-
-def _mister_e_html(doc: dict, pred: dict | None) -> str:
-    if pred is None:
-        return _absent(doc, "mister_e")
+def _weighted_votes_html(pred: dict, weights: TurnField, votes: TurnField) -> str:
+    """The teaching table of a mixture: each member's votes, its weight, and its share of the label."""
     label = pred["label"]
     rows = []
-    for expert in EXPERTS:
-        votes, weight = pred["experts"][expert], pred["gate"][expert]
-        vote = votes[label] if votes is not None else 0.0
+    for member in votes.over:
+        dist, weight = pred[votes.name][member], pred[weights.name][member]
+        vote = dist[label] if dist is not None else 0.0
         rows.append(
-            f"<tr><td>{expert}</td><td>{_probs_line(votes)}</td><td>{weight:.2f}</td>"
+            f"<tr><td>{member}</td><td>{_probs_line(dist)}</td><td>{weight:.2f}</td>"
             f"<td>{weight:.2f} × {vote:.2f} = {weight * vote:.2f}</td></tr>"
         )
     return (
-        f"<p>Each expert votes a distribution over the labels; the gate weighs the experts for this turn, "
-        f"and the mix gives <b>{html.escape(label)}</b> ({pred['probs'][label]:.0%}).</p>"
-        "<table class='teach'><tr><th>expert</th><th>top votes</th><th>gate</th>"
-        f"<th>gate × vote for {html.escape(label)}</th></tr>{''.join(rows)}</table>"
+        f"<table class='teach'><tr><th>{html.escape(votes.title)}</th><th>top votes</th>"
+        f"<th>{html.escape(weights.title)}</th><th>{html.escape(weights.title)} × vote for "
+        f"{html.escape(label)}</th></tr>{''.join(rows)}</table>"
     )
 
 
-def _farcer_html(doc: dict, pred: dict | None) -> str:
-    if pred is None:
-        return _absent(doc, "farcer")
-    parts = [
-        f"<p>FARCER reads the dialogue up to this turn, with a projected face embedding in each image slot, "
-        f"and scores every label as the answer: <b>{html.escape(pred['label'])}</b> "
-        f"({pred['probs'][pred['label']]:.0%}); next: {_probs_line(pred['probs'])}.</p>"
+def _prompt_html(segments: list[dict]) -> str:
+    """The prompt with its image slots marked and the past labels it showed listed."""
+    past = [s for s in segments if s["kind"] == "label"]
+    listed = ", ".join(f"{html.escape(s.get('speaker', '?'))}: {html.escape(s.get('label', '?'))}" for s in past)
+    pieces = [
+        "<span class='image-slot'>[face image]</span>" if s["kind"] == "image" else html.escape(s["text"])
+        for s in segments
     ]
-    prompt = pred.get("prompt")
-    if prompt:
-        past = _PAST_LABEL.findall(prompt)
-        listed = ", ".join(f"{html.escape(s)}: {html.escape(lab)}" for s, lab in past) or "none"
-        parts.append(f"<p>Past labels used: {listed}</p>")
-        pieces = _IMAGE_SLOT.split(prompt)
-        marked = "<span class='image-slot'>[face image]</span>".join(html.escape(p) for p in pieces)
-        parts.append(f"<pre class='prompt'>{marked}</pre>")
-    else:
-        parts.append("<p>The prompt was not recorded for this analysis.</p>")
+    return f"<p>Past labels used: {listed or 'none'}</p><pre class='prompt'>{''.join(pieces)}</pre>"
+
+
+def model_html(doc: dict, spec: ModelSpec, pred: dict | None) -> str:
+    """How one model reached its label for one turn, from the fields its registry entry lists."""
+    if pred is None:
+        reason = unavailable_reason(doc, spec.key) or "no output for this turn"
+        return f"<p>not available: {html.escape(reason)}</p>"
+    label = pred["label"]
+    parts = [
+        f"<p>{html.escape(spec.explanation)} Label: <b>{html.escape(label)}</b> ({pred['probs'][label]:.0%}); "
+        f"top: {_probs_line(pred['probs'])}.</p>"
+    ]
+    votes = spec.field("distributions")
+    if votes is not None and votes.weighted_by:
+        weights = next(f for f in spec.fields if f.name == votes.weighted_by)
+        parts.append(_weighted_votes_html(pred, weights, votes))
+    prompt = spec.field("segments")
+    if prompt is not None:
+        segments = pred.get(prompt.name)
+        parts.append(_prompt_html(segments) if segments else "<p>The prompt was not recorded for this analysis.</p>")
     return "".join(parts)
 
 
@@ -204,7 +197,5 @@ def teaching_html(doc: dict, index: int) -> str:
         f" ({clock(turn['start'])}–{clock(turn['end'])})</h4>"
         f"<blockquote>{html.escape(turn['text']) or '<i>no text</i>'}</blockquote>"
     )
-    return (
-        f"<div class='teaching'>{head}<h5>MiSTER-E</h5>{_mister_e_html(doc, turn.get('mister_e'))}"
-        f"<h5>FARCER</h5>{_farcer_html(doc, turn.get('farcer'))}</div>"
-    )
+    models = "".join(f"<h5>{spec.title}</h5>{model_html(doc, spec, turn.get(spec.key))}" for spec in registry.MODELS)
+    return f"<div class='teaching'>{head}{models}</div>"
