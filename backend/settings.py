@@ -26,6 +26,11 @@ def _default_data_dir() -> Path:
     return Path("./data")
 
 
+def _default_model_cache() -> Path:
+    # Converted packaged weights are the same for every data dir: keep them in the user's cache.
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "erc-studio"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ERC_", extra="ignore")
 
@@ -34,6 +39,7 @@ class Settings(BaseSettings):
     profile: str = PROFILES[0]
     device: str = "auto"
     checkpoints_dir: Path = CHECKPOINTS_DIR
+    model_cache_dir: Path = Field(default_factory=_default_model_cache)
     max_upload_mb: float = 200.0
     max_video_s: float = 600.0
     max_turns: int = 200
