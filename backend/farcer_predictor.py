@@ -1,34 +1,139 @@
-"""FARCER as a per-turn predictor for the analysis pipeline (key "farcer").
+"""FARCER checkpoints, and FARCER as a per-turn predictor for the analysis pipeline (key "farcer").
 
-The static prompt prefix is encoded once per process and every turn is labelled incrementally on
-top of it. Served zero-shot: few-shot examples would be corpus transcripts, which the repository
-does not ship.
+A "farcer-core" checkpoint is a Hugging Face folder: the core LM and its tokenizer (with the chat
+template). A "farcer" checkpoint holds only what training changed (trainable.safetensors: the
+projector, plus the LoRA adapters of the lora variant) and names its components: "core" (a
+farcer-core checkpoint, or a hub LM for the paper profile) and "face_encoder" (a face-encoder
+checkpoint, or a hub ViT). Its config is {"model": FarcerConfig fields (+ "lm", the core as training
+named it; the shipped checkpoints also carry "vision" and "labels"), "variant"}; a farcer-core's also
+has "core_config".
+
+The predictor encodes the static prompt prefix once per process and labels every turn incrementally
+on top of it. It is served zero-shot: few-shot examples would be corpus transcripts, which the
+repository does not ship.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from backend.checkpoints import Checkpoint
 from backend.dialogue import Turn
 from backend.errors import InputError, ModelUnavailableError
+from backend.face_encoder import FaceFeatures, component_features
+from backend.farcer_processor import FarcerProcessor, structured
+from backend.hub import from_pretrained
+from backend.model_store import ModelStore, open_model_store
 from backend.predictors import TurnInputs
 from backend.profiles import Profile
 from backend.settings import Settings
-from models.farcer import Farcer, PrefixCache
-from models.farcer_prompt import Prompt, query_segments, render_text, turn_segments
+from models.farcer import Farcer, FarcerConfig, PrefixCache, apply_lora
 
-FaceFeatures = Callable[[list[np.ndarray]], np.ndarray]
+MODEL = "farcer"
+CORE = "farcer-core"
+WEIGHTS = "trainable.safetensors"
+_DESCRIPTIVE = ("lm", "vision", "labels")  # in config["model"] for people and cards, not for the maths
+
+
+def model_config(checkpoint: Checkpoint) -> FarcerConfig:
+    """The FarcerConfig of a farcer or farcer-core checkpoint (its descriptive keys left out)."""
+    if checkpoint.model not in (MODEL, CORE):
+        raise ModelUnavailableError(f"{checkpoint.path} is a {checkpoint.model} checkpoint, not a FARCER one")
+    model = {k: v for k, v in checkpoint.config["model"].items() if k not in _DESCRIPTIVE}
+    try:
+        return FarcerConfig(**model)
+    except (TypeError, ValueError) as exc:
+        raise ModelUnavailableError(f"{checkpoint.path}: its model config does not fit this code ({exc})") from None
+
+
+def load_core(
+    source: Checkpoint | str, device: str, dtype: torch.dtype = torch.float32
+) -> tuple[nn.Module, Any]:
+    """A core LM (eval mode, on `device`) and its tokenizer, from a farcer-core checkpoint or a hub
+    name / local Hugging Face folder; ModelUnavailableError when it is not on this machine."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = str(source.path) if isinstance(source, Checkpoint) else source
+    tokenizer = from_pretrained(AutoTokenizer.from_pretrained, name, "FARCER tokenizer")
+    lm = from_pretrained(AutoModelForCausalLM.from_pretrained, name, "FARCER language model", dtype=dtype)
+    return lm.to(device).eval(), tokenizer
+
+
+def core_source(checkpoint: Checkpoint, store: ModelStore) -> Checkpoint | str:
+    """The core a checkpoint runs on: itself for a farcer-core, else its "core" component (a
+    checkpoint at the recorded version, or a hub name)."""
+    if checkpoint.model == CORE:
+        return checkpoint
+    component = checkpoint.components.get("core") or {}
+    if component.get("kind") == "hub":
+        return component["name"]
+    return store.component(checkpoint, "core")
+
+
+def load_farcer(checkpoint: Checkpoint, store: ModelStore, device: str) -> tuple[Farcer, FarcerProcessor]:
+    """The Farcer of a farcer or farcer-core checkpoint in eval mode, and its processor."""
+    config = model_config(checkpoint)
+    lm, tokenizer = load_core(core_source(checkpoint, store), device)
+    processor = FarcerProcessor(tokenizer, checkpoint.labels)
+    farcer = Farcer(lm, config, processor.label_ids, processor.end_ids)
+    if checkpoint.config.get("variant") == "lora":
+        apply_lora(farcer, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets)
+    if checkpoint.has_file(WEIGHTS):
+        load_trainable(farcer, checkpoint.file(WEIGHTS))
+    return farcer.eval(), processor
+
+
+def build_model(checkpoint: Checkpoint, store: ModelStore, device: str) -> Farcer:
+    """The registry's builder: the checkpoint's Farcer, weights loaded, in eval mode."""
+    return load_farcer(checkpoint, store, device)[0]
+
+
+def save_trainable(farcer: Farcer, path: str | os.PathLike) -> None:
+    """What training changes (`Farcer.trainable_state`) as safetensors, with the projector's shape."""
+    from safetensors.torch import save_file
+
+    meta = {"projector": farcer.projector.kind, "image_dim": str(farcer.config.image_dim)}
+    save_file(farcer.trainable_state(), str(path), metadata=meta)
+
+
+def load_trainable(farcer: Farcer, path: str | os.PathLike) -> None:
+    """Load a `save_trainable` file into a Farcer built the same way (apply_lora first for adapters)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    kind, dim = farcer.projector.kind, str(farcer.config.image_dim)
+    if meta.get("projector") != kind or meta.get("image_dim") != dim:
+        raise ModelUnavailableError(
+            f"{path} holds a {meta.get('projector')} projector for {meta.get('image_dim')}-d faces but the "
+            f"model has a {kind} one for {dim}-d faces; build the model with the same config"
+        )
+    try:
+        farcer.load_trainable_state(load_file(str(path), device=str(farcer.device)))
+    except ValueError as exc:
+        raise ModelUnavailableError(f"{path}: {exc}") from None
+
+
+def served_past_labels(checkpoint: Checkpoint) -> str:
+    """Gold past labels do not exist in the app: a model trained with labelled past turns sees its own."""
+    trained = checkpoint.data.get("train", {}).get("past_labels", "none")
+    return "none" if trained == "none" else "predicted"
 
 
 @dataclass
 class FarcerPredictor:
     farcer: Farcer
+    processor: FarcerProcessor
     faces: FaceFeatures  # RGB uint8 crops -> [N, image_dim] features
     past_labels: str
     version: str
+    versions: dict[str, str] = field(default_factory=dict)
     key: str = "farcer"
     name: str = "FARCER"
     _prefix: PrefixCache | None = field(default=None, repr=False)
@@ -36,7 +141,7 @@ class FarcerPredictor:
     @property
     def prefix(self) -> PrefixCache:
         if self._prefix is None:
-            self._prefix = self.farcer.encode_prefix((), self.past_labels)
+            self._prefix = self.processor.encode_prefix(self.farcer, (), self.past_labels)
         return self._prefix
 
     def predict(
@@ -44,10 +149,11 @@ class FarcerPredictor:
     ) -> tuple[list[dict], list[str]]:
         if len(inputs) != len(turns):
             raise InputError(f"got {len(inputs)} turn inputs for {len(turns)} turns; give one per turn")
-        missing = [label for label in labels if label not in self.farcer.labels]
+        known = self.processor.labels
+        missing = [label for label in labels if label not in known]
         if missing:
             raise InputError(
-                f"FARCER was trained for {', '.join(self.farcer.labels)} and cannot score {', '.join(missing)}; "
+                f"FARCER was trained for {', '.join(known)} and cannot score {', '.join(missing)}; "
                 "use a profile with the same label set"
             )
         if not turns:
@@ -55,20 +161,24 @@ class FarcerPredictor:
         turns = [turn.with_label(None) for turn in turns]
         faces = self.face_vectors(inputs)
         with torch.inference_mode():
-            result = self.farcer.label_dialogue(turns, faces, self.prefix, self.past_labels)
-        columns = [self.farcer.labels.index(label) for label in labels]
+            result = self.processor.label_dialogue(self.farcer, turns, faces, self.prefix, self.past_labels)
+        columns = [known.index(label) for label in labels]
         probs = result.probs[:, columns].double()
         probs = (probs / probs.sum(-1, keepdim=True)).tolist()
         outputs = []
         for i, row in enumerate(probs):
             out = {"label": labels[int(np.argmax(row))], "probs": dict(zip(labels, row))}
             if explain:
-                out["prompt"] = self.prompt_text(turns, faces, result.labels, result.starts[i], i)
+                prompt = self.processor.prompt(
+                    turns[: i + 1], faces[: i + 1], past_labels=self.past_labels, predicted=result.labels,
+                    start=result.starts[i],
+                )
+                out["prompt"] = structured(prompt.segments)  # exactly the prompt that labelled turn i
             outputs.append(out)
         warnings = [f"FARCER: {result.warning}"] if result.warning else []
         return outputs, warnings
 
-    def face_vectors(self, inputs: Sequence[TurnInputs]) -> list[np.ndarray | None]:
+    def face_vectors(self, inputs: list[TurnInputs]) -> list[np.ndarray | None]:
         """One feature per turn with a face crop, None (no image slot) for the others."""
         found = [i for i, x in enumerate(inputs) if x.face is not None]
         vectors: list[np.ndarray | None] = [None] * len(inputs)
@@ -77,55 +187,23 @@ class FarcerPredictor:
                 vectors[i] = vector
         return vectors
 
-    def prompt_text(
-        self, turns: list[Turn], faces: list, predicted: list[str], start: int, i: int
-    ) -> str:
-        """The exact prompt that labelled turn i (window start included), image slots marked."""
-        shown = predicted if self.past_labels != "none" else [None] * len(turns)
-        lines = [turn_segments(turns[j], faces[j], shown[j]) for j in range(start, i)]
-        prompt = Prompt(
-            self.prefix.segments,
-            [*lines, turn_segments(turns[i], faces[i])],
-            query_segments(turns[i].speaker, self.farcer.chat),
+
+def load_predictor(checkpoint: Checkpoint, store: ModelStore, settings: Settings) -> FarcerPredictor:
+    """A farcer checkpoint with its core and face encoder components; ModelUnavailableError when a
+    component is missing or not the version it was trained with."""
+    if checkpoint.model != MODEL:
+        raise ModelUnavailableError(
+            f"{checkpoint.path} is a {checkpoint.model} checkpoint; the app serves {MODEL} ones"
         )
-        return render_text(prompt.segments)
-
-
-def _offline_faces(path) -> FaceFeatures:
-    from models.face_cnn import preprocess
-    from training.face_encoder import load_face_encoder
-
-    model, config, _ = load_face_encoder(path)
-
-    def features(crops: list[np.ndarray]) -> np.ndarray:
-        with torch.inference_mode():
-            return model.features(preprocess(crops, config)).numpy()
-
-    return features
-
-
-def _paper_faces(name: str, device: str) -> FaceFeatures:
-    from models.farcer import load_face_encoder
-
-    encoder = load_face_encoder(name, device)
-    return lambda crops: encoder(crops).cpu().numpy()
+    device = settings.torch_device()
+    farcer, processor = load_farcer(checkpoint, store, device)
+    faces = component_features(checkpoint, "face_encoder", store, device)
+    return FarcerPredictor(
+        farcer, processor, faces, served_past_labels(checkpoint), checkpoint.version, checkpoint.versions()
+    )
 
 
 def load_farcer_predictor(profile: Profile, settings: Settings) -> FarcerPredictor:
-    """The profile's FARCER checkpoint with its face encoder; ModelUnavailableError when absent."""
-    from training.farcer import CONFIG, checkpoint_id, load_checkpoint
-
-    path = settings.checkpoints_dir / profile.farcer_checkpoint
-    if not (path / CONFIG).is_file():
-        raise ModelUnavailableError(
-            f"FARCER checkpoint {path} is missing: train it with `python -m training train farcer ... --out {path}`"
-            + (" on a machine with the paper's models" if profile.name == "paper" else "")
-        )
-    device = settings.torch_device()
-    farcer, meta = load_checkpoint(path, device)
-    encoder = settings.checkpoints_dir / profile.face_encoder
-    faces = _offline_faces(encoder) if encoder.is_dir() else _paper_faces(profile.face_encoder, device)
-    # Gold past labels do not exist in the app: a model trained with labelled past turns sees its own.
-    past = "none" if meta["train"]["past_labels"] == "none" else "predicted"
-    return FarcerPredictor(farcer, faces, past, version=f"{path.name}-{checkpoint_id(path)}")
-
+    """The profile's active FARCER version: what backend.predictors calls until it calls `load_predictor`."""
+    store = open_model_store(settings)
+    return load_predictor(store.active(MODEL, profile.farcer_checkpoint), store, settings)

@@ -2,8 +2,8 @@
 
     python -m benchmarks.farcer_incremental --turns 20 --shots 7 [--model PATH] [--repeats 3] --out FILE
 
-Without --model it uses the offline FARCER core (checkpoints_dir/farcer-core) when present, else a random
-Llama of a realistic small size; dialogues, examples and face vectors are synthetic.
+Without --model it uses the shipped offline FARCER core (the farcer-core checkpoint) when present, else a
+random Llama of a realistic small size; dialogues, examples and face vectors are synthetic.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import TypeVar
 import torch
 
 from backend.dialogue import Turn
+from backend.farcer_processor import Example, FarcerProcessor, sample_shots
 from backend.labels import MELD7
-from models.farcer import Farcer, FarcerConfig, load_farcer_lm
-from models.farcer_prompt import Example, sample_shots
+from models.farcer import Farcer, FarcerConfig
 from training.farcer_core import SPECIAL_TOKENS, chat_tokenizer
 
 T = TypeVar("T")
@@ -73,13 +73,16 @@ def random_llama(vocab_size: int, context: int = 2048, seed: int = 0, **sizes: i
 
 
 def random_farcer(
-    config: FarcerConfig, vocab_size: int | None = None, context: int = 2048, seed: int = 0, **sizes: int
-) -> Farcer:
-    """A Farcer around a random Llama and a word tokenizer covering the synthetic dialogues."""
+    config: FarcerConfig, vocab_size: int | None = None, context: int = 2048, seed: int = 0,
+    labels: Sequence[str] = MELD7, **sizes: int,
+) -> tuple[Farcer, FarcerProcessor]:
+    """A Farcer around a random Llama, and its processor with a word tokenizer covering the synthetic
+    dialogues."""
     tokenizer = word_tokenizer([*WORDS, *SPEAKERS, "DIALOGUE", "EMOTION", "LABEL"], vocab_size)
-    lm = random_llama(len(tokenizer), context, seed, **sizes)
+    processor = FarcerProcessor(tokenizer, labels)
+    lm = random_llama(len(processor.tokenizer), context, seed, **sizes)
     torch.manual_seed(seed + 1)
-    return Farcer(lm, tokenizer, config).eval()
+    return Farcer(lm, config, processor.label_ids, processor.end_ids).eval(), processor
 
 
 def synthetic_dialogue(
@@ -110,18 +113,27 @@ def synthetic_pool(n: int, image_dim: int, seed: int = 0, labels: Sequence[str] 
     return pool
 
 
-def benchmark_model(path: str | None) -> tuple[Farcer, str]:
+def benchmark_model(path: str | None) -> tuple[Farcer, FarcerProcessor, str]:
+    from backend.errors import ModelUnavailableError
+    from backend.farcer_predictor import CORE, load_core, load_farcer
+    from backend.model_store import open_model_store
     from backend.settings import get_settings
 
-    core = Path(path) if path else get_settings().checkpoints_dir / "farcer-core"
-    if path or core.is_dir():
-        return load_farcer_lm(
-            str(core), FarcerConfig(max_context=2048), device="cpu", dtype=torch.float32
-        ), str(core)
-    vocab = 8000
-    farcer = random_farcer(FarcerConfig(max_context=2048), vocab_size=vocab, **SMALL_LLAMA)
-    params = sum(p.numel() for p in farcer.lm.parameters()) / 1e6
-    return farcer, f"random Llama {params:.1f}M params (hidden 512, 6 layers, vocab {vocab}, context 2048)"
+    if path:
+        lm, tokenizer = load_core(path, "cpu")
+        processor = FarcerProcessor(tokenizer, MELD7)
+        farcer = Farcer(lm, FarcerConfig(max_context=2048), processor.label_ids, processor.end_ids)
+        return farcer.eval(), processor, path
+    store = open_model_store(get_settings())
+    try:
+        core = store.find(CORE, CORE)
+    except ModelUnavailableError:
+        vocab = 8000
+        farcer, processor = random_farcer(FarcerConfig(max_context=2048), vocab_size=vocab, **SMALL_LLAMA)
+        params = sum(p.numel() for p in farcer.lm.parameters()) / 1e6
+        name = f"random Llama {params:.1f}M params (hidden 512, 6 layers, vocab {vocab}, context 2048)"
+        return farcer, processor, name
+    return *load_farcer(core, store, "cpu"), str(core.path)
 
 
 def timed(fn: Callable[[], T], repeats: int) -> tuple[float, T]:
@@ -134,7 +146,9 @@ def timed(fn: Callable[[], T], repeats: int) -> tuple[float, T]:
     return statistics.median(times), result
 
 
-def run(farcer: Farcer, turns: int, shots: int, seed: int = 0, repeats: int = 3) -> dict:
+def run(
+    farcer: Farcer, processor: FarcerProcessor, turns: int, shots: int, seed: int = 0, repeats: int = 3
+) -> dict:
     """Label one synthetic dialogue three ways (median of `repeats` runs each). `incremental_s` counts
     encoding the prefix for this dialogue alone (the app encodes it once per process);
     `turn_by_turn_s` is one turn per pass, as labelling with predicted past labels must run, on an
@@ -142,15 +156,16 @@ def run(farcer: Farcer, turns: int, shots: int, seed: int = 0, repeats: int = 3)
     dim = farcer.config.image_dim
     dialogue, faces = synthetic_dialogue(turns, dim, seed + 1)
     examples = sample_shots(synthetic_pool(20, dim, seed), shots, seed)
-    farcer.label_dialogue(dialogue[:2], faces[:2], farcer.encode_prefix(examples))  # warm-up
-    prefix_s, prefix = timed(lambda: farcer.encode_prefix(examples), repeats)
+    proc = processor
+    proc.label_dialogue(farcer, dialogue[:2], faces[:2], proc.encode_prefix(farcer, examples))  # warm-up
+    prefix_s, prefix = timed(lambda: proc.encode_prefix(farcer, examples), repeats)
     incremental_s, incremental = timed(
-        lambda: farcer.label_dialogue(dialogue, faces, farcer.encode_prefix(examples)), repeats
+        lambda: proc.label_dialogue(farcer, dialogue, faces, proc.encode_prefix(farcer, examples)), repeats
     )
     turn_by_turn_s, turn_by_turn = timed(
-        lambda: farcer.label_dialogue(dialogue, faces, prefix, turns_per_pass=1), repeats
+        lambda: proc.label_dialogue(farcer, dialogue, faces, prefix, turns_per_pass=1), repeats
     )
-    naive_s, naive = timed(lambda: farcer.label_dialogue_naive(dialogue, faces, prefix), repeats)
+    naive_s, naive = timed(lambda: proc.label_dialogue_naive(farcer, dialogue, faces, prefix), repeats)
     return {
         "naive_s": round(naive_s, 3),
         "incremental_s": round(incremental_s, 3),
@@ -185,10 +200,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    farcer, name = benchmark_model(args.model)
+    farcer, processor, name = benchmark_model(args.model)
     with torch.no_grad():
         result = {
-            **run(farcer, args.turns, args.shots, args.seed, max(1, args.repeats)),
+            **run(farcer, processor, args.turns, args.shots, args.seed, max(1, args.repeats)),
             "threads": args.threads,
             "model": name,
         }

@@ -1,14 +1,12 @@
-"""A small VGG-style CNN for 48x48 grayscale faces; its pooled vector is FARCER's face feature."""
+"""A small VGG-style CNN for 48x48 grayscale faces; its pooled vector is FARCER's face feature.
+
+Crops become its input in backend.face_encoder (preprocess)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import cv2
-import numpy as np
 import torch
 import torch.nn as nn
-
-from backend.errors import InputError
 
 
 @dataclass
@@ -62,41 +60,3 @@ class FaceCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
-
-
-def face_to_gray(image: np.ndarray, size: int = 48) -> np.ndarray:
-    """An RGB (or grayscale) uint8 face crop of any size -> [size, size] uint8 grayscale."""
-    if not isinstance(image, np.ndarray) or image.size == 0:
-        raise InputError("face crop is empty or not an image array; pass an HxWx3 RGB uint8 crop")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 3 and image.shape[2] in (3, 4):
-        code = cv2.COLOR_RGB2GRAY if image.shape[2] == 3 else cv2.COLOR_RGBA2GRAY
-        image = cv2.cvtColor(np.ascontiguousarray(image), code)
-    if image.ndim != 2:
-        raise InputError(f"face crop has shape {image.shape}; expected HxWx3 RGB or HxW grayscale")
-    if image.dtype != np.uint8:
-        raise InputError(f"face crop has dtype {image.dtype}; expected uint8 pixels (0-255)")
-    if image.shape != (size, size):
-        shrinking = min(image.shape) >= size
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    return image
-
-
-def to_pixels(gray: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, H, W] -> float [B, 1, H, W] on the 0-1 scale."""
-    return gray.float().div(255.0).unsqueeze(1)
-
-
-def normalise(pixels: torch.Tensor, config: FaceCNNConfig) -> torch.Tensor:
-    """0-1 pixels -> the model's input scale (the training pixel statistics)."""
-    return (pixels - config.mean) / config.std
-
-
-def preprocess(crops_rgb: list[np.ndarray], config: FaceCNNConfig | None = None) -> torch.Tensor:
-    """Face crops (RGB uint8, any size, e.g. from OpenCV) -> the model's [B, 1, 48, 48] input."""
-    config = config or FaceCNNConfig()
-    if len(crops_rgb) == 0:
-        raise InputError("no face crops to preprocess; pass at least one HxWx3 RGB uint8 crop")
-    gray = np.stack([face_to_gray(crop, config.image_size) for crop in crops_rgb])
-    return normalise(to_pixels(torch.from_numpy(gray)), config)

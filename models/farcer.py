@@ -1,22 +1,20 @@
 """FARCER: a causal LM that reads a dialogue with a projected face vector before each utterance.
 
-Input embeddings are assembled from prompt segments (farcer_prompt): text through the LM's embedding
-table, image slots through the modality projector. A label is scored as log P(label tokens + end of
-turn | prompt) for every candidate at once; every-turn labelling extends one KV cache pass by pass on
-top of a cached instructions + examples prefix, each pass appending up to 16 turns and asking each
-turn's label on a branch it crops off.
+The model takes prompts as `Tokens`: token ids with IMAGE (-1) at each image slot and one face
+vector per slot (backend.farcer_processor turns dialogues into them). Text ids go through the LM's
+embedding table, image slots through the modality projector. A label is scored as log P(label
+tokens + end of turn | prompt) for every candidate at once; every-turn labelling extends one KV
+cache pass by pass on top of a cached instructions + examples prefix, each pass appending up to 16
+turns and asking each turn's label on a branch it crops off.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cached_property, partial
+from functools import cached_property
 from itertools import accumulate
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -24,29 +22,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-from backend.dialogue import Turn
-from backend.errors import InputError, ModelUnavailableError
-from backend.labels import MELD7
-from models.farcer_prompt import (
-    ChatFormat,
-    Example,
-    Image,
-    PastLabels,
-    Prompt,
-    Segment,
-    past_turn_labels,
-    prefix_segments,
-    query_segments,
-    turn_segments,
-)
-
 ProjectorKind = Literal["base", "three-layer"]
+PROJECTORS: tuple[str, ...] = ("base", "three-layer")
+PastLabels = Literal["none", "gold", "predicted"]
+PAST_LABELS: tuple[str, ...] = ("none", "gold", "predicted")
+IMAGE = -1  # the token id of an image slot
 
 
 @dataclass
 class FarcerConfig:
-    lm: str = "meta-llama/Meta-Llama-3-8B-Instruct"
-    vision: str = "trpakov/vit-face-expression"
     image_dim: int = 768
     projector: ProjectorKind = "base"
     dropout: float = 0.05
@@ -55,7 +39,56 @@ class FarcerConfig:
     lora_dropout: float = 0.1
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
     max_context: int = 8192
-    labels: tuple[str, ...] = MELD7
+
+    def __post_init__(self) -> None:
+        self.lora_targets = tuple(self.lora_targets)
+        if self.projector not in PROJECTORS:
+            raise ValueError(f"unknown projector {self.projector!r}; choose 'base' or 'three-layer'")
+        if self.image_dim < 1 or self.max_context < 1:
+            raise ValueError(
+                f"image_dim and max_context must be positive, got {self.image_dim} and {self.max_context}"
+            )
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A piece of prompt: token ids with IMAGE at each image slot, and the slots' face vectors in
+    order (any float sequences: lists, arrays, tensors)."""
+
+    ids: tuple[int, ...] = ()
+    images: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        slots = sum(i == IMAGE for i in self.ids)
+        if slots != len(self.images):
+            raise ValueError(
+                f"{slots} image slots but {len(self.images)} image vectors; give one vector per slot"
+            )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __add__(self, other: Tokens) -> Tokens:
+        return Tokens(self.ids + other.ids, self.images + other.images)
+
+    @staticmethod
+    def join(parts: Iterable[Tokens]) -> Tokens:
+        parts = list(parts)
+        return Tokens(
+            tuple(i for p in parts for i in p.ids), tuple(v for p in parts for v in p.images)
+        )
+
+
+@dataclass(frozen=True)
+class DialogueTurn:
+    """One turn to label every turn of a dialogue: its line as its own prompt ends with it, the label
+    query after it, and how later turns see its line: `later` is empty without past labels, holds the
+    line with its gold label for gold past labels, and one line per label candidate (in candidate
+    order) for predicted past labels, of which the model keeps its own argmax's."""
+
+    line: Tokens
+    query: Tokens
+    later: tuple[Tokens, ...] = ()
 
 
 class ModalityProjector(nn.Module):
@@ -70,7 +103,7 @@ class ModalityProjector(nn.Module):
             block = [nn.Linear(image_dim, image_dim), nn.GELU(), nn.Dropout(dropout)]
             layers = [*block, *copy.deepcopy(block), nn.Linear(image_dim, model_dim)]
         else:
-            raise InputError(f"unknown projector {kind!r}; choose 'base' or 'three-layer'")
+            raise ValueError(f"unknown projector {kind!r}; choose 'base' or 'three-layer'")
         self.kind = kind
         self.net = nn.Sequential(*layers)
 
@@ -83,7 +116,7 @@ class PrefixCache:
     """The encoded instructions + examples; shared read-only by every dialogue labelled on top of it."""
 
     cache: DynamicCache
-    segments: list[Segment]
+    tokens: Tokens
     labelled: bool  # whether it was built for past labels (gold or predicted) on the dialogue lines
 
     @property
@@ -96,68 +129,48 @@ class PrefixCache:
 
 
 @dataclass
-class DialogueLabels:
-    """Per-turn scores: logprobs[i, j] = log P(label j + end of turn | prompt for turn i)."""
+class DialogueScores:
+    """Per-turn scores: logprobs[i, j] = log P(candidate j | prompt for turn i)."""
 
     logprobs: Tensor
-    labels: list[str]
+    predicted: list[int]  # the argmax candidate per turn
     warning: str | None = None
     starts: list[int] = field(default_factory=list)  # first past turn inside the window, per turn
 
-    @property
-    def probs(self) -> Tensor:
-        return self.logprobs.softmax(-1)
-
-
-def chat_format(tokenizer: Any) -> ChatFormat:
-    """The tokenizer's chat template as a ChatFormat, or a plain one ending answers with EOS."""
-    if getattr(tokenizer, "chat_template", None):
-        return ChatFormat.from_template(partial(tokenizer.apply_chat_template, tokenize=False))
-    if tokenizer.eos_token is None:
-        raise InputError("the tokenizer has neither a chat template nor an EOS token to end answers with")
-    return ChatFormat(assistant_end=tokenizer.eos_token)
-
-
-def label_token_weights(
-    labels: Sequence[str], tokenizer: Any, train_label_counts: Mapping[str, int], eot: str | None = None
-) -> dict[int, float]:
-    """Balanced weights (n_samples / (n_classes * count), as sklearn's compute_class_weight) over the
-    tokens of the training answers: each answer is its label's tokens followed by the end-of-turn text."""
-    eot = tokenizer.eos_token if eot is None else eot
-    eot_ids = tokenizer.encode(eot, add_special_tokens=False)
-    counts: Counter[int] = Counter()
-    for label, n in train_label_counts.items():
-        if label not in labels:
-            raise InputError(f"training label {label!r} is not one of {', '.join(labels)}")
-        for token in tokenizer.encode(label, add_special_tokens=False) + eot_ids:
-            counts[token] += n
-    counts = Counter({t: c for t, c in counts.items() if c > 0})
-    if not counts:
-        raise InputError("train_label_counts has no positive count; count the training labels first")
-    total = sum(counts.values())
-    return {token: total / (len(counts) * c) for token, c in counts.items()}
-
 
 class Farcer(nn.Module):
-    def __init__(self, lm: nn.Module, tokenizer: Any, config: FarcerConfig):
+    """A frozen causal LM, a modality projector and the label candidates as token ids: candidate j
+    is `label_ids[j] + end_ids` (a label's tokens, then the chat format's end of turn)."""
+
+    def __init__(
+        self,
+        lm: nn.Module,
+        config: FarcerConfig,
+        label_ids: Sequence[Sequence[int]],
+        end_ids: Sequence[int],
+    ):
         super().__init__()
+        if not end_ids:
+            raise ValueError("end_ids is empty; FARCER needs an end-of-turn token after each label")
+        if not label_ids or any(not ids for ids in label_ids):
+            raise ValueError("give at least one label candidate, each with at least one token id")
+        candidates = [[int(i) for i in ids] + [int(i) for i in end_ids] for ids in label_ids]
+        if any(i < 0 for c in candidates for i in c):
+            raise ValueError("label and end-of-turn token ids must be non-negative")
+        if len({tuple(c) for c in candidates}) < len(candidates):
+            raise ValueError("two label candidates have the same token ids")
         self.config = config
         self.lm = lm.requires_grad_(False)
-        self.tokenizer = tokenizer
         table = lm.get_input_embeddings()
         self.projector = ModalityProjector(
             config.image_dim, table.embedding_dim, config.projector, config.dropout
         )
         self.projector.to(table.weight.device)
-        self.chat = chat_format(tokenizer)
         self.max_context = min(
             config.max_context, getattr(lm.config, "max_position_embeddings", config.max_context)
         )
-        self._token_ids: dict[str, list[int]] = {}
-        self.candidates = [
-            self.token_ids(label) + self.token_ids(self.chat.assistant_end) for label in config.labels
-        ]
-        self._check_candidates()
+        self.end_ids = [int(i) for i in end_ids]
+        self.candidates = candidates
         self.token_weights: Tensor | None = None
 
     @property
@@ -165,61 +178,45 @@ class Farcer(nn.Module):
         return self.lm.get_input_embeddings().weight.device
 
     @property
-    def labels(self) -> tuple[str, ...]:
-        return self.config.labels
+    def n_labels(self) -> int:
+        return len(self.candidates)
 
-    def token_ids(self, text: str) -> list[int]:
-        if text not in self._token_ids:
-            self._token_ids[text] = self.tokenizer.encode(text, add_special_tokens=False)
-        return self._token_ids[text]
-
-    def n_tokens(self, segments: Sequence[Segment]) -> int:
-        return sum(1 if isinstance(s, Image) else len(self.token_ids(s.text)) for s in segments)
-
-    def set_label_counts(self, train_label_counts: Mapping[str, int]) -> None:
-        """Weight the training loss per token with balanced weights from the training label counts."""
-        weights = label_token_weights(
-            self.labels, self.tokenizer, train_label_counts, self.chat.assistant_end
-        )
+    def set_token_weights(self, weights: Mapping[int, float] | None) -> None:
+        """Weight the training loss per target token (tokens not named weigh 1); None: unweighted."""
+        if weights is None:
+            self.token_weights = None
+            return
         vocab = self.lm.get_output_embeddings().weight.shape[0]
+        if any(not 0 <= t < vocab for t in weights):
+            raise ValueError(f"token weights name ids outside the vocabulary of {vocab}")
         self.token_weights = torch.ones(vocab, device=self.device)
         self.token_weights[list(weights)] = torch.tensor(list(weights.values()), device=self.device)
 
-    def ids(self, segments: Sequence[Segment]) -> list[int]:
-        """The token ids of the segments, -1 for each image slot."""
-        return [i for s in segments for i in ([-1] if isinstance(s, Image) else self.token_ids(s.text))]
-
-    def embed(self, segments: Sequence[Segment]) -> Tensor:
+    def embed(self, tokens: Tokens) -> Tensor:
         """[L, d]: text tokens through the embedding table, image slots through the projector."""
-        ids: list[int] = []
-        faces: list[Tensor] = []
-        is_image: list[bool] = []
-        for seg in segments:
-            if isinstance(seg, Image):
-                faces.append(self._face(seg.vector))
-                is_image.append(True)
-            else:
-                tokens = self.token_ids(seg.text)
-                ids += tokens
-                is_image += [False] * len(tokens)
+        ids = torch.tensor(tokens.ids, dtype=torch.long)
+        image = ids == IMAGE
+        if bool((ids[~image] < 0).any()):
+            raise ValueError(f"token ids must be non-negative or IMAGE ({IMAGE}) for an image slot")
+        n_text = len(ids) - len(tokens.images)
         table = self.lm.get_input_embeddings()
-        parts = [table(torch.tensor(ids, dtype=torch.long, device=self.device))]
-        if faces:
-            parts.append(self.projector(torch.stack(faces)).to(parts[0].dtype))
-        image = torch.tensor(is_image, dtype=torch.bool)
-        order = torch.empty(len(is_image), dtype=torch.long)
-        order[~image] = torch.arange(len(ids))
-        order[image] = len(ids) + torch.arange(len(faces))
+        parts = [table(ids[~image].to(self.device))]
+        if tokens.images:
+            faces = torch.stack([self._face(v) for v in tokens.images])
+            parts.append(self.projector(faces).to(parts[0].dtype))
+        order = torch.empty(len(ids), dtype=torch.long)
+        order[~image] = torch.arange(n_text)
+        order[image] = n_text + torch.arange(len(tokens.images))
         return torch.cat(parts)[order.to(self.device)]
 
-    def forward(self, prompts: Sequence[Sequence[Segment]], targets: Sequence[str]) -> Tensor:
-        """Teacher-forced training loss: weighted cross-entropy over each target's label + end-of-turn
-        tokens (paper eq. 7), all rows in one pass."""
+    def forward(self, prompts: Sequence[Tokens], targets: Sequence[int]) -> Tensor:
+        """Teacher-forced training loss: weighted cross-entropy over each target candidate's label +
+        end-of-turn tokens (paper eq. 7), all rows in one pass."""
         if len(prompts) != len(targets) or not prompts:
-            raise InputError(
+            raise ValueError(
                 f"got {len(prompts)} prompts and {len(targets)} targets; give one target per prompt"
             )
-        answers = [self.candidates[self._label_index(t)] for t in targets]
+        answers = [self.candidates[self._candidate(t)] for t in targets]
         table = self.lm.get_input_embeddings()
         embeds = [
             torch.cat([self.embed(p), table(torch.tensor(a, device=self.device))])
@@ -241,41 +238,31 @@ class Farcer(nn.Module):
         return (ce * weight).sum() / weight.sum()
 
     def pack(
-        self,
-        turns: Sequence[Turn],
-        faces: Sequence[Any] | None,
-        targets: Sequence[int],
-        shots: Sequence[Example] = (),
-        past_labels: PastLabels = "none",
+        self, prefix: Tokens, lines: Sequence[Tokens], targets: Sequence[tuple[int, Tokens, int]]
     ) -> Packed:
-        """One training row that asks the label of every turn in `targets` at once.
+        """One training row that asks the label of several turns at once.
 
-        The trunk is the prefix and the past turns (with their gold labels unless past_labels is
-        none); target turn i adds a branch [turn i, label query, answer] that sees the prefix and the
-        turns before i at the positions its prompt would have alone (the tree mask of `_score`), so
-        the row trains exactly what `label_dialogue` asks, every target in one teacher-forced pass."""
-        faces = faces if faces is not None else [None] * len(turns)
-        if not targets or len(faces) != len(turns) or any(not 0 <= i < len(turns) for i in targets):
-            raise InputError(
-                f"pack needs one face (or None) per turn and target indices below {len(turns)}; got "
-                f"{len(faces)} faces and targets {list(targets)}"
+        The trunk is the prefix and `lines` (the past turns as later turns see them); target
+        (i, branch, j) adds a branch [branch, answer j] (turn i's line and label query, then candidate
+        j) that sees the prefix and lines[:i] at the positions its prompt would have alone (the tree
+        mask of `_score`), so the row trains exactly what `label_dialogue` asks, every target in one
+        teacher-forced pass."""
+        if not targets or any(not 0 <= i <= len(lines) for i, _, _ in targets):
+            raise ValueError(
+                f"pack needs at least one target, each seeing at most the {len(lines)} lines given; got "
+                f"targets at {[i for i, _, _ in targets]}"
             )
-        last = max(targets)
-        shown = past_turn_labels(turns[:last], "none" if past_labels == "none" else "gold")
-        prefix = prefix_segments(self.labels, shots, past_labels, self.chat)
-        lines = [turn_segments(t, f, lab) for t, f, lab in zip(turns, faces, shown)]
-        trunk = [*prefix, *(s for line in lines for s in line)]
-        ids = self.ids(trunk)
-        ends = list(accumulate((len(self.ids(line)) for line in lines), initial=self.n_tokens(prefix)))
+        trunk = Tokens.join([prefix, *lines])
+        ids = list(trunk.ids)
+        ends = list(accumulate((len(line) for line in lines), initial=len(prefix)))
         table = self.lm.get_input_embeddings()
         parts, positions = [self.embed(trunk)], [torch.arange(len(ids))]
         spans, label_at, label_ids = [], [], []
-        for i in targets:
-            branch = [*turn_segments(turns[i], faces[i]), *query_segments(turns[i].speaker, self.chat)]
-            answer = self.candidates[self._label_index(turns[i].label)]
+        for i, branch, label in targets:
+            answer = self.candidates[self._candidate(label)]
             parts += [self.embed(branch), table(torch.tensor(answer, device=self.device))]
-            begin, size = len(ids), len(self.ids(branch)) + len(answer)
-            ids += self.ids(branch) + answer
+            begin, size = len(ids), len(branch) + len(answer)
+            ids += list(branch.ids) + answer
             spans.append((begin, size, ends[i]))
             positions.append(ends[i] + torch.arange(size))
             label_at += range(begin + size - len(answer) - 1, begin + size - 1)
@@ -332,64 +319,66 @@ class Farcer(nn.Module):
         return label + text_weight * text, parts
 
     @torch.no_grad()
-    def label_logprobs(self, prompts: Sequence[Sequence[Segment]]) -> Tensor:
+    def label_logprobs(self, prompts: Sequence[Tokens]) -> Tensor:
         """[B, n_labels] log P(label + end of turn | prompt) for all prompts and candidates in one pass."""
+        if not prompts:
+            raise ValueError("no prompts to score")
         embeds = [self.embed(p) for p in prompts]
-        longest = max(len(e) for e in embeds) + max(len(c) for c in self.candidates)
+        longest = max(len(e) for e in embeds) + self._longest_answer
         if longest > self.max_context:
-            raise InputError(
+            raise ValueError(
                 f"a prompt needs {longest} tokens but the model context is {self.max_context}; shorten the "
                 "dialogue or use label_dialogue, which drops the oldest turns"
             )
         x, valid, positions = _left_pad(embeds)
         return self._score(x, _causal(valid), positions)
 
-    def score_labels(self, prompts: Sequence[Sequence[Segment]]) -> Tensor:
+    def score_labels(self, prompts: Sequence[Tokens]) -> Tensor:
         """[B, n_labels] probability of each label, a softmax over the label sequence log-probs."""
         return self.label_logprobs(prompts).softmax(-1)
 
     @torch.no_grad()
-    def greedy_label(self, segments: Sequence[Segment]) -> tuple[list[int], str | None]:
-        """Greedy decoding (paper eq. 8): the generated ids, and the label they spell (None if none)."""
+    def greedy_label(self, prompt: Tokens) -> tuple[list[int], int | None]:
+        """Greedy decoding (paper eq. 8): the generated ids, and the candidate they spell (None if none)."""
         cache = DynamicCache(config=self.lm.config)
-        x = self.embed(segments)[None]
+        x = self.embed(prompt)[None]
         generated: list[int] = []
-        eot = self.token_ids(self.chat.assistant_end)
+        eot = self.end_ids
         table = self.lm.get_input_embeddings()
         while len(generated) < self._longest_answer:
             generated.append(int(self._extend(cache, x)[0, -1].argmax()))
             if generated[-len(eot) :] == eot:
                 break
             x = table(torch.tensor([generated[-1:]], device=self.device))
-        label = next((lab for lab, c in zip(self.labels, self.candidates) if c == generated), None)
-        return generated, label
+        return generated, next((j for j, c in enumerate(self.candidates) if c == generated), None)
 
     @torch.no_grad()
-    def encode_prefix(self, shots: Sequence[Example] = (), past_labels: PastLabels = "none") -> PrefixCache:
-        """Encode instructions + examples once; reuse the result for any number of dialogues."""
-        segments = prefix_segments(self.labels, shots, past_labels, self.chat)
+    def encode_prefix(self, prefix: Tokens, labelled: bool = False) -> PrefixCache:
+        """Encode instructions + examples once; reuse the result for any number of dialogues.
+        `labelled`: the dialogues' past turns will carry labels (gold or predicted)."""
+        if not len(prefix):
+            raise ValueError("the prefix is empty; it holds at least the instructions")
         cache = DynamicCache(config=self.lm.config)
-        self._extend(cache, self.embed(segments)[None])
-        return PrefixCache(cache, segments, labelled=past_labels != "none")
+        self._extend(cache, self.embed(prefix)[None])
+        return PrefixCache(cache, prefix, labelled)
 
     @torch.no_grad()
     def label_dialogue(
         self,
-        turns: Sequence[Turn],
-        faces: Sequence[Any] | None,
+        turns: Sequence[DialogueTurn],
         prefix: PrefixCache,
         past_labels: PastLabels = "none",
         turns_per_pass: int = 16,
-    ) -> DialogueLabels:
+    ) -> DialogueScores:
         """Label every turn on top of the cached prefix, extending one KV cache pass by pass.
 
         A pass appends the lines of up to `turns_per_pass` turns to the cache and asks each of those
         turns' label on its own branch, which sees exactly the lines its own prompt holds and is cropped
         off after the pass. Past turns carry no label, the gold one, or the model's own argmax; with
         predicted labels a turn's line exists only after its label does, so every pass holds one turn."""
-        faces = self._check_dialogue(turns, faces, prefix, past_labels)
+        self._check_dialogue(turns, prefix, past_labels)
         if turns_per_pass < 1:
-            raise InputError(f"turns_per_pass must be at least 1, got {turns_per_pass}")
+            raise ValueError(f"turns_per_pass must be at least 1, got {turns_per_pass}")
         context = _DialogueContext(self, prefix)
         window = _Window(self.max_context, prefix.length)
         scores: list[Tensor] = []
@@ -401,8 +390,8 @@ class Farcer(nn.Module):
             waiting.clear()
 
         for i, turn in enumerate(turns):
-            current = self.embed(turn_segments(turn, faces[i]))
-            query = self.embed(query_segments(turn.speaker, self.chat))
+            current = self.embed(turn.line)
+            query = self.embed(turn.query)
             need = len(current) + len(query) + self._longest_answer
             start = window.advance([len(line) for line in context.lines], need)
             if waiting and (window.moved or len(waiting) == turns_per_pass):
@@ -415,89 +404,89 @@ class Farcer(nn.Module):
             waiting.append((i, torch.cat([current, query])))
             if past_labels == "predicted":
                 run_pass()
-            label = turn.label if past_labels == "gold" else self.labels[int(scores[-1].argmax())]
-            context.lines.append(self.embed(turn_segments(turn, faces[i], label)))
+            if i + 1 < len(turns):  # no later turn sees the last line
+                argmax = int(scores[-1].argmax()) if past_labels == "predicted" else None
+                context.lines.append(self.embed(_later(turn, past_labels, argmax)))
         if waiting:
             run_pass()
-        predicted = [self.labels[int(row.argmax())] for row in scores]
-        return DialogueLabels(torch.stack(scores), predicted, window.warning(), starts)
+        logprobs = torch.stack(scores)
+        return DialogueScores(logprobs, logprobs.argmax(-1).tolist(), window.warning(), starts)
 
     @torch.no_grad()
     def label_dialogue_naive(
-        self,
-        turns: Sequence[Turn],
-        faces: Sequence[Any] | None,
-        prefix: PrefixCache,
-        past_labels: PastLabels = "none",
-    ) -> DialogueLabels:
+        self, turns: Sequence[DialogueTurn], prefix: PrefixCache, past_labels: PastLabels = "none"
+    ) -> DialogueScores:
         """`label_dialogue` re-encoding the whole prompt from scratch for every turn (the reference)."""
-        faces = self._check_dialogue(turns, faces, prefix, past_labels)
-        window = _Window(self.max_context, self.n_tokens(prefix.segments))
+        self._check_dialogue(turns, prefix, past_labels)
+        window = _Window(self.max_context, len(prefix.tokens))
         scores, predicted, starts = [], [], []
         for i, turn in enumerate(turns):
-            gold_or_predicted = past_turn_labels(turns[:i], past_labels, predicted)
-            lines = [turn_segments(t, f, lab) for t, f, lab in zip(turns[:i], faces[:i], gold_or_predicted)]
-            current = turn_segments(turn, faces[i])
-            query = query_segments(turn.speaker, self.chat)
-            need = self.n_tokens(current) + self.n_tokens(query) + self._longest_answer
-            start = window.advance([self.n_tokens(line) for line in lines], need)
+            lines = [_later(t, past_labels, predicted[j]) for j, t in enumerate(turns[:i])]
+            need = len(turn.line) + len(turn.query) + self._longest_answer
+            start = window.advance([len(line) for line in lines], need)
             starts.append(start)
-            prompt = Prompt(prefix.segments, [*lines[start:], current], query)
-            scores.append(self.label_logprobs([prompt.segments])[0])
-            predicted.append(self.labels[int(scores[-1].argmax())])
-        return DialogueLabels(torch.stack(scores), predicted, window.warning(), starts)
+            prompt = Tokens.join([prefix.tokens, *lines[start:], turn.line, turn.query])
+            scores.append(self.label_logprobs([prompt])[0])
+            predicted.append(int(scores[-1].argmax()))
+        return DialogueScores(torch.stack(scores), predicted, window.warning(), starts)
+
+    # ------------------------------------------------------------------ trainable weights
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        """What training changes: the whole projector and the LoRA adapters (if any)."""
+        tensors = {f"projector.{k}": v for k, v in self.projector.state_dict().items()}
+        tensors |= {f"lm.{k}": v for k, v in self.lm.state_dict().items() if "lora_" in k}
+        return {k: v.detach().contiguous() for k, v in tensors.items()}
+
+    def load_trainable_state(self, tensors: Mapping[str, Tensor]) -> None:
+        """Load `trainable_state()` of a Farcer built the same way (apply_lora first for adapters)."""
+        projector = {k[10:]: v for k, v in tensors.items() if k.startswith("projector.")}
+        self.projector.load_state_dict(projector)
+        lora = {k[3:]: v for k, v in tensors.items() if k.startswith("lm.")}
+        own = {k for k in self.lm.state_dict() if "lora_" in k}
+        if set(lora) != own:
+            raise ValueError(
+                f"{len(lora)} adapter tensors given but the model has {len(own)}; "
+                "call apply_lora with the same settings before loading (or not, for a projector-only state)"
+            )
+        self.lm.load_state_dict(lora, strict=False)
+
+    # ------------------------------------------------------------------ internals
 
     @property
     def _longest_answer(self) -> int:
         return max(len(c) for c in self.candidates)
 
-    def _label_index(self, label: str) -> int:
-        if label not in self.labels:
-            raise InputError(f"unknown target label {label!r}; expected one of {', '.join(self.labels)}")
-        return self.labels.index(label)
+    def _candidate(self, index: int) -> int:
+        if not 0 <= index < len(self.candidates):
+            raise ValueError(f"target candidate {index} is out of range; there are {len(self.candidates)}")
+        return index
 
     def _face(self, vector: Any) -> Tensor:
         face = torch.as_tensor(vector, dtype=torch.float32, device=self.device)
         if face.shape != (self.config.image_dim,):
-            raise InputError(
+            raise ValueError(
                 f"face vector has shape {tuple(face.shape)}, expected ({self.config.image_dim},); "
                 "use the face encoder that matches this model"
             )
         return face
 
-    def _check_candidates(self) -> None:
-        if not self.token_ids(self.chat.assistant_end):
-            raise InputError(
-                "the chat format's end of turn tokenizes to nothing; FARCER needs an end-of-turn token"
-            )
-        unk = getattr(self.tokenizer, "unk_token_id", None)
-        for label, ids in zip(self.labels, self.candidates):
-            if unk is not None and unk in ids:
-                raise InputError(
-                    f"label {label!r} is not in the tokenizer's vocabulary; use another label set"
-                )
-        if len({tuple(c) for c in self.candidates}) < len(self.candidates):
-            raise InputError("two labels tokenize to the same ids; the tokenizer cannot tell them apart")
-
-    def _check_dialogue(
-        self, turns: Sequence[Turn], faces: Sequence[Any] | None, prefix: PrefixCache, past_labels: str
-    ) -> Sequence[Any]:
+    def _check_dialogue(self, turns: Sequence[DialogueTurn], prefix: PrefixCache, past_labels: str) -> None:
         if not turns:
-            raise InputError("the dialogue has no turns; nothing to label")
-        faces = faces if faces is not None else [None] * len(turns)
-        if len(faces) != len(turns):
-            raise InputError(
-                f"got {len(faces)} faces for {len(turns)} turns; give one per turn (None for no face)"
-            )
+            raise ValueError("the dialogue has no turns; nothing to label")
+        if past_labels not in PAST_LABELS:
+            raise ValueError(f"past_labels must be one of {', '.join(PAST_LABELS)}, got {past_labels!r}")
         if prefix.labelled != (past_labels != "none"):
-            raise InputError(
-                f"the prefix was encoded for {'labelled' if prefix.labelled else 'unlabelled'} past turns but "
+            raise ValueError(
+                f"the prefix was encoded for {'' if prefix.labelled else 'un'}labelled past turns but "
                 f"past_labels={past_labels!r}; encode the prefix with the same past_labels"
             )
-        past_turn_labels(
-            turns[:-1], past_labels, predicted=[""] * len(turns)
-        )  # gold labels present if needed
-        return faces
+        later = {"none": 0, "gold": 1, "predicted": self.n_labels}[past_labels]
+        if any(len(t.later) != later for t in turns[:-1]):
+            raise ValueError(
+                f"past_labels={past_labels!r} needs {later} later line(s) on every past turn (the line "
+                "with its gold label, or one per candidate for predicted labels)"
+            )
 
     def _decode(self, x: Tensor, allowed: Tensor, positions: Tensor, cache: DynamicCache | None) -> Tensor:
         """Last hidden states [B, Q, d]; `allowed[b, q, k]` says whether query q sees key k."""
@@ -633,7 +622,7 @@ class _DialogueContext:
         stop = max(seen for seen, _ in branches)
         new = self.lines[self.cached : stop]
         ends = list(accumulate((len(line) for line in new), initial=0))  # trunk tokens before each line
-        trunk = torch.cat([self.farcer.embed([]), *new])
+        trunk = torch.cat([self.farcer.embed(Tokens()), *new])
         scores = self.farcer._score_branches(
             trunk, [(ends[seen - self.cached], x) for seen, x in branches], self.cache
         )
@@ -666,7 +655,7 @@ class _Window:
     def advance(self, past_lengths: Sequence[int], need: int) -> int:
         budget = self.max_context - self.prefix_tokens - need
         if budget < 0:
-            raise InputError(
+            raise ValueError(
                 f"turn {len(past_lengths)} alone needs {self.prefix_tokens + need} tokens with the instructions and "
                 f"examples, more than the model context of {self.max_context}; use fewer shots or shorten the turn"
             )
@@ -704,6 +693,13 @@ def _causal(valid: Tensor) -> Tensor:
     return torch.ones(longest, longest, dtype=torch.bool).tril()[None] & valid[:, None, :]
 
 
+def _later(turn: DialogueTurn, past_labels: str, predicted: int | None) -> Tokens:
+    """Turn's line as later turns see it: as it is, with its gold label, or with the predicted one."""
+    if past_labels == "none":
+        return turn.line
+    return turn.later[0] if past_labels == "gold" else turn.later[predicted]
+
+
 def apply_lora(
     farcer: Farcer,
     r: int = 8,
@@ -723,111 +719,3 @@ def apply_lora(
         farcer.config, lora_r=r, lora_alpha=alpha, lora_dropout=dropout, lora_targets=tuple(targets)
     )
     return farcer
-
-
-def save_trainable(farcer: Farcer, path: str | os.PathLike) -> None:
-    """Save what training changes: the whole projector and the LoRA adapters (if any), as safetensors."""
-    from safetensors.torch import save_file
-
-    tensors = {f"projector.{k}": v for k, v in farcer.projector.state_dict().items()}
-    tensors |= {f"lm.{k}": v for k, v in farcer.lm.state_dict().items() if "lora_" in k}
-    meta = {"projector": farcer.projector.kind, "image_dim": str(farcer.config.image_dim)}
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
-
-
-def load_trainable(farcer: Farcer, path: str | os.PathLike) -> None:
-    """Load a `save_trainable` file into a Farcer built the same way (apply_lora first for adapters)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    if not Path(path).is_file():
-        raise InputError(f"FARCER checkpoint {path} does not exist; train one or check the path")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("projector") != farcer.projector.kind or meta.get("image_dim") != str(
-        farcer.config.image_dim
-    ):
-        raise InputError(
-            f"{path} holds a {meta.get('projector')} projector for {meta.get('image_dim')}-d faces but the model has a "
-            f"{farcer.projector.kind} one for {farcer.config.image_dim}-d faces; build the model with the same config"
-        )
-    tensors = load_file(str(path), device=str(farcer.device))
-    farcer.projector.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("projector.")})
-    lora = {k[3:]: v for k, v in tensors.items() if k.startswith("lm.")}
-    own = {k for k in farcer.lm.state_dict() if "lora_" in k}
-    if set(lora) != own:
-        raise InputError(
-            f"{path} has {len(lora)} adapter tensors but the model has {len(own)}; "
-            "call apply_lora with the same settings before loading (or not, for a projector-only checkpoint)"
-        )
-    farcer.lm.load_state_dict(lora, strict=False)
-
-
-@dataclass
-class FaceEncoder:
-    """A ViT face model; a face's feature is the CLS token of the last hidden state."""
-
-    model: nn.Module
-    processor: Any
-
-    @torch.no_grad()
-    def __call__(self, images: Sequence[Any]) -> Tensor:
-        """[N, hidden] features of RGB images (arrays HxWx3 or PIL images)."""
-        device = next(self.model.parameters()).device
-        pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"].to(device)
-        return self.model(pixel_values=pixels).last_hidden_state[:, 0].float()
-
-
-def load_paper_farcer(
-    lm: str = "meta-llama/Meta-Llama-3-8B-Instruct",
-    vision: str = "trpakov/vit-face-expression",
-    config: FarcerConfig | None = None,
-    device: str | None = None,
-    dtype: torch.dtype = torch.bfloat16,
-) -> tuple[Farcer, FaceEncoder]:
-    """The paper profile: a causal LM + tokenizer and a ViT face encoder (hub names or local paths),
-    frozen; ModelUnavailableError when either is neither local nor downloadable."""
-    faces = load_face_encoder(vision, device)
-    config = replace(config or FarcerConfig(), vision=vision, image_dim=faces.model.config.hidden_size)
-    return load_farcer_lm(lm, config, device, dtype), faces
-
-
-def load_farcer_lm(
-    lm: str,
-    config: FarcerConfig | None = None,
-    device: str | None = None,
-    dtype: torch.dtype = torch.bfloat16,
-) -> Farcer:
-    """A Farcer (fresh projector) around a Hugging Face causal LM and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = _load(AutoTokenizer.from_pretrained, lm, "tokenizer")
-    model = _load(AutoModelForCausalLM.from_pretrained, lm, "language model", dtype=dtype)
-    config = replace(config or FarcerConfig(), lm=lm)
-    return Farcer(model.to(device or _default_device()).eval(), tokenizer, config).eval()
-
-
-def load_face_encoder(vision: str = "trpakov/vit-face-expression", device: str | None = None) -> FaceEncoder:
-    from transformers import ViTImageProcessorPil, ViTModel
-
-    vit = _load(ViTModel.from_pretrained, vision, "face encoder", add_pooling_layer=False)
-    processor = _load(ViTImageProcessorPil.from_pretrained, vision, "face image processor")
-    return FaceEncoder(vit.to(device or _default_device()).eval().requires_grad_(False), processor)
-
-
-def _default_device() -> str:
-    from backend.settings import get_settings
-
-    return get_settings().torch_device()
-
-
-def _load(loader: Callable[..., Any], name: str, what: str, **kwargs: Any) -> Any:
-    try:
-        return loader(name, **kwargs)
-    except (OSError, ValueError) as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        raise ModelUnavailableError(
-            f"FARCER {what} {name!r} is not available{' (offline: HF_HUB_OFFLINE is set)' if offline else ''}: "
-            f"{type(e).__name__}. Put it in the Hugging Face cache (huggingface-cli download {name}) or pass a local "
-            "directory, or use the offline profile."
-        ) from e

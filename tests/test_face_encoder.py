@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from backend.checkpoints import read_checkpoint
 from backend.errors import InputError, ModelUnavailableError
-from backend.settings import CHECKPOINTS_DIR
-from models.face_cnn import FaceCNN, FaceCNNConfig, preprocess
+from backend.face_encoder import build_model, crop_features, preprocess
+from backend.model_store import open_model_store
+from backend.settings import CHECKPOINTS_DIR, get_settings
+from models.face_cnn import FaceCNN, FaceCNNConfig
 from training.__main__ import main
 from training.corpora.image_folder import ImageFolder, load_image_folder
-from training.face_encoder import TrainConfig, augment, evaluate_folder, load_face_encoder
+from training.face_encoder import TrainConfig, augment, evaluate_folder
 from training.metrics import REPORT_KEYS
 
 CLASSES = {"happy": 0, "sad": 1, "angry": 2, "contempt": 3}  # contempt is not a MELD label
@@ -109,15 +112,16 @@ def test_train_then_evaluate_round_trip(fer_like, tmp_path, data_dir):
     argv = ["train", "face-encoder", "--corpus", "image-folder", "--data", str(fer_like), "--out", str(out),
             "--epochs", "2", "--batch-size", "8", "--channels", "8,16", "--convs", "1,1"]
     assert main(argv) == 0
-    assert {p.name for p in out.iterdir()} == {
-        "config.json", "model.safetensors", "labels.json", "metrics.json", "MODEL_CARD.md"
-    }
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert [row["epoch"] for row in metrics["curve"]] == [1, 2]
-    assert metrics["data"]["skipped"] == {"contempt": 12} and metrics["val"]["n"] == 12
-    model, config, labels = load_face_encoder(out)
-    assert labels == ["joy", "anger", "sadness"] and config.channels == (8, 16)
-    assert model.features(preprocess([np.zeros((30, 30, 3), np.uint8)], config)).shape == (1, 16)
+    assert {p.name for p in out.iterdir()} == {"manifest.json", "model.safetensors", "MODEL_CARD.md"}
+    checkpoint = read_checkpoint(out)
+    assert checkpoint.model == "face-encoder" and checkpoint.components == {}
+    assert [row["epoch"] for row in checkpoint.metrics["curve"]] == [1, 2]
+    assert checkpoint.data["corpus"]["skipped"] == {"contempt": 12} and checkpoint.metrics["val"]["n"] == 12
+    assert f"--out {out}" not in (out / "MODEL_CARD.md").read_text(), "the card's command must not name a taken folder"
+    store = open_model_store(get_settings())
+    model = build_model(checkpoint, store, "cpu")
+    assert checkpoint.labels == ("joy", "anger", "sadness") and model.config.channels == (8, 16)
+    assert crop_features(checkpoint, store, "cpu")([np.zeros((30, 30, 3), np.uint8)]).shape == (1, 16)
     assert len(list((data_dir / "cache" / "face-images").glob("*.npy"))) == 2  # train and val decoded once
 
     report_path = tmp_path / "report.json"
@@ -125,8 +129,20 @@ def test_train_then_evaluate_round_trip(fer_like, tmp_path, data_dir):
                  "--data", str(fer_like), "--split", "test", "--out", str(report_path), "--record"]) == 0
     report = json.loads(report_path.read_text())
     assert set(report) == set(REPORT_KEYS) | {"skipped"}
-    assert report["skipped"] == {"contempt": 4} and report["n"] == 12 and report["labels"] == labels
+    assert report["skipped"] == {"contempt": 4} and report["n"] == 12 and list(report["labels"]) == list(checkpoint.labels)
+    recorded = read_checkpoint(out)
+    assert recorded.metrics["test"]["n"] == 12 and recorded.version == checkpoint.version
     assert "Split `test` (n=12)" in (out / "MODEL_CARD.md").read_text()
+    with pytest.raises(InputError, match="already holds a checkpoint"):
+        main(argv)
+
+
+def test_train_without_out_adds_a_version_to_the_model_store(fer_like, data_dir):
+    assert main(["train", "face-encoder", "--data", str(fer_like), "--epochs", "1", "--batch-size", "8",
+                 "--channels", "8,16", "--convs", "1,1"]) == 0
+    trained = [v for v in open_model_store(get_settings()).versions("face-encoder") if not v.builtin]
+    assert len(trained) == 1 and trained[0].path == data_dir / "models" / "face-encoder" / trained[0].version
+    assert "--out" not in trained[0].data["command"]
 
 
 def test_train_needs_validation_split(tmp_path, data_dir):
@@ -135,17 +151,16 @@ def test_train_needs_validation_split(tmp_path, data_dir):
         main(["train", "face-encoder", "--data", str(tmp_path / "fer"), "--out", str(tmp_path / "ckpt")])
 
 
-def test_missing_checkpoint_is_model_unavailable(tmp_path):
-    with pytest.raises(ModelUnavailableError, match="train one with"):
-        load_face_encoder(tmp_path)
+def test_missing_checkpoint_is_model_unavailable(tmp_path, data_dir):
+    with pytest.raises(ModelUnavailableError, match="neither a checkpoint folder nor a face-encoder version"):
+        main(["evaluate", "face-encoder", "--checkpoint", str(tmp_path), "--data", str(tmp_path),
+              "--out", str(tmp_path / "r.json")])
 
 
 def test_committed_checkpoint_beats_chance_on_fer_test(fer_dir, data_dir):
-    checkpoint = CHECKPOINTS_DIR / "face-encoder"
-    if not (checkpoint / "model.safetensors").exists():
-        pytest.skip(f"no trained face encoder at {checkpoint}")
-    assert sum(p.stat().st_size for p in checkpoint.iterdir()) < 5 * 2**20
-    model, _, labels = load_face_encoder(checkpoint)
+    checkpoint = read_checkpoint(CHECKPOINTS_DIR / "face-encoder")
+    assert sum(p.stat().st_size for p in checkpoint.path.iterdir()) < 5 * 2**20
+    model, labels = build_model(checkpoint, open_model_store(get_settings()), "cpu"), list(checkpoint.labels)
     test = load_image_folder(fer_dir, tuple(labels), split="test")
     sample = ImageFolder(root=test.root, images=test.images[::12], skipped=test.skipped)  # every 12th: ~300
     report = evaluate_folder(model, labels, sample)

@@ -1,19 +1,27 @@
-"""FARCER through the analysis pipeline: a tiny checkpoint built here, and the committed one."""
+"""FARCER as a predictor: a tiny checkpoint built here, the committed one, and one on hub components."""
 from __future__ import annotations
 
+import re
 import shutil
-import time
+from dataclasses import asdict
 
+import cv2
+import numpy as np
 import pytest
+from skimage import data
 
 from backend.analyze import analyze
+from backend.checkpoints import read_checkpoint, write_checkpoint
+from backend.dialogue import Turn
 from backend.errors import ModelUnavailableError
+from backend.farcer_predictor import FarcerPredictor, load_predictor
 from backend.labels import MELD7
-from backend.predictors import TurnInputs, predictor_loaders
-from backend.profiles import OFFLINE, PAPER
+from backend.model_store import open_model_store
+from backend.predictors import TurnInputs
 from backend.schema import validate_analysis
 from backend.settings import CHECKPOINTS_DIR, get_settings
 from backend.synthetic_media import make_dialogue_video
+from models.farcer import FarcerConfig
 from tests.test_farcer_training import train_tiny
 
 TURNS = [(0.3, 1.5), (2.0, 3.4), (4.0, 5.2)]
@@ -41,7 +49,8 @@ def dialogue(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoints(tmp_path_factory):
-    """A checkpoints dir holding a tiny FARCER (trained on generated data) and the face encoder."""
+    """A checkpoints dir holding a tiny FARCER head (trained on generated data; its core is a version in
+    the model store of ERC_DATA_DIR) and the face encoder it was trained with."""
     tmp = tmp_path_factory.mktemp("farcer")
     mp = pytest.MonkeyPatch()
     mp.setenv("ERC_DATA_DIR", str(tmp / "data"))
@@ -57,10 +66,29 @@ def tiny_checkpoints(tmp_path_factory):
     get_settings.cache_clear()
 
 
+@pytest.fixture
+def shipped(monkeypatch, data_dir):
+    """The repository's checkpoints (the module's tiny ones are set for the whole module)."""
+    monkeypatch.setenv("ERC_CHECKPOINTS_DIR", str(CHECKPOINTS_DIR))
+    get_settings.cache_clear()
+    yield CHECKPOINTS_DIR
+    get_settings.cache_clear()
+
+
+def active_farcer() -> FarcerPredictor:
+    settings = get_settings()
+    store = open_model_store(settings)
+    return load_predictor(store.active("farcer", "farcer"), store, settings)
+
+
+def text(prompt: list[dict]) -> str:
+    return "".join(piece["text"] for piece in prompt)
+
+
 def _check_farcer_turns(doc: dict, explain: bool) -> None:
     validate_analysis(doc)
     assert doc["models"]["farcer"]["name"] == "FARCER"
-    assert doc["models"]["farcer"]["version"].startswith("farcer-")
+    assert re.fullmatch(r"[0-9a-f]{12}", doc["models"]["farcer"]["version"])
     for turn in doc["turns"]:
         out = turn["farcer"]
         assert list(out["probs"]) == list(MELD7) and out["label"] == max(out["probs"], key=out["probs"].get)
@@ -71,20 +99,26 @@ def test_tiny_checkpoint_through_analyze_with_explained_prompts(tiny_checkpoints
     video, subtitles = dialogue
     doc = analyze(video, subtitles=subtitles, explain=True)
     _check_farcer_turns(doc, explain=True)
+    assert doc["models"]["farcer"]["version"] == read_checkpoint(tiny_checkpoints / "farcer").version
     assert all(t["face"]["found"] for t in doc["turns"])
     first, last = doc["turns"][0]["farcer"], doc["turns"][2]["farcer"]
-    assert first["prompt"].endswith("Rachel: <image:face> oh my god you know what\nRachel's EMOTION LABEL:<|eot|><|assistant|>\n")
+    assert text(first["prompt"]).endswith(
+        "Rachel: <image:face> oh my god you know what\nRachel's EMOTION LABEL:<|eot|><|assistant|>\n"
+    )
     # Past turns carry the model's own earlier labels (the checkpoint was trained with past labels).
     second_label = doc["turns"][1]["farcer"]["label"]
-    assert f"Ross: <image:face> we were on a break (Ross's current emotion: {second_label})\n" in last["prompt"]
-    assert "Few-shot examples" not in last["prompt"]
+    assert f"Ross: <image:face> we were on a break (Ross's current emotion: {second_label})\n" in text(last["prompt"])
+    assert {"kind": "label", "text": f" (Ross's current emotion: {second_label})", "speaker": "Ross",
+            "label": second_label} in last["prompt"]
+    assert "Few-shot examples" not in text(last["prompt"])
 
 
 def test_predictor_without_faces_and_prefix_encoded_once(tiny_checkpoints):
-    from backend.dialogue import Turn
-
-    predictor = predictor_loaders()["farcer"](OFFLINE, get_settings())
+    predictor = active_farcer()
+    checkpoint = read_checkpoint(tiny_checkpoints / "farcer")
     assert predictor.key == "farcer" and predictor.past_labels == "predicted"
+    assert predictor.version == checkpoint.version and predictor.versions == checkpoint.versions()
+    assert set(predictor.versions) == {"farcer", "core", "face_encoder"}
     turns = [Turn("A", 0.0, 1.0, "oh my god", label="fear"), Turn("B", 1.0, 2.0, "no way")]
     inputs = [TurnInputs(None, 16_000, None)] * 2
     outputs, warnings = predictor.predict(turns, inputs, MELD7)
@@ -93,19 +127,80 @@ def test_predictor_without_faces_and_prefix_encoded_once(tiny_checkpoints):
     assert predictor.prefix is prefix and warnings == []
     assert [o["probs"] for o in outputs] == [o["probs"] for o in again]
     # The gold label on the input turn is never shown; the model's own label for turn 0 is.
-    assert "<image:face>" not in again[1]["prompt"]
-    assert f"A: oh my god (A's current emotion: {again[0]['label']})\nB: no way\n" in again[1]["prompt"]
+    assert all(piece["kind"] != "image" for piece in again[1]["prompt"])
+    assert f"A: oh my god (A's current emotion: {again[0]['label']})\nB: no way\n" in text(again[1]["prompt"])
+    assert [p["label"] for p in again[1]["prompt"] if p["kind"] == "label"] == [again[0]["label"]]
 
 
-def test_paper_profile_without_checkpoint_is_a_fast_clear_error(tiny_checkpoints):
-    start = time.perf_counter()
-    with pytest.raises(ModelUnavailableError, match="FARCER checkpoint .*farcer-paper is missing"):
-        predictor_loaders()["farcer"](PAPER, get_settings())
-    assert time.perf_counter() - start < 2
+# The shipped FARCER's probabilities for three turns with fixed face crops, as the predictor gave
+# them before its code moved into models/ + backend/ (issue 9); valid for this version only.
+SHIPPED_VERSION = "9ed394e71f17"
+SHIPPED_PROBS = [
+    [0.05172321226068653, 0.5642637232067175, 0.11084076764012196, 0.09799628047670034,
+     0.05815592763272413, 0.06802419116930872, 0.048995897613740874],
+    [0.49639533008578807, 0.10395857285125175, 0.031164659830820084, 0.026069939979410282,
+     0.15188617410210956, 0.1095698805507878, 0.08095544259983246],
+    [0.05477192875507633, 0.567937897862392, 0.11704908794799995, 0.09371813177202347,
+     0.05515329789027651, 0.06469777081837272, 0.04667188495385904],
+]
 
 
-def test_committed_checkpoint_through_analyze(dialogue, data_dir):
-    if not (CHECKPOINTS_DIR / "farcer" / "farcer.json").is_file():
-        pytest.skip("no committed FARCER checkpoint (checkpoints/farcer)")
+def test_shipped_checkpoint_gives_the_recorded_probabilities(shipped):
+    predictor = active_farcer()
+    if predictor.version != SHIPPED_VERSION:
+        pytest.skip(f"the shipped FARCER is {predictor.version}; the recorded probabilities are {SHIPPED_VERSION}'s")
+    head = np.ascontiguousarray(data.astronaut()[20:220, 130:320])  # a public-domain photo's face
+    turns = [Turn("Rachel", 0.3, 1.5, "oh my god you know what"), Turn("Ross", 2.0, 3.4, "we were on a break"),
+             Turn("Rachel", 4.0, 5.2, "no way")]
+    crops = [head, None, cv2.resize(head[:, ::-1], (120, 130), interpolation=cv2.INTER_AREA)]
+    outputs, warnings = predictor.predict(turns, [TurnInputs(None, 16_000, c) for c in crops], MELD7)
+    probs = np.array([[o["probs"][label] for label in MELD7] for o in outputs])
+    assert warnings == [] and np.abs(probs - np.array(SHIPPED_PROBS)).max() < 1e-5
+
+
+def test_checkpoint_on_hub_components_loads_the_lm_and_vit_by_name(tmp_path, data_dir):
+    """The paper profile's layout: core and face encoder are Hugging Face models named in the manifest
+    (tiny local ones here), and only the projector is stored."""
+    from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTImageProcessorPil, ViTModel
+
+    from backend.farcer_predictor import save_trainable
+    from backend.farcer_processor import FarcerProcessor
+    from benchmarks.farcer_incremental import word_tokenizer
+    from models.farcer import Farcer
+
+    tokenizer = word_tokenizer(["oh", "my", "god", "hi", "bye", "A", "B"])
+    tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), **tiny))
+    lm.save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    vit = ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=32,
+                    patch_size=16)
+    ViTModel(vit, add_pooling_layer=False).save_pretrained(tmp_path / "vit")
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
+    config = FarcerConfig(image_dim=16)
+    processor = FarcerProcessor(tokenizer, MELD7)
+    head = tmp_path / "head"
+    head.mkdir()
+    save_trainable(Farcer(lm, config, processor.label_ids, processor.end_ids), head / "trainable.safetensors")
+
+    def write(vision: str):
+        components = {"core": {"kind": "hub", "name": str(tmp_path / "lm")}, "face_encoder": {"kind": "hub", "name": vision}}
+        return write_checkpoint(head, model="farcer", config={"model": asdict(config), "variant": "base"},
+                                labels=MELD7, components=components)
+
+    settings = get_settings()
+    predictor = load_predictor(write(str(tmp_path / "vit")), open_model_store(settings), settings)
+    crops = [np.zeros((48, 40, 3), np.uint8), np.full((20, 20, 3), 200, np.uint8)]
+    turns = [Turn("A", None, None, "oh my god"), Turn("B", None, None, "bye")]
+    outputs, _ = predictor.predict(turns, [TurnInputs(None, 16_000, c) for c in crops], MELD7, explain=True)
+    assert len(outputs) == 2 and {o["label"] for o in outputs} <= set(MELD7)
+    assert [p["kind"] for p in outputs[1]["prompt"]].count("image") == 2
+    with pytest.raises(ModelUnavailableError, match="not available"):
+        load_predictor(write("no-such-org/no-such-vit"), open_model_store(settings), settings)
+
+
+def test_committed_checkpoint_through_analyze(dialogue, shipped):
     video, subtitles = dialogue
-    _check_farcer_turns(analyze(video, subtitles=subtitles), explain=False)
+    doc = analyze(video, subtitles=subtitles)
+    _check_farcer_turns(doc, explain=False)
+    assert doc["models"]["farcer"]["version"] == read_checkpoint(shipped / "farcer").version

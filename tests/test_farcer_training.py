@@ -12,11 +12,15 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from backend.errors import InputError
+from backend.checkpoints import read_checkpoint, write_checkpoint
+from backend.errors import InputError, ModelUnavailableError
+from backend.farcer_predictor import WEIGHTS, load_farcer
 from backend.labels import IEMOCAP6, MELD7
+from backend.model_store import open_model_store
+from backend.settings import CHECKPOINTS_DIR, get_settings
 from tests.fixtures_iemocap import make_iemocap_fixture
 from training.__main__ import main
-from training.farcer import CONFIG, WEIGHTS, TrainConfig, drop_faces, load_checkpoint, make_samples
+from training.farcer import TrainConfig, drop_faces, make_samples
 from training.metrics import REPORT_KEYS
 
 WORDS = ["oh", "my", "god", "you", "know", "what", "I", "mean", "this", "is", "the", "best", "day", "ever", "no",
@@ -58,11 +62,13 @@ def write_faces(root: Path, per_class: int = 2) -> Path:
 
 
 def train_tiny(tmp: Path, extra: list[str] = ()) -> tuple[Path, Path, Path, Path]:
-    """(meld dir, faces dir, core checkpoint, projector checkpoint) trained for one tiny epoch each."""
+    """(meld dir, faces dir, core checkpoint, projector checkpoint) trained for one tiny epoch each: the
+    core as a new version in the model store (ERC_DATA_DIR), the head into a folder of its own."""
     meld, faces = write_meld(tmp / "meld"), write_faces(tmp / "fer")
-    core, head = tmp / "core", tmp / "head"
+    head = tmp / "head"
     assert main(["train", "farcer", "--data", str(meld), *TINY_CORE, "--shots", "3", "--past-labels", "mixed",
-                 "--epochs", "1", "--out", str(core)]) == 0
+                 "--epochs", "1"]) == 0
+    (core,) = [v.path for v in open_model_store(get_settings()).versions("farcer-core") if not v.builtin]
     assert main(["train", "farcer", "--data", str(meld), "--core", str(core), "--faces", str(faces),
                  "--shots", "3", "--epochs", "1", "--lr", "1e-2", "--out", str(head), *extra]) == 0
     return meld, faces, core, head
@@ -84,37 +90,78 @@ def trained(tmp_path_factory):
 def test_core_checkpoint_is_a_hub_style_folder_with_chat_template(trained):
     _, _, core, _ = trained
     names = {p.name for p in core.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", CONFIG, "MODEL_CARD.md"} <= names
-    meta = json.loads((core / CONFIG).read_text())
-    assert meta["core_trained"] and meta["best_epoch"] == 1 and meta["train"]["text_weight"] == 1.0
-    predicted = meta["curve"][0]["val_predicted"]
-    assert list(predicted) == meta["labels"] and sum(predicted.values()) == meta["val"]["n"]
+    assert {"config.json", "model.safetensors", "tokenizer.json", "manifest.json", "MODEL_CARD.md"} <= names
+    checkpoint = read_checkpoint(core)
+    assert checkpoint.model == "farcer-core" and checkpoint.components == {} and core.name == checkpoint.version
+    assert checkpoint.metrics["best_epoch"] == 1 and checkpoint.data["train"]["text_weight"] == 1.0
+    assert checkpoint.config["core_config"]["hidden_size"] == 64 and checkpoint.config["model"]["lm"] == "new"
+    predicted = checkpoint.metrics["curve"][0]["val_predicted"]
+    assert list(predicted) == list(checkpoint.labels) and sum(predicted.values()) == checkpoint.metrics["val"]["n"]
     with safe_open(str(core / "model.safetensors"), framework="pt") as f:
         names = f.keys()
         assert {f.get_tensor(k).dtype for k in names} == {torch.float16}
-    farcer, _ = load_checkpoint(core)
-    assert farcer.chat.assistant_end == "<|eot|>" and farcer.labels == MELD7
-    assert "offline FARCER core LM" in (core / "MODEL_CARD.md").read_text()
+    _, processor = load_farcer(checkpoint, open_model_store(get_settings()), "cpu")
+    assert processor.chat.assistant_end == "<|eot|>" and processor.labels == MELD7
+    card = (core / "MODEL_CARD.md").read_text()
+    assert "offline FARCER core LM" in card and "--core new" in card and "--out" not in card
 
 
 def test_projector_checkpoint_holds_only_the_projector(trained):
     _, _, core, head = trained
-    assert not (head / "model.safetensors").exists() and not (head / "tokenizer.json").exists()
+    assert {p.name for p in head.iterdir()} == {WEIGHTS, "manifest.json", "MODEL_CARD.md"}
     with safe_open(str(head / WEIGHTS), framework="pt") as f:
         keys = set(f.keys())
     assert keys == {"projector.net.0.weight", "projector.net.0.bias"}
-    meta = json.loads((head / CONFIG).read_text())
-    assert meta["core"] == str(core) and not meta["core_trained"] and meta["model"]["image_dim"] == 256
-    farcer, _ = load_checkpoint(head)
-    trained_weight = farcer.projector.net[0].weight
+    checkpoint = read_checkpoint(head)
+    face_encoder = read_checkpoint(CHECKPOINTS_DIR / "face-encoder")
+    assert checkpoint.model == "farcer" and checkpoint.config["model"]["image_dim"] == 256
+    assert checkpoint.components == {
+        "core": {"kind": "checkpoint", "model": "farcer-core", "version": read_checkpoint(core).version},
+        "face_encoder": {"kind": "checkpoint", "model": "face-encoder", "version": face_encoder.version},
+    }
+    assert checkpoint.versions() == {"farcer": checkpoint.version, "core": core.name,
+                                     "face_encoder": face_encoder.version}
+    farcer, _ = load_farcer(checkpoint, open_model_store(get_settings()), "cpu")
     with safe_open(str(head / WEIGHTS), framework="pt") as f:
-        assert torch.equal(f.get_tensor("projector.net.0.weight"), trained_weight)
+        assert torch.equal(f.get_tensor("projector.net.0.weight"), farcer.projector.net[0].weight)
     card = (head / "MODEL_CARD.md").read_text()
     assert "pseudo-paired by label" in card and "not stored here" in card
 
 
+def test_a_head_whose_core_version_is_gone_refuses_to_load(trained, tmp_path):
+    _, _, _, head = trained
+    checkpoint = read_checkpoint(head)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / WEIGHTS).write_bytes((head / WEIGHTS).read_bytes())
+    components = {**checkpoint.components, "core": {**checkpoint.components["core"], "version": "0123456789ab"}}
+    moved = write_checkpoint(other, model="farcer", config=checkpoint.config, labels=checkpoint.labels,
+                             components=components, data=checkpoint.data, metrics=checkpoint.metrics)
+    assert moved.version != checkpoint.version, "a component's version is part of the head's version"
+    with pytest.raises(ModelUnavailableError, match="no farcer-core version '0123456789ab'"):
+        load_farcer(moved, open_model_store(get_settings()), "cpu")
+
+
+def test_a_core_outside_the_model_store_cannot_carry_a_head(trained, tmp_path):
+    """A head names its core by version, so the core must be one the store can find."""
+    meld, faces, core, _ = trained
+    outside = tmp_path / "core-elsewhere"
+    outside.mkdir()
+    for path in core.iterdir():
+        if path.name not in ("manifest.json", "MODEL_CARD.md"):
+            (outside / path.name).write_bytes(path.read_bytes())
+    stored = read_checkpoint(core)
+    elsewhere = write_checkpoint(outside, model="farcer-core", config={**stored.config, "note": "a copy"},
+                                 labels=stored.labels, data=stored.data, metrics=stored.metrics)
+    with pytest.raises(InputError, match="is not in the model store"):
+        main(["train", "farcer", "--data", str(meld), "--core", str(outside), "--faces", str(faces), "--shots", "0",
+              "--epochs", "1", "--out", str(tmp_path / "head")])
+    assert not (tmp_path / "head").exists() and elsewhere.version != stored.version
+
+
 def test_evaluate_reports_every_utterance_and_the_last_turn_protocol(trained, tmp_path):
     meld, faces, _, head = trained
+    version = read_checkpoint(head).version
     out = tmp_path / "report.json"
     assert main(["evaluate", "farcer", "--checkpoint", str(head), "--data", str(meld), "--faces", str(faces),
                  "--split", "test", "--protocol", "last-turn", "--past-labels", "gold", "--out", str(out),
@@ -124,7 +171,11 @@ def test_evaluate_reports_every_utterance_and_the_last_turn_protocol(trained, tm
     assert report["labels"] == list(MELD7) and sum(map(sum, report["confusion"])) == 18
     assert report["last_turn"]["n"] == 3 and set(REPORT_KEYS) <= set(report["last_turn"])
     assert report["oracle"] is True and report["past_labels"] == "gold" and report["shots"] == 3
-    assert "--past-labels gold" in report["command"]
+    assert "--past-labels gold" in report["command"] and report["version"] == version
+    recorded = read_checkpoint(head)
+    assert recorded.version == version, "recording a result does not make a new version"
+    names = [r["name"] for r in recorded.metrics["results"]]
+    assert names == ["tiny test (ORACLE: gold past labels)", "tiny test (ORACLE: gold past labels), last turn"]
     card = (head / "MODEL_CARD.md").read_text()
     assert "tiny test (ORACLE: gold past labels): weighted F1" in card and "last turn" in card
     text_only = tmp_path / "text.json"
@@ -138,14 +189,16 @@ def test_evaluate_reports_every_utterance_and_the_last_turn_protocol(trained, tm
 def test_lora_variant_saves_adapters_and_projector_only(trained, tmp_path):
     meld, faces, core, _ = trained
     out = tmp_path / "lora"
-    assert main(["train", "farcer", "--data", str(meld), "--core", str(core), "--faces", str(faces),
+    assert main(["train", "farcer", "--data", str(meld), "--core", core.name, "--faces", str(faces),
                  "--variant", "lora", "--shots", "0", "--epochs", "1", "--max-steps", "2", "--out", str(out)]) == 0
     with safe_open(str(out / WEIGHTS), framework="pt") as f:
         keys = set(f.keys())
     assert any("q_proj.lora_A" in k for k in keys) and any("v_proj.lora_B" in k for k in keys)
     assert all(k.startswith("projector.") or "lora_" in k for k in keys)
-    farcer, meta = load_checkpoint(out)
-    assert meta["train"]["variant"] == "lora" and meta["train"]["max_steps"] == 2
+    checkpoint = read_checkpoint(out)
+    assert checkpoint.config["variant"] == "lora" and checkpoint.data["train"]["max_steps"] == 2
+    assert checkpoint.components["core"]["version"] == core.name  # --core named by its store version
+    farcer, _ = load_farcer(checkpoint, open_model_store(get_settings()), "cpu")
     assert any("lora_A" in name for name, _ in farcer.lm.named_parameters())
 
 
@@ -154,9 +207,9 @@ def test_iemocap_sub_dialogues_train_with_six_labels(tmp_path, data_dir):
     out = tmp_path / "core"
     assert main(["train", "farcer", "--corpus", "iemocap", "--data", str(root), *TINY_CORE, "--shots", "0",
                  "--epochs", "1", "--max-steps", "3", "--out", str(out)]) == 0
-    meta = json.loads((out / CONFIG).read_text())
-    assert meta["labels"] == list(IEMOCAP6) and meta["train"]["targets"] == "last"
-    assert set(meta["val"]["labels"]) == set(IEMOCAP6)
+    checkpoint = read_checkpoint(out)
+    assert checkpoint.labels == IEMOCAP6 and checkpoint.data["train"]["targets"] == "last"
+    assert set(checkpoint.metrics["val"]["labels"]) == set(IEMOCAP6)
     with pytest.raises(InputError, match="not the meld labels"):
         main(["evaluate", "farcer", "--checkpoint", str(out), "--data", str(write_meld(tmp_path / "m")),
               "--out", str(tmp_path / "r.json")])
@@ -185,10 +238,10 @@ def test_train_core_continues_a_core_and_keeps_its_history(trained, tmp_path):
     out = tmp_path / "core2"
     assert main(["train", "farcer", "--data", str(meld), "--core", str(core), "--train-core", "--shots", "0",
                  "--epochs", "1", "--max-steps", "1", "--out", str(out)]) == 0
-    meta = json.loads((out / CONFIG).read_text())
-    assert meta["core_trained"] and (out / "model.safetensors").exists() and not (out / WEIGHTS).exists()
-    assert meta["continued_from"][0]["command"] == json.loads((core / CONFIG).read_text())["command"]
-    assert "--core new" in (out / "MODEL_CARD.md").read_text() and "--train-core" in meta["command"]
+    checkpoint = read_checkpoint(out)
+    assert checkpoint.model == "farcer-core" and (out / "model.safetensors").exists() and not (out / WEIGHTS).exists()
+    assert checkpoint.data["continued_from"][0]["command"] == read_checkpoint(core).data["command"]
+    assert "--core new" in (out / "MODEL_CARD.md").read_text() and "--train-core" in checkpoint.data["command"]
     with pytest.raises(InputError, match="text-only core"):
         main(["train", "farcer", "--data", str(meld), "--core", str(core), "--train-core", "--variant", "lora",
               "--out", str(tmp_path / "x")])

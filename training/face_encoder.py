@@ -3,6 +3,10 @@
     python -m training train face-encoder --corpus image-folder --data ../shared/data/fer2013
     python -m training evaluate face-encoder --corpus image-folder --data ../shared/data/fer2013 \
         --split test --out runs/face-encoder-test.json
+
+A run writes a "face-encoder" checkpoint (backend.checkpoints): config = the FaceCNNConfig, fp16
+model.safetensors; data {command, corpus, train, parameters}; metrics {best_epoch, val, curve,
+train_minutes, test}. The app reads it through backend.face_encoder.
 """
 from __future__ import annotations
 
@@ -11,25 +15,29 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
+from backend.checkpoints import update_metrics, write_checkpoint
 from backend.dialogue import LabelledImage
-from backend.errors import InputError, ModelUnavailableError
+from backend.errors import InputError
+from backend.face_encoder import MODEL, WEIGHTS, build_model, face_to_gray, normalise, to_pixels
 from backend.labels import LABEL_SETS, label_set
+from backend.model_store import open_model_store
 from backend.settings import get_settings
-from models.face_cnn import FaceCNN, FaceCNNConfig, face_to_gray, normalise, to_pixels
+from models.face_cnn import FaceCNN, FaceCNNConfig
 from training.corpora.image_folder import ImageFolder, load_image_folder
 from training.metrics import classification_report
+from training.outputs import checkpoint_output, find_checkpoint, reproducible
 
-CHECKPOINT_NAME = "face-encoder"
-FILES = ("config.json", "model.safetensors", "labels.json", "metrics.json", "MODEL_CARD.md")
+BUILTIN = "face-encoder"  # the shipped checkpoint folder
 
 
 @dataclass
@@ -46,10 +54,6 @@ class TrainConfig:
     scale: float = 0.1
     brightness: float = 0.2
     contrast: float = 0.2
-
-
-def default_checkpoint() -> Path:
-    return get_settings().checkpoints_dir / CHECKPOINT_NAME
 
 
 # ----------------------------------------------------------------------------- data
@@ -111,34 +115,22 @@ def augment(pixels: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> tor
     return ((out - mean) * contrast + mean + brightness).clamp(0, 1)
 
 
-# ----------------------------------------------------------------------------- model I/O
+# ----------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(model: FaceCNN, labels: list[str], out: Path) -> None:
-    """config.json, labels.json and fp16 model.safetensors (the encoder is small enough for fp16)."""
-    out.mkdir(parents=True, exist_ok=True)
+def save_weights(model: FaceCNN, folder: Path) -> None:
+    """fp16 model.safetensors (the encoder is small enough for fp16)."""
     state = {
         k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()
     }
-    save_file(state, out / "model.safetensors")
-    (out / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-    (out / "labels.json").write_text(json.dumps(labels) + "\n")
+    save_file(state, folder / WEIGHTS)
 
 
-def load_face_encoder(path: str | Path | None = None) -> tuple[FaceCNN, FaceCNNConfig, list[str]]:
-    """The trained encoder in eval mode on CPU, its config and its label order."""
-    path = Path(path) if path is not None else default_checkpoint()
-    missing = [name for name in ("config.json", "model.safetensors", "labels.json") if not (path / name).exists()]
-    if missing:
-        raise ModelUnavailableError(
-            f"face encoder checkpoint {path} lacks {', '.join(missing)}; train one with "
-            "`python -m training train face-encoder --corpus image-folder --data DIR --out DIR`"
-        )
-    config = FaceCNNConfig(**json.loads((path / "config.json").read_text()))
-    labels = json.loads((path / "labels.json").read_text())
-    model = FaceCNN(config)
-    model.load_state_dict(load_file(path / "model.safetensors"))
-    return model.eval(), config, labels
+def write(folder: Path, model: FaceCNN, labels: list[str], data: dict, metrics: dict) -> None:
+    """The checkpoint's manifest and card for the weights already saved in `folder`."""
+    manifest = {"model": MODEL, "config": model.config.to_dict(), "labels": labels, "data": data,
+                "metrics": metrics}
+    write_checkpoint(folder, **manifest, card=model_card(manifest))
 
 
 @torch.no_grad()
@@ -226,9 +218,10 @@ def fit(
     return {"best_epoch": best["epoch"], "val": best["val"], "curve": curve}
 
 
-def model_card(metrics: dict) -> str:
-    """MODEL_CARD.md from metrics.json (re-rendered when a test result is recorded)."""
-    val, cfg = metrics["val"], metrics["model"]
+def model_card(manifest: Mapping) -> str:
+    """MODEL_CARD.md from a face-encoder manifest (re-rendered when a test result is recorded)."""
+    data, metrics, config = manifest["data"], manifest["metrics"], FaceCNNConfig(**manifest["config"])
+    val = metrics["val"]
     rows = "\n".join(
         f"| {label} | {val['per_class_f1'][label]:.3f} | {val['per_class_recall'][label]:.3f} |"
         for label in val["labels"]
@@ -242,17 +235,18 @@ def model_card(metrics: dict) -> str:
         else "Not evaluated yet. Run:\n\n```\npython -m training evaluate face-encoder --checkpoint DIR "
         "--corpus image-folder --data DATA --split test --out runs/face-encoder-test.json --record\n```"
     )
-    skipped = metrics["data"]["skipped"]
+    corpus = data["corpus"]
+    skipped = corpus["skipped"]
     return f"""# face-encoder — small VGG-style CNN for facial expressions
 
-FARCER's offline face feature: `FaceCNN.features(preprocess(crops))`, a {cfg['feature_dim']}-d pooled
-vector per face crop ({cfg['parameters']:,} parameters, weights stored in fp16). Load it with
-`training.face_encoder.load_face_encoder(path)`. Labels: {', '.join(metrics['labels'])}.
+FARCER's offline face feature: `FaceCNN.features(preprocess(crops))`, a {config.feature_dim}-d pooled
+vector per face crop ({data['parameters']:,} parameters, weights stored in fp16). Load it with
+`backend.face_encoder.build_model(checkpoint, store, device)`. Labels: {', '.join(manifest['labels'])}.
 
 ## Data
 
-Folder-per-class corpus at `{metrics['data']['root']}`: train {metrics['data']['train']} images, validation
-{metrics['data']['validation']} images{f'; skipped classes (not in the label set): {skipped}' if skipped else ''}.
+Folder-per-class corpus at `{corpus['root']}`: train {corpus['train']} images, validation
+{corpus['validation']} images{f'; skipped classes (not in the label set): {skipped}' if skipped else ''}.
 For FER2013 (train = official Training, val = PublicTest, test = PrivateTest): no licence is stated;
 the images were collected from the web for a research challenge, so this model is for research and
 teaching use only and the images are never redistributed. About 620 PrivateTest images have an
@@ -261,7 +255,7 @@ identical copy in Training, so FER2013 test accuracy is slightly optimistic.
 ## Training
 
 ```
-{metrics['command']}
+{reproducible(data['command'])}
 ```
 
 AdamW with a one-cycle LR schedule, label smoothing, augmentation on tensors (shift/crop with
@@ -282,11 +276,6 @@ Accuracy {val['accuracy']:.4f}, weighted F1 {val['weighted_f1']:.4f}, n={val['n'
 """
 
 
-def _write_metrics(out: Path, metrics: dict) -> None:
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "MODEL_CARD.md").write_text(model_card(metrics))
-
-
 def _int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))
@@ -298,7 +287,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     defaults, model = TrainConfig(), FaceCNNConfig()
     parser.add_argument("--corpus", choices=["image-folder"], default="image-folder")
     parser.add_argument("--data", type=Path, required=True, help="<data>/{train,val}/<class>/*.jpg")
-    parser.add_argument("--out", type=Path, default=None, help="checkpoint folder (default checkpoints/face-encoder)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="a new checkpoint folder (default: a new version in the model store)")
     parser.add_argument("--label-set", choices=sorted(LABEL_SETS), default="meld")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -309,15 +299,15 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_command(args: argparse.Namespace) -> str:
+    out = f" --out {args.out}" if args.out else ""
     return (
-        f"python -m training train face-encoder --corpus {args.corpus} --data {args.data} --out {args.out} "
+        f"python -m training train face-encoder --corpus {args.corpus} --data {args.data}{out} "
         f"--label-set {args.label_set} --epochs {args.epochs} --seed {args.seed} --batch-size {args.batch_size} "
         f"--lr {args.lr} --channels {','.join(map(str, args.channels))} --convs {','.join(map(str, args.convs))}"
     )
 
 
 def train(args: argparse.Namespace) -> int:
-    args.out = args.out or default_checkpoint()
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         raise InputError("--epochs and --batch-size must be at least 1 and --lr positive")
     names = label_set(args.label_set)
@@ -339,27 +329,30 @@ def train(args: argparse.Namespace) -> int:
         k: train_folder.skipped.get(k, 0) + val_folder.skipped.get(k, 0)
         for k in {**train_folder.skipped, **val_folder.skipped}
     }
-    metrics = {
-        "labels": labels,
+    data = {
         "command": _train_command(args),
-        "data": {"root": str(args.data), "train": len(train_folder), "validation": len(val_folder), "skipped": skipped},
-        "model": {**config.to_dict(), "feature_dim": config.feature_dim,
-                  "parameters": sum(p.numel() for p in model.parameters())},
-        "train": cfg.__dict__,
+        "corpus": {"root": str(args.data), "train": len(train_folder), "validation": len(val_folder),
+                   "skipped": skipped},
+        "train": asdict(cfg),
+        "parameters": sum(p.numel() for p in model.parameters()),
     }
+    metrics: dict = {"curve": []}
 
-    def on_epoch(model: FaceCNN, row: dict, report: dict, improved: bool) -> None:
-        if improved:
-            save_checkpoint(model, labels, args.out)
-            metrics.update(best_epoch=row["epoch"], val=report)
-        metrics["curve"] = metrics.get("curve", []) + [row]
-        metrics["train_minutes"] = (time.time() - started) / 60
-        _write_metrics(args.out, metrics)
+    with checkpoint_output(args.out, MODEL) as pending:
 
-    result = fit(model, train_data, val_data, labels, cfg, on_epoch=on_epoch)
+        def on_epoch(model: FaceCNN, row: dict, report: dict, improved: bool) -> None:
+            if improved:
+                save_weights(model, pending.folder)
+                metrics.update(best_epoch=row["epoch"], val=report)
+            metrics["curve"].append(row)
+            metrics["train_minutes"] = (time.time() - started) / 60
+            write(pending.folder, model, labels, data, metrics)
+
+        result = fit(model, train_data, val_data, labels, cfg, on_epoch=on_epoch)
     print(
         f"best epoch {result['best_epoch']}: val accuracy {result['val']['accuracy']:.4f}, "
-        f"weighted F1 {result['val']['weighted_f1']:.4f}; checkpoint in {args.out}"
+        f"weighted F1 {result['val']['weighted_f1']:.4f}; checkpoint {pending.checkpoint.version} in "
+        f"{pending.checkpoint.path}"
     )
     return 0
 
@@ -368,12 +361,15 @@ def train(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, default=None, help="default checkpoints/face-encoder")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a checkpoint folder or a face-encoder version in the model store "
+                        "(default: the shipped one)")
     parser.add_argument("--corpus", choices=["image-folder"], default="image-folder")
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--split", default="test", help="train, val or test; `all` for a folder without splits")
     parser.add_argument("--out", type=Path, required=True, help="JSON report")
-    parser.add_argument("--record", action="store_true", help="also write the result into the checkpoint's card")
+    parser.add_argument("--record", action="store_true",
+                        help="also record the result in the checkpoint (and its card)")
 
 
 def evaluate_folder(model: FaceCNN, labels: list[str], folder: ImageFolder) -> dict:
@@ -385,8 +381,8 @@ def evaluate_folder(model: FaceCNN, labels: list[str], folder: ImageFolder) -> d
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    checkpoint = args.checkpoint or default_checkpoint()
-    model, _, labels = load_face_encoder(checkpoint)
+    checkpoint = find_checkpoint(args.checkpoint or BUILTIN, MODEL)
+    model, labels = build_model(checkpoint, open_model_store(get_settings()), "cpu"), list(checkpoint.labels)
     split = None if args.split == "all" else args.split
     folder = load_image_folder(args.data, tuple(labels), split=split)
     report = evaluate_folder(model, labels, folder)
@@ -394,15 +390,14 @@ def evaluate(args: argparse.Namespace) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{args.split}: accuracy {report['accuracy']:.4f}, weighted F1 {report['weighted_f1']:.4f}, n={report['n']}")
     if args.record:
-        if not (checkpoint / "metrics.json").exists():
-            raise InputError(f"--record needs {checkpoint / 'metrics.json'} (written by training); drop --record")
-        metrics = json.loads((checkpoint / "metrics.json").read_text())
-        metrics["test"] = {
+        test = {
             "split": args.split, "accuracy": report["accuracy"], "weighted_f1": report["weighted_f1"],
             "n": report["n"],
             "command": "python -m training evaluate face-encoder "
             + (f"--checkpoint {args.checkpoint} " if args.checkpoint else "")
             + f"--corpus {args.corpus} --data {args.data} --split {args.split} --out {args.out} --record",
         }
-        _write_metrics(checkpoint, metrics)
+        metrics = {**checkpoint.metrics, "test": test}
+        card = model_card({**checkpoint.manifest, "metrics": metrics})
+        update_metrics(checkpoint, {"test": test}, card=card)
     return 0

@@ -1,11 +1,16 @@
 """Train and evaluate FARCER: a core LM (trained here with `--core new`, or loaded) plus a projector.
 
-    python -m training train farcer --corpus meld --data ../shared/data/meld --core new \
-        --out checkpoints/farcer-core                      # offline core LM + tokenizer, text only
+    python -m training train farcer --corpus meld --data ../shared/data/meld --core new
+                                                           # offline core LM + tokenizer, text only
     python -m training train farcer --corpus meld --data ../shared/data/meld --core farcer-core \
-        --faces ../shared/data/fer2013 --variant base --out checkpoints/farcer
+        --faces ../shared/data/fer2013 --variant base
     python -m training evaluate farcer --checkpoint checkpoints/farcer --corpus meld --data ../shared/data/meld \
         --faces ../shared/data/fer2013 --split test --protocol last-turn --out runs/farcer-test.json
+
+Each run writes a checkpoint (backend.checkpoints) as a new version in the model store, or into a new
+`--out` folder: a "farcer-core" one (the LM + tokenizer) when it trains the core, else a "farcer" one
+holding the projector (+ LoRA adapters) whose components name the core and the face encoder at their
+versions (backend.farcer_predictor reads both).
 
 Faces: MELD ships no frames here, so with `--faces FOLDER` every turn is paired with a random face of
 the same emotion from a FER2013-style image folder (train faces for train, val for validation, test
@@ -20,7 +25,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,20 +33,26 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from backend.checkpoints import MANIFEST, Checkpoint, update_metrics, write_checkpoint
 from backend.dialogue import Dialogue, LabelledImage
 from backend.errors import InputError, ModelUnavailableError
+from backend.face_encoder import MODEL as FACE_ENCODER
+from backend.face_encoder import build_model as build_face_encoder
+from backend.face_encoder import model_config as face_encoder_config
+from backend.face_encoder import normalise, to_pixels
+from backend.farcer_predictor import CORE, MODEL, WEIGHTS, load_core, load_farcer, save_trainable
+from backend.farcer_processor import SHOT_COUNTS, Example, FarcerProcessor, sample_shots, training_prompts
+from backend.model_store import ModelStore, open_model_store
 from backend.settings import get_settings
-from models.farcer import Farcer, FarcerConfig, apply_lora, load_farcer_lm, load_trainable, save_trainable
-from models.farcer_prompt import PAST_LABELS, SHOT_COUNTS, Example, sample_shots, training_prompts
+from models.farcer import PAST_LABELS, Farcer, FarcerConfig, apply_lora
 from training.corpora.image_folder import load_image_folder
 from training.corpora.registry import CORPORA, corpus_labels, load_corpus, split
+from training.face_encoder import BUILTIN as FACE_ENCODER_BUILTIN
+from training.face_encoder import load_pixels
 from training.farcer_core import CoreConfig, new_core, save_core, train_tokenizer
 from training.metrics import classification_report
+from training.outputs import checkpoint_output, find_checkpoint, reproducible
 
-CHECKPOINT_NAME = "farcer"
-CORE_NAME = "farcer-core"
-CONFIG = "farcer.json"
-WEIGHTS = "trainable.safetensors"
 VARIANTS = ("base", "three-layer", "lora")
 PROTOCOLS = ("every", "last-turn")
 FACE_SPLITS = {"train": "train", "validation": "val", "test": "test"}
@@ -84,7 +95,9 @@ class Split:
     faces: list[list[np.ndarray | None]]  # per dialogue, per turn
 
 
-def load_split(corpus: str, data: Path, name: str, faces: Path | None, encoder: Path | None, seed: int) -> Split:
+def load_split(
+    corpus: str, data: Path, name: str, faces: Path | None, encoder: Checkpoint, seed: int
+) -> Split:
     dialogues = split(load_corpus(corpus, data), name)
     if not dialogues:
         raise InputError(f"{data}: the {corpus} corpus has no {name!r} dialogues")
@@ -94,7 +107,7 @@ def load_split(corpus: str, data: Path, name: str, faces: Path | None, encoder: 
 
 
 def paired_faces(
-    dialogues: Sequence[Dialogue], folder: Path, face_split: str, encoder: Path | None, seed: int
+    dialogues: Sequence[Dialogue], folder: Path, face_split: str, encoder: Checkpoint, seed: int
 ) -> list[list[np.ndarray | None]]:
     """Each turn gets the feature of a random face (seeded) with the turn's label from the image
     folder's split; a turn whose label has no faces there gets none."""
@@ -110,23 +123,19 @@ def paired_faces(
     return [[None if i is None else vectors[i] for i in row] for row in chosen]
 
 
-def face_features(paths: Sequence[Path], encoder: Path | None = None) -> np.ndarray:
-    """[N, feature_dim] offline face-encoder features of image files, cached on disk."""
-    from models.face_cnn import normalise, to_pixels
-    from training.face_encoder import default_checkpoint, load_face_encoder, load_pixels
-
-    encoder = encoder or default_checkpoint()
-    digest = hashlib.sha1((encoder / "model.safetensors").read_bytes())
+def face_features(paths: Sequence[Path], encoder: Checkpoint) -> np.ndarray:
+    """[N, feature_dim] features of image files from a face-encoder checkpoint, cached on disk."""
+    digest = hashlib.sha1(f"{encoder.model}\t{encoder.version}\n".encode())
     for path in paths:
         digest.update(f"{Path(path).resolve()}\t{Path(path).stat().st_size}\n".encode())
     cache = get_settings().cache_dir / "farcer-faces" / f"{digest.hexdigest()[:20]}.npy"
     if cache.exists():
         return np.load(cache)
-    model, config, _ = load_face_encoder(encoder)
-    pixels = load_pixels([LabelledImage(Path(p), "") for p in paths], config.image_size)
+    model = build_face_encoder(encoder, open_model_store(get_settings()), "cpu")
+    pixels = load_pixels([LabelledImage(Path(p), "") for p in paths], model.config.image_size)
     with torch.no_grad():
         out = np.concatenate([
-            model.features(normalise(to_pixels(torch.from_numpy(pixels[i : i + 512])), config)).numpy()
+            model.features(normalise(to_pixels(torch.from_numpy(pixels[i : i + 512])), model.config)).numpy()
             for i in range(0, len(pixels), 512)
         ])
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -186,53 +195,46 @@ def make_samples(dialogues: Sequence[Dialogue], cfg: TrainConfig, seed: int) -> 
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def resolve_core(name: str, checkpoint: Path | None = None) -> str:
-    """A core as written in a checkpoint: a folder (as given, beside the checkpoint, or in the
-    checkpoints dir, e.g. `farcer-core`), else a hub name."""
-    path = Path(name)
-    beside = (checkpoint.parent / path,) if checkpoint else ()
-    for candidate in (path, *beside, get_settings().checkpoints_dir / path):
-        if candidate.is_dir():
-            return str(candidate)
-    return name
+def resolve_core(ref: str) -> Checkpoint | str:
+    """--core: a farcer-core checkpoint folder or store version (or built-in folder name), else a
+    Hugging Face name (hub id or local folder) to load as the core."""
+    try:
+        return find_checkpoint(ref, CORE)
+    except ModelUnavailableError:
+        if (Path(ref) / MANIFEST).is_file():
+            raise
+        return ref
 
 
-def load_checkpoint(path: Path, device: str = "cpu") -> tuple[Farcer, dict]:
-    """A trained FARCER (core + projector/adapters) in eval mode, and its farcer.json."""
-    if not (path / CONFIG).is_file():
-        raise ModelUnavailableError(
-            f"FARCER checkpoint {path} has no {CONFIG}; train one with `python -m training train farcer ...`"
+def component(source: Checkpoint | str, store: ModelStore) -> dict:
+    """How a farcer checkpoint names a component it was trained with. A checkpoint component must be in
+    the model store (a built-in folder or a stored version) for the head to load."""
+    if isinstance(source, str):
+        return {"kind": "hub", "name": source}
+    if not any(v.version == source.version for v in store.versions(source.model)):
+        raise InputError(
+            f"{source.path} is not in the model store, so a head trained on it could not find it; train it "
+            "without --out (a new store version) and name its version"
         )
-    meta = json.loads((path / CONFIG).read_text())
-    config = FarcerConfig(**{**meta["model"], "lora_targets": tuple(meta["model"]["lora_targets"]),
-                             "labels": tuple(meta["model"]["labels"])})
-    core = str(path) if meta["core_trained"] else resolve_core(meta["core"], path)
-    farcer = load_farcer_lm(core, config, device=device, dtype=torch.float32)
-    if meta["train"]["variant"] == "lora":
-        apply_lora(farcer, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets)
-    if (path / WEIGHTS).is_file():
-        load_trainable(farcer, path / WEIGHTS)
-    return farcer.eval(), meta
+    return {"kind": "checkpoint", "model": source.model, "version": source.version}
 
 
-def checkpoint_id(path: Path) -> str:
-    """A short id of a checkpoint's weights (what the app shows as the model version)."""
-    digest = hashlib.sha1()
-    for name in (CONFIG, WEIGHTS, "model.safetensors"):
-        if (path / name).is_file():
-            digest.update((path / name).read_bytes())
-    return digest.hexdigest()[:10]
+def write(folder: Path, manifest: dict, card: bool = False) -> None:
+    """The manifest (and, with `card`, the model card) of the weights already saved in `folder`."""
+    write_checkpoint(folder, **manifest, card=model_card(manifest) if card else None)
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
-def label_split(farcer: Farcer, data: Split, shots: Sequence[Example], past_labels: str) -> list[list[str]]:
+def label_split(
+    farcer: Farcer, processor: FarcerProcessor, data: Split, shots: Sequence[Example], past_labels: str
+) -> list[list[str]]:
     """Every turn's predicted label, dialogue by dialogue, with the incremental `label_dialogue`."""
-    prefix = farcer.encode_prefix(shots, past_labels)
+    prefix = processor.encode_prefix(farcer, shots, past_labels)
     return [
-        farcer.label_dialogue(d.turns, faces, prefix, past_labels).labels
+        processor.label_dialogue(farcer, d.turns, faces, prefix, past_labels).labels
         for d, faces in zip(tqdm(data.dialogues, desc="labelling", leave=False), data.faces)
     ]
 
@@ -260,41 +262,50 @@ def _cosine(warmup: int, total: int):
     return factor
 
 
-def build_model(args: argparse.Namespace, cfg: TrainConfig, labels: tuple[str, ...], train: Split, image_dim: int) -> Farcer:
-    model = FarcerConfig(lm=args.core, image_dim=image_dim, labels=labels,
-                         projector="three-layer" if cfg.variant == "three-layer" else "base",
-                         max_context=args.context)
-    if args.core == "new":
+def build_model(
+    args: argparse.Namespace, cfg: TrainConfig, labels: tuple[str, ...], train: Split,
+    core: Checkpoint | str | None, image_dim: int,
+) -> tuple[Farcer, FarcerProcessor, dict | None]:
+    """The model to train, its processor, and the core's CoreConfig dict when the core is trained."""
+    projector = "three-layer" if cfg.variant == "three-layer" else "base"
+    model = FarcerConfig(image_dim=image_dim, projector=projector, max_context=args.context)
+    if core is None:
         if args.hidden_size % 64:
             raise InputError(f"--hidden-size must be a multiple of 64 (heads of 64), got {args.hidden_size}")
         tokenizer = train_tokenizer([t.text for d in train.dialogues for t in d.turns] +
                                     [t.speaker for d in train.dialogues for t in d.turns], args.vocab_size)
-        core = CoreConfig(vocab_size=args.vocab_size, hidden_size=args.hidden_size,
-                          intermediate_size=3 * args.hidden_size, num_hidden_layers=args.layers,
-                          num_attention_heads=args.hidden_size // 64, context=args.context)
-        farcer = Farcer(new_core(tokenizer, core, cfg.seed), tokenizer, model)
+        core_config = CoreConfig(vocab_size=args.vocab_size, hidden_size=args.hidden_size,
+                                 intermediate_size=3 * args.hidden_size, num_hidden_layers=args.layers,
+                                 num_attention_heads=args.hidden_size // 64, context=args.context)
+        processor = FarcerProcessor(tokenizer, labels)
+        lm = new_core(tokenizer, core_config, cfg.seed)
+        farcer = Farcer(lm, model, processor.label_ids, processor.end_ids)
         farcer.lm.requires_grad_(True)
         farcer.projector.requires_grad_(False)  # a text-only stage: no image slots to train
-        args.core_config = core.to_dict()
-        return farcer
-    farcer = load_farcer_lm(resolve_core(args.core), model, get_settings().torch_device(), torch.float32)
+        return farcer, processor, core_config.to_dict()
+    lm, tokenizer = load_core(core, get_settings().torch_device())
+    processor = FarcerProcessor(tokenizer, labels)
+    farcer = Farcer(lm, model, processor.label_ids, processor.end_ids).eval()
     if args.train_core:
         farcer.lm.requires_grad_(True)
         farcer.projector.requires_grad_(False)
-        args.core_config = json.loads((Path(resolve_core(args.core)) / CONFIG).read_text())["core_config"]
-    elif cfg.variant == "lora":
+        return farcer, processor, core.config["core_config"]
+    if cfg.variant == "lora":
         apply_lora(farcer)
-    return farcer
+    return farcer, processor, None
 
 
-def fit(farcer: Farcer, train: Split, val: Split, pool: list[Example], cfg: TrainConfig, on_best) -> dict:
+def fit(
+    farcer: Farcer, processor: FarcerProcessor, train: Split, val: Split, pool: list[Example],
+    cfg: TrainConfig, on_best: Callable[[dict, int], None],
+) -> dict:
     """AdamW + warmup/cosine over packed rows; after each epoch label the validation split every-turn
     and keep the best weighted F1 (`on_best(report, epoch)`)."""
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     samples = make_samples(train.dialogues, cfg, cfg.seed)
     counts = Counter(train.dialogues[s.dialogue].turns[s.start + t].label for s in samples for t in s.targets)
-    farcer.set_label_counts(counts)
+    farcer.set_token_weights(processor.token_weights(counts))
     prompts = training_prompts(pool, cfg.prompts, cfg.shots, cfg.seed) if cfg.shots else [[]]
     val_shots = sample_shots(pool, cfg.shots, cfg.seed)
     val_past = {"mixed": "predicted"}.get(cfg.past_labels, cfg.past_labels)
@@ -315,7 +326,8 @@ def fit(farcer: Farcer, train: Split, val: Split, pool: list[Example], cfg: Trai
                 d = train.dialogues[s.dialogue]
                 past = cfg.past_labels if cfg.past_labels in PAST_LABELS else rng.choice(("none", "gold"))
                 faces = drop_faces(train.faces[s.dialogue][s.start : s.end], cfg, rng)
-                rows.append(farcer.pack(d.turns[s.start : s.end], faces, s.targets, rng.choice(prompts), past))
+                shots = rng.choice(prompts)
+                rows.append(processor.pack(farcer, d.turns[s.start : s.end], faces, s.targets, shots, past))
             loss, parts = farcer.packed_loss(rows, cfg.text_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -329,13 +341,13 @@ def fit(farcer: Farcer, train: Split, val: Split, pool: list[Example], cfg: Trai
             if step >= total:
                 break
         farcer.eval()
-        predicted = label_split(farcer, val, val_shots, val_past)
-        report = reports(val, predicted, farcer.labels)
+        predicted = label_split(farcer, processor, val, val_shots, val_past)
+        report = reports(val, predicted, processor.labels)
         # How often each label is predicted shows a collapse onto a few classes before the F1 does.
         predicted_counts = Counter(label for labels in predicted for label in labels)
         row = {"epoch": epoch, "steps": step, **{f"train_{k}_loss": sums[k] / sums["n"] for k in parts},
                "val_weighted_f1": report["weighted_f1"], "val_accuracy": report["accuracy"],
-               "val_predicted": {label: predicted_counts[label] for label in farcer.labels},
+               "val_predicted": {label: predicted_counts[label] for label in processor.labels},
                "seconds": round(time.time() - started, 1)}
         curve.append(row)
         improved = report["weighted_f1"] > best["weighted_f1"]
@@ -349,24 +361,6 @@ def fit(farcer: Farcer, train: Split, val: Split, pool: list[Example], cfg: Trai
     return {"best_epoch": best["epoch"], "val": best, "curve": curve, "label_counts": dict(counts)}
 
 
-def _save(farcer: Farcer, args: argparse.Namespace, cfg: TrainConfig, extra: dict) -> None:
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    if trains_core(args):
-        save_core(farcer.lm, farcer.tokenizer, out)
-    else:
-        save_trainable(farcer, out / WEIGHTS)
-    model = {**asdict(farcer.config), "lm": str(args.core)}
-    meta = {
-        "core": str(args.core), "core_trained": trains_core(args), "core_config": getattr(args, "core_config", None),
-        "model": model, "labels": list(farcer.labels), "train": asdict(cfg),
-        "faces": str(args.faces) if args.faces else None, "face_encoder": str(args.face_encoder or "face-encoder"),
-        "corpus": args.corpus, "data": str(args.data), "command": args.command, **extra,
-    }
-    (out / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
-    (out / "labels.json").write_text(json.dumps(list(farcer.labels)) + "\n")
-
-
 def trains_core(args: argparse.Namespace) -> bool:
     return args.core == "new" or args.train_core
 
@@ -375,14 +369,16 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     parser.add_argument("--corpus", choices=sorted(CORPORA), default="meld")
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--core", default=CORE_NAME,
-                        help="core LM folder or hub name, or `new` to train a small Llama + tokenizer here (text only)")
+    parser.add_argument("--core", default=CORE,
+                        help="a farcer-core checkpoint folder or store version (default: the shipped one), a Hugging "
+                        "Face name, or `new` to train a small Llama + tokenizer here (text only)")
     parser.add_argument("--train-core", action="store_true",
                         help="keep training a core made here (text only), e.g. from a finished --core new run")
     parser.add_argument("--faces", type=Path, default=None, help="FER2013-style image folder for label-matched faces")
-    parser.add_argument("--face-encoder", type=Path, default=None, help="default checkpoints/face-encoder")
+    parser.add_argument("--face-encoder", default=None,
+                        help="a face-encoder checkpoint folder or store version (default: the shipped one)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="default checkpoints/farcer (farcer-core when training a core)")
+                        help="a new checkpoint folder (default: a new version in the model store)")
     parser.add_argument("--variant", choices=VARIANTS, default=d.variant)
     parser.add_argument("--shots", type=int, choices=SHOT_COUNTS, default=d.shots)
     parser.add_argument("--past-labels", choices=(*PAST_LABELS, "mixed"), default=d.past_labels,
@@ -409,15 +405,13 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
 
 def _command(action: str, args: argparse.Namespace, skip: tuple[str, ...] = ()) -> str:
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-             if k not in ("action", "task", "command", "core_config", *skip) and v is not None and v is not False]
+             if k not in ("action", "task", *skip) and v is not None and v is not False]
     return f"python -m training {action} farcer " + " ".join(f.replace(" True", "") for f in flags)
 
 
 def train(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    checkpoints = get_settings().checkpoints_dir
-    args.out = args.out or checkpoints / (CORE_NAME if trains_core(args) else CHECKPOINT_NAME)
-    args.command = _command("train", args)
+    command = _command("train", args)
     if trains_core(args) and (args.faces or args.variant != "base"):
         raise InputError("--core new / --train-core train the text-only core LM; drop --faces/--variant and train "
                          "the projector after")
@@ -431,75 +425,100 @@ def train(args: argparse.Namespace) -> int:
         raise InputError("--epochs and --batch-size must be at least 1 and --lr positive")
     if not (0 <= cfg.face_drop_turn <= 1 and 0 <= cfg.face_drop_dialogue <= 1):
         raise InputError("--face-drop-turn and --face-drop-dialogue are chances between 0 and 1")
+    core = None if args.core == "new" else resolve_core(args.core)
+    if args.train_core and not isinstance(core, Checkpoint):
+        raise InputError(f"--train-core continues a farcer-core checkpoint; {args.core} is not one")
+    encoder = find_checkpoint(args.face_encoder or FACE_ENCODER_BUILTIN, FACE_ENCODER)
+    store = open_model_store(get_settings())
+    components = {}
+    if not trains_core(args):
+        components = {"core": component(core, store), "face_encoder": component(encoder, store)}
     labels = corpus_labels(args.corpus)
-    train_split = load_split(args.corpus, args.data, "train", args.faces, args.face_encoder, cfg.seed)
-    val = load_split(args.corpus, args.data, "validation", args.faces, args.face_encoder, cfg.seed)
+    train_split = load_split(args.corpus, args.data, "train", args.faces, encoder, cfg.seed)
+    val = load_split(args.corpus, args.data, "validation", args.faces, encoder, cfg.seed)
     if cfg.val_dialogues:
         val = Split(val.dialogues[: cfg.val_dialogues], val.faces[: cfg.val_dialogues])
-    dims = {len(f) for row in train_split.faces for f in row if f is not None}
-    farcer = build_model(args, cfg, labels, train_split, dims.pop() if dims else FarcerConfig.image_dim)
+    # A head's projector reads its face encoder's vectors; a core's is never trained.
+    image_dim = FarcerConfig.image_dim if trains_core(args) else face_encoder_config(encoder).feature_dim
+    farcer, processor, core_config = build_model(args, cfg, labels, train_split, core, image_dim)
     pool = shot_pool(train_split.dialogues, cfg.seed)
     started = time.time()
-    before = {}
+    data = {"corpus": args.corpus, "data": str(args.data), "faces": str(args.faces) if args.faces else None,
+            "command": command, "train": asdict(cfg)}
     if args.train_core:
-        old = json.loads((Path(resolve_core(args.core)) / CONFIG).read_text())
-        before = {"continued_from": [*old.get("continued_from", []), {k: old[k] for k in ("command", "curve", "val")}]}
+        data["continued_from"] = [*core.data.get("continued_from", []),
+                                  {"command": core.data["command"], "curve": core.metrics["curve"],
+                                   "val": core.metrics["val"]}]
+    manifest = {"model": CORE if trains_core(args) else MODEL, "labels": list(labels),
+                "components": components, "data": data, "metrics": {"results": []}}
 
-    def on_best(report: dict, epoch: int) -> None:
-        minutes = (time.time() - started) / 60
-        _save(farcer, args, cfg, {**before, "best_epoch": epoch, "val": report, "train_minutes": minutes})
+    with checkpoint_output(args.out, manifest["model"]) as pending:
 
-    result = fit(farcer, train_split, val, pool, cfg, on_best)
-    meta = json.loads((args.out / CONFIG).read_text())
-    meta.update(curve=result["curve"], label_counts=result["label_counts"], train_minutes=(time.time() - started) / 60)
-    write_card(args.out, meta)
-    print(f"best epoch {result['best_epoch']}: val weighted F1 {result['val']['weighted_f1']:.4f}; checkpoint in {args.out}")
+        def on_best(report: dict, epoch: int) -> None:
+            if trains_core(args):
+                save_core(farcer.lm, processor.tokenizer, pending.folder)
+            else:
+                save_trainable(farcer, pending.folder / WEIGHTS)
+            # asdict after training starts: apply_lora records its settings in the config. "lm" is the
+            # core as the command named it (its version is the "core" component).
+            config = {"model": {**asdict(farcer.config), "lm": str(args.core)}, "variant": cfg.variant}
+            if core_config is not None:
+                config["core_config"] = core_config
+            manifest["config"] = config
+            minutes = (time.time() - started) / 60
+            manifest["metrics"].update(best_epoch=epoch, val=report, train_minutes=minutes)
+            write(pending.folder, manifest)
+
+        result = fit(farcer, processor, train_split, val, pool, cfg, on_best)
+        data["label_counts"] = result["label_counts"]
+        manifest["metrics"].update(curve=result["curve"], train_minutes=(time.time() - started) / 60)
+        write(pending.folder, manifest, card=True)
+    print(f"best epoch {result['best_epoch']}: val weighted F1 {result['val']['weighted_f1']:.4f}; checkpoint "
+          f"{pending.checkpoint.version} in {pending.checkpoint.path}")
     return 0
 
 
-def write_card(out: Path, meta: dict) -> None:
-    (out / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
-    (out / "MODEL_CARD.md").write_text(model_card(meta))
-
-
-def model_card(meta: dict) -> str:
-    val, cfg = meta["val"], meta["train"]
+def model_card(manifest: Mapping) -> str:
+    """MODEL_CARD.md from a farcer or farcer-core manifest (re-rendered when a result is recorded)."""
+    config, data, metrics = manifest["config"], manifest["data"], manifest["metrics"]
+    core_trained = manifest["model"] == CORE
+    val, cfg = metrics["val"], data["train"]
     what = (
-        f"the offline FARCER core LM: a Llama trained from scratch here ({meta['core_config']}) with its own "
+        f"the offline FARCER core LM: a Llama trained from scratch here ({config['core_config']}) with its own "
         "byte-level BPE tokenizer and chat template, on the training transcripts in FARCER's prompt format "
         "(LM loss on the dialogue lines + balanced-weighted label loss); no image slots were trained"
-        if meta["core_trained"]
+        if core_trained
         else f"a {cfg['variant']} FARCER head (projector{' + LoRA adapters' if cfg['variant'] == 'lora' else ''} "
-        f"only; the core LM `{meta['core']}` is frozen and not stored here)"
+        f"only; the core LM `{config['model']['lm']}` is frozen and not stored here)"
     )
     faces = (
-        f"Faces: `{meta['faces']}` pseudo-paired by label: every turn got a random face of the same emotion "
+        f"Faces: `{data['faces']}` pseudo-paired by label: every turn got a random face of the same emotion "
         "(train faces for train turns, val for validation, test for test; seeded), encoded with the offline "
         "face encoder. MELD frames are not available here, so faces carry the gold emotion at FER-classifier "
         "accuracy: results with faces measure the pipeline, not real audiovisual recognition. Faces left out at "
         f"random in training (so turns without one are labelled too): a turn's with chance {cfg.get('face_drop_turn', 0.0)}, "
         f"all of a row's with chance {cfg.get('face_drop_dialogue', 0.0)}."
-        if meta["faces"] else "Faces: none (text only)."
+        if data["faces"] else "Faces: none (text only)."
     )
-    earlier = "".join(f"{run['command']}\n" for run in meta.get("continued_from", []))
+    earlier = "".join(f"{reproducible(run['command'])}\n" for run in data.get("continued_from", []))
     tests = "\n".join(f"- {r['name']}: weighted F1 {r['weighted_f1']:.4f} (n={r['n']})\n\n  ```\n  {r['command']}\n  ```"
-                      for r in meta.get("results", []))
-    return f"""# FARCER {'core LM' if meta['core_trained'] else cfg['variant'] + ' head'}
+                      for r in metrics.get("results", []))
+    return f"""# FARCER {'core LM' if core_trained else cfg['variant'] + ' head'}
 
-What: {what}. Labels: {', '.join(meta['labels'])}. Corpus `{meta['corpus']}`.
+What: {what}. Labels: {', '.join(manifest['labels'])}. Corpus `{data['corpus']}`.
 
 {faces}
 
 ## Training
 
 ```
-{earlier}{meta['command']}
+{earlier}{reproducible(data['command'])}
 ```
 
 Targets `{cfg['targets']}`, {cfg['shots']}-shot prompts ({cfg['prompts']} seeded variants), past labels
 `{cfg['past_labels']}` ({PAST_NOTE[cfg['past_labels']]}), AdamW + warmup/cosine, batch {cfg['batch_size']},
-lr {cfg['lr']}; epoch selected on validation weighted F1 only: epoch {meta['best_epoch']} of {len(meta['curve'])},
-{meta['train_minutes']:.1f} min on CPU.
+lr {cfg['lr']}; epoch selected on validation weighted F1 only: epoch {metrics['best_epoch']} of {len(metrics['curve'])},
+{metrics['train_minutes']:.1f} min on CPU.
 
 Validation (every utterance, selected epoch): weighted F1 {val['weighted_f1']:.4f}, accuracy {val['accuracy']:.4f},
 n={val['n']}.
@@ -511,11 +530,15 @@ n={val['n']}.
 
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, default=None, help="default checkpoints/farcer")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a farcer or farcer-core checkpoint folder or store version "
+                        "(default: the shipped farcer)")
     parser.add_argument("--corpus", choices=sorted(CORPORA), default="meld")
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--faces", type=Path, default=None, help="image folder for label-matched faces; omit for text only")
-    parser.add_argument("--face-encoder", type=Path, default=None)
+    parser.add_argument("--face-encoder", default=None,
+                        help="face-encoder folder or store version "
+                        "(default: the one the checkpoint was trained with)")
     parser.add_argument("--split", choices=("train", "validation", "test"), default="test")
     parser.add_argument("--shots", type=int, choices=SHOT_COUNTS, default=None, help="default: as trained")
     parser.add_argument("--past-labels", choices=PAST_LABELS, default=None,
@@ -526,29 +549,42 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True, help="JSON report")
-    parser.add_argument("--record", default=None, help="also list the result in the checkpoint's card under this name")
+    parser.add_argument("--record", default=None,
+                        help="also list the result in the checkpoint (and its card) under this name")
+
+
+def evaluation_face_encoder(checkpoint: Checkpoint, ref: str | None, store: ModelStore) -> Checkpoint:
+    """--face-encoder if given, else the one a head was trained with, else the shipped one."""
+    if ref:
+        return find_checkpoint(ref, FACE_ENCODER)
+    if (checkpoint.components.get("face_encoder") or {}).get("kind") == "checkpoint":
+        return store.component(checkpoint, "face_encoder")
+    return find_checkpoint(FACE_ENCODER_BUILTIN, FACE_ENCODER)
 
 
 def evaluate(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    checkpoint = args.checkpoint or get_settings().checkpoints_dir / CHECKPOINT_NAME
-    farcer, meta = load_checkpoint(checkpoint)
-    if tuple(corpus_labels(args.corpus)) != farcer.labels:
-        raise InputError(f"the checkpoint's labels ({', '.join(farcer.labels)}) are not the {args.corpus} labels; "
+    checkpoint = find_checkpoint(args.checkpoint or MODEL, MODEL, CORE)
+    store = open_model_store(get_settings())
+    farcer, processor = load_farcer(checkpoint, store, "cpu")
+    if tuple(corpus_labels(args.corpus)) != processor.labels:
+        raise InputError(f"the checkpoint's labels ({', '.join(processor.labels)}) are not the {args.corpus} labels; "
                          "evaluate on the corpus it was trained for")
-    trained = meta["train"]
+    trained = checkpoint.data["train"]
     shots_k = trained["shots"] if args.shots is None else args.shots
     past = args.past_labels or ("none" if trained["past_labels"] == "none" else "predicted")
-    data = load_split(args.corpus, args.data, args.split, args.faces, args.face_encoder, args.seed)
+    encoder = evaluation_face_encoder(checkpoint, args.face_encoder, store)
+    data = load_split(args.corpus, args.data, args.split, args.faces, encoder, args.seed)
     if args.limit:
         data = Split(data.dialogues[: args.limit], data.faces[: args.limit])
     pool = shot_pool(split(load_corpus(args.corpus, args.data), "train"), trained["seed"])
     shots = sample_shots(pool, shots_k, args.seed)
-    report = reports(data, label_split(farcer, data, shots, past), farcer.labels, args.protocol)
+    report = reports(data, label_split(farcer, processor, data, shots, past), processor.labels, args.protocol)
     report.update(
         split=args.split, shots=shots_k, past_labels=past, oracle=past == "gold",
         faces="none (text only)" if args.faces is None else f"pseudo-paired by label from {args.faces}",
-        protocol=args.protocol, checkpoint=str(checkpoint), command=_command("evaluate", args, ("record",)),
+        protocol=args.protocol, checkpoint=str(checkpoint.path), version=checkpoint.version,
+        command=_command("evaluate", args, ("record",)),
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -559,10 +595,12 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.record:
         entry = {"name": args.record + oracle, "weighted_f1": report["weighted_f1"], "n": report["n"],
                  "command": report["command"]}
-        results = [r for r in meta.get("results", []) if r["name"] != entry["name"]] + [entry]
+        results = [r for r in checkpoint.metrics.get("results", []) if r["name"] != entry["name"]] + [entry]
         if "last_turn" in report:
             results = [r for r in results if r["name"] != entry["name"] + ", last turn"] + [
                 {**entry, "name": entry["name"] + ", last turn", "weighted_f1": report["last_turn"]["weighted_f1"],
                  "n": report["last_turn"]["n"]}]
-        write_card(checkpoint, {**meta, "results": results})
+        metrics = {**checkpoint.metrics, "results": results}
+        card = model_card({**checkpoint.manifest, "metrics": metrics})
+        update_metrics(checkpoint, {"results": results}, card=card)
     return 0

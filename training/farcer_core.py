@@ -2,7 +2,8 @@
 
 No pretrained causal LM is reachable offline, so `python -m training train farcer --core new` builds
 one from the training transcripts (the role of the paper's text-only LLM row) and saves it as a
-Hugging Face folder that `models.farcer.load_farcer_lm` and the benchmark load like any hub model.
+Hugging Face folder (a "farcer-core" checkpoint) that `backend.farcer_predictor.load_core` loads like any
+hub model.
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import torch
 
+from backend.farcer_processor import instructions
 from backend.labels import LABEL_SETS
-from models.farcer_prompt import PAST_LABELS, instructions
+from models.farcer import PAST_LABELS
 
 SPECIAL_TOKENS = ["<unk>", "<pad>", "<s>", "<|system|>", "<|user|>", "<|assistant|>", "<|eot|>"]
 CHAT_TEMPLATE = (

@@ -1,12 +1,14 @@
-"""Where a training run writes its checkpoint: a new version in the model store, or `--out`."""
+"""Where a training run writes its checkpoint (a new version in the model store, or `--out`), and the
+checkpoints a command names (a folder, or a version in the model store)."""
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from backend.checkpoints import MANIFEST, read_checkpoint
-from backend.errors import InputError
+from backend.checkpoints import MANIFEST, Checkpoint, read_checkpoint
+from backend.errors import InputError, ModelUnavailableError
 from backend.model_store import NewVersion, open_model_store
 from backend.settings import get_settings
 
@@ -33,3 +35,28 @@ def checkpoint_output(out: Path | None, model: str) -> Iterator[NewVersion]:
     yield pending
     pending.checkpoint = read_checkpoint(out)
 
+
+
+def find_checkpoint(ref: str | Path, *models: str) -> Checkpoint:
+    """A checkpoint named on the command line: a folder holding one, else a version (or built-in
+    folder name) of one of `models` in the model store."""
+    path = Path(ref)
+    if (path / MANIFEST).is_file():
+        checkpoint = read_checkpoint(path)
+        if checkpoint.model not in models:
+            raise InputError(f"{path} holds a {checkpoint.model} checkpoint; expected {' or '.join(models)}")
+        return checkpoint
+    store = open_model_store(get_settings())
+    for model in models:
+        if any(str(ref) in (v.version, v.name) for v in store.versions(model)):
+            return store.find(model, str(ref))
+    raise ModelUnavailableError(
+        f"{ref} is neither a checkpoint folder nor a {' or '.join(models)} version in the model store; "
+        "list them with `python -m training versions`"
+    )
+
+
+def reproducible(command: str) -> str:
+    """A recorded train command as a model card quotes it: without --out, which would now be refused
+    (the folder holds this checkpoint); as it stands it adds a version to the model store."""
+    return re.sub(r" --out \S+", "", command)
