@@ -28,9 +28,8 @@ from backend.errors import InputError, ModelUnavailableError
 from backend.face_encoder import FaceFeatures, component_features
 from backend.farcer_processor import FarcerProcessor, structured
 from backend.hub import from_pretrained
-from backend.model_store import ModelStore, open_model_store
+from backend.model_store import ModelStore
 from backend.predictors import TurnInputs
-from backend.profiles import Profile
 from backend.settings import Settings
 from models.farcer import Farcer, FarcerConfig, PrefixCache, apply_lora
 
@@ -202,8 +201,3 @@ def load_predictor(checkpoint: Checkpoint, store: ModelStore, settings: Settings
         farcer, processor, faces, served_past_labels(checkpoint), checkpoint.version, checkpoint.versions()
     )
 
-
-def load_farcer_predictor(profile: Profile, settings: Settings) -> FarcerPredictor:
-    """The profile's active FARCER version: what backend.predictors calls until it calls `load_predictor`."""
-    store = open_model_store(settings)
-    return load_predictor(store.active(MODEL, profile.farcer_checkpoint), store, settings)
