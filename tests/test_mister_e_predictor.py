@@ -1,25 +1,31 @@
-"""MisterEPredictor: per-turn output over the analysis labels, through backend.analyze on a generated video."""
+"""MisterEPredictor: per-turn output over the analysis labels, the checkpoint it loads (with its
+stage-1 encoders as checked components), and backend.analyze on a generated video."""
 
 from __future__ import annotations
 
-import time
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.torch import load_file, save_file
 
 from backend import predictors
 from backend.analyze import analyze
+from backend.checkpoints import read_checkpoint, write_checkpoint
 from backend.dialogue import Turn
 from backend.errors import ModelUnavailableError
 from backend.labels import MELD7
-from backend.mister_e_predictor import MisterEPredictor, label_index, load_mister_e, map_probs
+from backend.mister_e_predictor import MisterEPredictor, label_index, load_predictor, map_probs
+from backend.model_store import ModelStore, open_model_store
 from backend.predictors import TurnInputs
-from backend.profiles import OFFLINE, PAPER
+from backend.registry import model_spec, resolve
 from backend.schema import validate_analysis
 from backend.settings import get_settings
 from backend.synthetic_media import make_dialogue_video
+from models.mister_e import MisterE
 from tests.test_mister_e_training import train, write_csv_corpus
-from training.mister_e import load_checkpoint
 
 TURNS = [(0.3, 1.5), (2.0, 3.4), (4.0, 5.2)]
 SRT = """1
@@ -34,7 +40,9 @@ Ross: Stop it now, I hate this.
 00:00:04,000 --> 00:00:05,200
 Rachel: The table is by the door.
 """
-COMMITTED = get_settings().checkpoints_dir / OFFLINE.mister_e_checkpoint
+SPEC = model_spec("mister-e")
+COMMITTED = get_settings().checkpoints_dir / SPEC.checkpoints["offline"]
+SHIPPED_OUTPUTS = Path(__file__).with_name("mister_e_shipped_outputs.json")
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +62,43 @@ def video(tmp_path_factory):
     return make_dialogue_video(folder / "talk.mp4", TURNS, size=(320, 180), duration_s=6.0), subtitles
 
 
+def settings_with(checkpoints: Path):
+    return get_settings().model_copy(update={"checkpoints_dir": checkpoints})
+
+
+def predictor_of(checkpoints: Path, models: Path) -> MisterEPredictor:
+    """The predictor of the built-in `mister-e` in `checkpoints` (no trained version in `models`)."""
+    store = ModelStore(checkpoints, models)
+    return load_predictor(store.active("mister-e", "mister-e"), store, settings_with(checkpoints))
+
+
+def use_only_mister_e(monkeypatch) -> None:
+    """Analyses run MiSTER-E alone, loaded from the settings' model store as the registry names it."""
+
+    def load(profile, settings):
+        store = open_model_store(settings)
+        return resolve(SPEC.loader)(store.active(SPEC.name, SPEC.checkpoints[profile.name]), store, settings)
+
+    monkeypatch.setattr(predictors, "predictor_loaders", lambda: {"mister_e": load})
+
+
 def tone(freq: float, seconds: float = 0.8, sr: int = 16000) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * freq * np.arange(int(seconds * sr)) / sr)).astype(np.float32)
+
+
+# Four turns: audio and text; text only; audio only; text with an empty clip.
+FIXTURE_TURNS = [
+    Turn("A", 0, 1, "wonderful great happy"),
+    Turn("B", 1, 2, "stop it now I hate this"),
+    Turn("A", 2, 3, ""),
+    Turn("B", 3, 4, "the table is by the door"),
+]
+FIXTURE_INPUTS = [
+    TurnInputs(tone(600), 16000, None),
+    TurnInputs(None, 16000, None),
+    TurnInputs(tone(150), 16000, None),
+    TurnInputs(np.zeros(0, np.float32), 16000, None),
+]
 
 
 def check_turn(out: dict, labels: tuple[str, ...], speech: bool, text: bool = True) -> None:
@@ -71,28 +114,19 @@ def check_turn(out: dict, labels: tuple[str, ...], speech: bool, text: bool = Tr
         assert out["gate"]["speech"] == 0.0 and out["gate"]["cross"] == 0.0 and out["gate"]["text"] == 1.0
 
 
-def test_predict_marks_missing_audio_and_maps_labels_by_name(tiny_checkpoints):
-    predictor = MisterEPredictor(load_checkpoint(tiny_checkpoints / "mister-e"))
-    turns = [
-        Turn("A", 0, 1, "wonderful great happy"),
-        Turn("B", 1, 2, "stop it now I hate this"),
-        Turn("A", 2, 3, ""),
-        Turn("B", 3, 4, "the table is by the door"),
-    ]
-    inputs = [
-        TurnInputs(tone(600), 16000, None),
-        TurnInputs(None, 16000, None),
-        TurnInputs(tone(150), 16000, None),
-        TurnInputs(np.zeros(0, np.float32), 16000, None),
-    ]
-    rows, warnings = predictor.predict(turns, inputs, MELD7)
-    assert len(rows) == 4 and len(predictor.version) == 12
+def test_predict_marks_missing_audio_and_maps_labels_by_name(tiny_checkpoints, tmp_path):
+    predictor = predictor_of(tiny_checkpoints, tmp_path)
+    checkpoint = read_checkpoint(tiny_checkpoints / "mister-e")
+    assert predictor.version == checkpoint.version and predictor.versions == checkpoint.versions()
+    assert set(predictor.versions) == {"mister-e", "text", "speech"}
+    rows, warnings = predictor.predict(FIXTURE_TURNS, FIXTURE_INPUTS, MELD7)
+    assert len(rows) == 4
     for out, speech, text in zip(rows, [True, False, True, False], [True, True, False, True]):
         check_turn(out, MELD7, speech, text)
     assert "without audio" in warnings[0]
 
     reordered = ("joy", "anger", "neutral", "boredom")  # another order, a label the model lacks
-    mapped, _ = predictor.predict(turns, inputs, reordered)
+    mapped, _ = predictor.predict(FIXTURE_TURNS, FIXTURE_INPUTS, reordered)
     for out, original in zip(mapped, rows):
         check_turn(out, reordered, out["experts"]["speech"] is not None, out["experts"]["text"] is not None)
         assert out["probs"]["boredom"] == 0.0
@@ -110,46 +144,100 @@ def test_label_mapping_helpers():
 
 
 def test_analyze_with_tiny_checkpoint_passes_the_schema(tiny_checkpoints, video, data_dir, monkeypatch):
-    monkeypatch.setattr(predictors, "predictor_loaders", lambda: {"mister_e": load_mister_e})
-    settings = get_settings().model_copy(update={"checkpoints_dir": tiny_checkpoints})
-    doc = validate_analysis(analyze(video[0], subtitles=video[1], settings=settings))
+    use_only_mister_e(monkeypatch)
+    doc = validate_analysis(analyze(video[0], subtitles=video[1], settings=settings_with(tiny_checkpoints)))
     assert doc["models"]["mister_e"]["name"] == "MiSTER-E"
-    assert doc["models"]["mister_e"]["version"] == load_checkpoint(tiny_checkpoints / "mister-e").version
+    assert doc["models"]["mister_e"]["version"] == read_checkpoint(tiny_checkpoints / "mister-e").version
     for turn in doc["turns"]:
         check_turn(turn["mister_e"], MELD7, speech=True)
 
 
 def test_analyze_without_audio_uses_the_text_expert_only(tiny_checkpoints, tmp_path, data_dir, monkeypatch):
-    monkeypatch.setattr(predictors, "predictor_loaders", lambda: {"mister_e": load_mister_e})
+    use_only_mister_e(monkeypatch)
     silent = make_dialogue_video(tmp_path / "silent.mp4", TURNS, size=(320, 180), duration_s=6.0, audio=False)
     (tmp_path / "silent.srt").write_text(SRT, encoding="utf-8")
-    settings = get_settings().model_copy(update={"checkpoints_dir": tiny_checkpoints})
-    doc = analyze(silent, subtitles=tmp_path / "silent.srt", settings=settings)
+    doc = analyze(silent, subtitles=tmp_path / "silent.srt", settings=settings_with(tiny_checkpoints))
     for turn in doc["turns"]:
         check_turn(turn["mister_e"], MELD7, speech=False)
     assert any("only the text expert ran" in w for w in doc["warnings"])
 
 
-@pytest.mark.skipif(
-    not (COMMITTED / "model.safetensors").is_file(), reason="offline MiSTER-E checkpoint not built"
-)
 def test_committed_checkpoint_through_analyze(video, data_dir, monkeypatch):
-    monkeypatch.setattr(predictors, "predictor_loaders", lambda: {"mister_e": load_mister_e})
+    use_only_mister_e(monkeypatch)
     doc = validate_analysis(analyze(video[0], subtitles=video[1], profile="offline"))
-    assert doc["models"]["mister_e"]["version"] == load_checkpoint(COMMITTED).version
+    assert doc["models"]["mister_e"]["version"] == read_checkpoint(COMMITTED).version
     for turn in doc["turns"]:
         check_turn(turn["mister_e"], MELD7, speech=True)
 
 
-def test_the_registry_loads_mister_e(tiny_checkpoints):
-    settings = get_settings().model_copy(update={"checkpoints_dir": tiny_checkpoints})
-    predictor = predictors.predictor_loaders()["mister_e"](OFFLINE, settings)
-    assert isinstance(predictor, MisterEPredictor) and predictor.key == "mister_e"
+def test_committed_checkpoint_predicts_what_it_did_before_the_format_change(tmp_path):
+    """The shipped weights give the outputs recorded with the loaders of the old checkpoint format."""
+    recorded = json.loads(SHIPPED_OUTPUTS.read_text())
+    predictor = predictor_of(COMMITTED.parent, tmp_path)
+    assert predictor.version == recorded["version"], "the shipped MiSTER-E changed: re-record the outputs"
+    rows, warnings = predictor.predict(FIXTURE_TURNS, FIXTURE_INPUTS, MELD7)
+    assert warnings == recorded["warnings"]
+    for out, expected in zip(rows, recorded["rows"], strict=True):
+        assert out["label"] == expected["label"]
+        assert out["probs"] == pytest.approx(expected["probs"], abs=1e-6)
+        assert out["gate"] == pytest.approx(expected["gate"], abs=1e-6)
+        for name, votes in expected["experts"].items():
+            assert (out["experts"][name] is None) == (votes is None)
+            if votes is not None:
+                assert out["experts"][name] == pytest.approx(votes, abs=1e-6)
 
 
-def test_paper_profile_without_its_checkpoint_is_a_fast_clear_error(tmp_path):
-    settings = get_settings().model_copy(update={"checkpoints_dir": tmp_path})
-    started = time.perf_counter()
+def test_the_registry_names_the_builder_and_loader(tiny_checkpoints, tmp_path):
+    settings = settings_with(tiny_checkpoints)
+    store = ModelStore(tiny_checkpoints, tmp_path / "models")
+    checkpoint = store.active(SPEC.name, SPEC.checkpoints["offline"])
+    model = resolve(SPEC.builder)(checkpoint, store, "cpu")
+    assert isinstance(model, MisterE) and not model.training
+    predictor = resolve(SPEC.loader)(checkpoint, store, settings)
+    assert isinstance(predictor, MisterEPredictor) and predictor.version == checkpoint.version
+    assert predictor.model.config == model.config
+
+
+def copy_of_committed(tmp_path: Path) -> Path:
+    """A checkpoints folder holding a copy of the shipped MiSTER-E."""
+    shutil.copytree(COMMITTED, tmp_path / "checkpoints" / "mister-e")
+    return tmp_path / "checkpoints"
+
+
+def test_a_changed_text_encoder_file_is_refused(tmp_path):
+    checkpoints = copy_of_committed(tmp_path)
+    weights = checkpoints / "mister-e" / "text" / "model.safetensors"
+    state = load_file(str(weights))
+    state["head.project.bias"] = state["head.project.bias"] + 0.01
+    save_file(state, str(weights))
+    with pytest.raises(ModelUnavailableError, match=r"text/model.safetensors does not match the sha256"):
+        predictor_of(checkpoints, tmp_path / "models")
+
+
+def test_a_retrained_text_encoder_is_refused_until_mister_e_is_retrained_on_it(tmp_path):
+    checkpoints = copy_of_committed(tmp_path)
+    text = read_checkpoint(checkpoints / "mister-e" / "text")
+    state = load_file(str(text.file("model.safetensors")))
+    state["head.project.bias"] = state["head.project.bias"] + 0.01
+    save_file(state, str(text.file("model.safetensors")))
+    fields = {k: text.manifest[k] for k in ("model", "config", "labels", "components", "data", "metrics")}
+    retrained = write_checkpoint(text.path, **fields)  # a consistent text encoder of another version
+    assert retrained.version != text.version
+    with pytest.raises(ModelUnavailableError, match=f"trained with text-encoder version {text.version}"):
+        predictor_of(checkpoints, tmp_path / "models")
+
+
+def test_a_speech_only_checkpoint_cannot_serve(tiny_checkpoints, tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copytree(tiny_checkpoints / "mister-e", checkpoints / "mister-e")
+    ckpt = read_checkpoint(checkpoints / "mister-e")
+    fields = {k: ckpt.manifest[k] for k in ("model", "labels", "components", "data", "metrics")}
+    write_checkpoint(ckpt.path, **fields, config={**ckpt.config, "modalities": ["speech"]})
+    with pytest.raises(ModelUnavailableError, match="speech-only"):
+        predictor_of(checkpoints, tmp_path / "models")
+
+
+def test_paper_profile_without_its_checkpoint_is_a_clear_error(tmp_path):
+    store = ModelStore(tmp_path, tmp_path / "models")
     with pytest.raises(ModelUnavailableError, match="mister-e-paper"):
-        load_mister_e(PAPER, settings)
-    assert time.perf_counter() - started < 2.0
+        store.active(SPEC.name, SPEC.checkpoints["paper"])

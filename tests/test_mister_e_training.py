@@ -9,12 +9,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from backend.checkpoints import read_checkpoint
 from backend.errors import InputError, ModelUnavailableError
 from backend.labels import IEMOCAP6, MELD7
+from backend.mister_e_predictor import build_model, checkpoint_modalities
+from backend.model_store import ModelStore
+from backend.packaged import PACKAGED
+from backend.settings import CHECKPOINTS_DIR
+from backend.speech_features import feature_components
+from models.mister_e import MisterEConfig
 from tests.fixtures_iemocap import kept_per_dialogue, make_iemocap_fixture
 from training.__main__ import main
 from training.metrics import REPORT_KEYS
-from training.mister_e import load_checkpoint
+from training.mister_e import model_card, preset_name
 from training.pseudo_pairs import SpeechBank, Stage2Dialogue, drop_modalities, drop_speech
 
 SR = 16_000
@@ -116,26 +123,66 @@ def evaluate(tmp_path, data, checkpoint, cache, *extra, corpus: str = "csv") -> 
     return json.loads(out.read_text())
 
 
-def test_train_writes_a_complete_checkpoint(csv_checkpoint):
+def test_train_writes_a_complete_checkpoint(csv_checkpoint, tmp_path):
     _, out, _ = csv_checkpoint
     names = {p.name for p in out.iterdir()}
-    assert {
-        "config.json",
-        "model.safetensors",
-        "labels.json",
-        "metrics.json",
-        "MODEL_CARD.md",
-        "text",
-        "speech",
-    } <= names
-    ckpt = load_checkpoint(out)
-    assert ckpt.labels == MELD7 and ckpt.modalities == ("text", "speech")
-    assert ckpt.model.config.text_dim == 8 and ckpt.model.config.speech_dim == 8
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert len(metrics["history"]) == 2 and 1 <= metrics["best_epoch"] <= 2
-    assert set(metrics["val"]) == {"main"}  # one corpus, no pseudo-pairs
+    assert names == {"manifest.json", "model.safetensors", "MODEL_CARD.md", "text", "speech"}
+    ckpt = read_checkpoint(out)
+    assert ckpt.model == "mister-e" and list(ckpt.manifest["files"]) == ["model.safetensors"]
+    assert ckpt.labels == MELD7 and checkpoint_modalities(ckpt) == ("text", "speech")
+    text, speech = ckpt.nested("text"), ckpt.nested("speech")
+    assert (text.model, text.config["backbone"], text.components) == (
+        "text-encoder", "minilm", {"backbone": PACKAGED["minilm"].component()}
+    )
+    assert speech.model == "speech-encoder" and speech.components == feature_components()
+    assert ckpt.versions() == {"mister-e": ckpt.version, "text": text.version, "speech": speech.version}
+    model = build_model(ckpt, ModelStore(tmp_path / "none", tmp_path / "none"), "cpu")
+    assert model.config.text_dim == 8 and model.config.speech_dim == 8 and not model.training
+    assert len(ckpt.metrics["history"]) == 2 and 1 <= ckpt.metrics["best_epoch"] <= 2
+    assert set(ckpt.metrics["val"]) == {"main"}  # one corpus, no pseudo-pairs
+    assert ckpt.metrics["stage1"]["text"]["n_train"] == text.data["n_train"] == 6 * 4
+    # one invocation ran both stages: the encoders recorded the same command
+    assert ckpt.data["stage1_command"] == ckpt.data["command"] == text.data["command"]
     card = (out / "MODEL_CARD.md").read_text()
-    assert "python -m training train mister-e --corpus csv" in card and ckpt.version in card
+    assert "python -m training train mister-e --corpus csv" in card and "--out NEW_FOLDER" in card
+    assert ckpt.version in card and text.version in card and "preset `tiny`" in card
+
+
+def test_train_never_overwrites_a_checkpoint(csv_checkpoint):
+    data, out, cache = csv_checkpoint
+    with pytest.raises(InputError, match="already holds a checkpoint"):
+        train(data, out, cache)
+    with pytest.raises(InputError, match="already holds a checkpoint"):
+        train(data, out, cache, "--stage", "1")  # its text encoder exists
+    with pytest.raises(InputError, match="already holds a checkpoint"):
+        train(data, out, cache, "--stage", "2")
+    read_checkpoint(out)  # untouched: every file still matches its manifest
+
+
+def test_stages_run_apart_into_one_folder(tmp_path):
+    data = write_csv_corpus(tmp_path / "corpus", dialogues={"train": 3, "validation": 1})
+    out = tmp_path / "ckpt"
+    train(data, out, tmp_path / "cache", "--stage", "1")
+    assert not (out / "manifest.json").exists()  # not a MiSTER-E checkpoint yet
+    encoders = {m: read_checkpoint(out / m) for m in ("text", "speech")}
+    train(data, out, tmp_path / "cache", "--stage", "2")
+    ckpt = read_checkpoint(out)
+    assert {m: ckpt.nested(m).version for m in encoders} == {m: e.version for m, e in encoders.items()}
+    assert "--stage 1" in ckpt.data["stage1_command"] and "--stage 2" in ckpt.data["command"]
+    card = (out / "MODEL_CARD.md").read_text()
+    assert card.count("--out NEW_FOLDER") == 2
+
+
+def test_train_without_out_adds_a_version_to_the_model_store(tmp_path, data_dir):
+    splits = {"train": 3, "validation": 1, "test": 1}
+    data = write_csv_corpus(tmp_path / "corpus", audio=False, dialogues=splits)
+    assert run("train", "mister-e", "--corpus", "csv", "--data", data, "--cache", tmp_path / "cache", *TINY) == 0
+    [stored] = [p for p in (data_dir / "models" / "mister-e").iterdir()]
+    ckpt = read_checkpoint(stored)
+    assert stored.name == ckpt.version and checkpoint_modalities(ckpt) == ("text",)
+    assert ckpt.nested("text").model == "text-encoder"
+    report = evaluate(tmp_path, data, ckpt.version, tmp_path / "cache")  # found by its version id
+    assert report["n"] == 4
 
 
 def test_evaluate_writes_exactly_the_report_keys_with_nulls_for_absent_classes(csv_checkpoint, tmp_path):
@@ -167,7 +214,7 @@ def test_text_only_corpus_skips_speech_with_a_notice(tmp_path, capsys):
     out = tmp_path / "ckpt"
     train(data, out, tmp_path / "cache")
     assert "no usable speech" in capsys.readouterr().err
-    assert load_checkpoint(out).modalities == ("text",) and not (out / "speech").exists()
+    assert checkpoint_modalities(read_checkpoint(out)) == ("text",) and not (out / "speech").exists()
 
 
 def test_pseudo_pairs_from_a_speech_corpus(tmp_path):
@@ -175,11 +222,14 @@ def test_pseudo_pairs_from_a_speech_corpus(tmp_path):
     speech_data = write_csv_corpus(tmp_path / "speech", text=False, dialogues={"train": 3, "validation": 2})
     out = tmp_path / "ckpt"
     train(text_data, out, tmp_path / "cache", "--speech-corpus", "csv", "--speech-data", speech_data)
-    metrics = json.loads((out / "metrics.json").read_text())
+    ckpt = read_checkpoint(out)
+    metrics = ckpt.metrics
+    assert ckpt.data["data"]["speech_clips"] == {"train": 12, "validation": 8, "test": 0}
     assert set(metrics["val"]) == {"main", "paired", "speech"}
     assert metrics["val"]["paired"]["n"] == metrics["val"]["main"]["n"] == 4
     assert metrics["val"]["speech"]["n"] == 8
-    assert load_checkpoint(out).modalities == ("text", "speech")
+    assert checkpoint_modalities(ckpt) == ("text", "speech")
+    assert ckpt.nested("speech").data["n_train"] == 12  # the speech encoder learnt from the speech corpus
     assert "label-matched pseudo-pairs" in (out / "MODEL_CARD.md").read_text()
 
 
@@ -187,12 +237,16 @@ def test_iemocap_layout_trains_and_evaluates_six_labels(tmp_path):
     data = make_iemocap_fixture(tmp_path / "iemocap", dialogues_per_session=2, utterances=4, with_wav=True)
     out = tmp_path / "ckpt"
     train(data, out, tmp_path / "cache", corpus="iemocap")
-    ckpt = load_checkpoint(out)
-    assert ckpt.labels == IEMOCAP6 and ckpt.modalities == ("text", "speech")
+    ckpt = read_checkpoint(out)
+    assert ckpt.labels == IEMOCAP6 and checkpoint_modalities(ckpt) == ("text", "speech")
     report = evaluate(tmp_path, data, out, tmp_path / "cache", "--record", corpus="iemocap")
     assert tuple(report) == REPORT_KEYS and report["labels"] == list(IEMOCAP6)
     assert report["n"] == 2 * kept_per_dialogue(4)  # session 5 is the test split
-    assert "evaluate mister-e" in (out / "MODEL_CARD.md").read_text()
+    recorded = read_checkpoint(out)
+    assert recorded.version == ckpt.version  # recording an evaluation does not make a new version
+    [(command, result)] = recorded.metrics["evaluations"].items()
+    assert "evaluate mister-e" in command and result["n"] == report["n"]
+    assert command in (out / "MODEL_CARD.md").read_text()
 
 
 def test_cli_errors_are_clear(tmp_path):
@@ -201,7 +255,7 @@ def test_cli_errors_are_clear(tmp_path):
         run("train", "mister-e", "--corpus", "csv", "--data", data, "--speech-corpus", "ravdess")
     with pytest.raises(SystemExit):
         run("train", "mister-e", "--corpus", "csv", "--data", data, "--modalities", "video")
-    with pytest.raises(ModelUnavailableError, match="no MiSTER-E checkpoint"):
+    with pytest.raises(ModelUnavailableError, match="no mister-e version"):
         run(
             "evaluate",
             "mister-e",
@@ -214,6 +268,11 @@ def test_cli_errors_are_clear(tmp_path):
             "--out",
             tmp_path / "r.json",
         )
+    with pytest.raises(ModelUnavailableError, match="is a text-encoder checkpoint, not a mister-e one"):
+        run("evaluate", "mister-e", "--checkpoint", CHECKPOINTS_DIR / "mister-e" / "text", "--corpus", "csv",
+            "--data", data, "--out", tmp_path / "r.json")
+    with pytest.raises(InputError, match="--stage 1 needs --out"):
+        run("train", "mister-e", "--corpus", "csv", "--data", data, "--stage", "1")
     with pytest.raises(InputError, match="stage-1"):
         run(
             "train",
@@ -275,3 +334,9 @@ def test_drop_modalities_never_empties_a_turn():
     assert not dropped.text[~dropped.text_present].any()
     text_only = drop_modalities(dialogue([0] * 20, text=True, speech=False), 0.9, rng)
     assert text_only.text_present.all()
+
+
+def test_the_shipped_card_is_rendered_from_its_manifest():
+    shipped = read_checkpoint(CHECKPOINTS_DIR / "mister-e")
+    assert model_card(shipped) == (shipped.path / "MODEL_CARD.md").read_text()
+    assert preset_name(MisterEConfig.from_dict(shipped.config["model"])) == "small"

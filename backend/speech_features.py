@@ -1,18 +1,45 @@
-"""Hand-crafted utterance speech features for the offline speech encoder: eGeMAPS + log-mel stats."""
+"""Hand-crafted utterance speech features for the offline speech encoder: eGeMAPS + log-mel stats.
+
+Training computes them for corpus files and the app for each turn's audio, so both live here.
+`FEATURE_VERSION` names this code's features: change it whenever a change here changes the vectors,
+so encoders trained on the old features refuse to load instead of reading different inputs.
+"""
 from __future__ import annotations
 
+import importlib.metadata
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from backend.errors import InputError
+from backend.errors import InputError, ModelUnavailableError
 
 EGEMAPS_DIM = 88
 N_MELS = 40
 FEATURE_VERSION = "egemaps-v02+logmel40-v1"
 MIN_SECONDS = 0.5  # openSMILE fills functionals with NaN for shorter segments
+OPENSMILE = "opensmile"
+
+
+def feature_components() -> dict[str, dict]:
+    """How a checkpoint records the features it was trained on: this code's version and the
+    installed openSMILE (whose eGeMAPS values may change between releases)."""
+    try:
+        opensmile_version = importlib.metadata.version(OPENSMILE)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelUnavailableError(
+            "the speech features need openSMILE, which is not installed; `pip install -r requirements.txt`"
+        ) from None
+    return {
+        "features": {"kind": "code", "name": FEATURE_VERSION},
+        OPENSMILE: {
+            "kind": "package",
+            "package": OPENSMILE,
+            "version": opensmile_version,
+            "files": {},
+        },
+    }
 
 
 @lru_cache(maxsize=1)
