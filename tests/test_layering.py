@@ -82,6 +82,20 @@ def test_the_module_import_graph_has_no_cycle():
     assert cycles == []
 
 
+def test_serving_code_never_imports_training_only_libraries():
+    # tqdm itself is loaded at serving time by huggingface_hub and accelerate; our serving code must
+    # not import it (nor sklearn) on its own account.
+    banned = ("sklearn", "tqdm")
+    wrong = []
+    for name, path in _modules().items():
+        if name.split(".")[0] in ("app", "ui", "backend", "models"):
+            tree = ast.parse(path.read_text(), str(path))
+            imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+            imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+            wrong += [f"{name} imports {m}" for m in imported if m.split(".")[0] in banned]
+    assert wrong == []
+
+
 def test_the_layer_checker_sees_a_wrong_arrow(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import os\nfrom backend.settings import get_settings\n\ndef f():\n    import training.metrics\n")
@@ -95,7 +109,7 @@ from backend.profiles import get_profile
 from backend.settings import get_settings
 import ui.layout
 status = model_status(get_profile("offline"), get_settings())
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("training", "sklearn", "tqdm"))
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("training", "sklearn"))
 print(json.dumps({"status": {k: (v if isinstance(v, str) else "ready") for k, v in status.items()}, "loaded": loaded}))
 """
 

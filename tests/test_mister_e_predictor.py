@@ -18,7 +18,7 @@ from backend.dialogue import Turn
 from backend.errors import ModelUnavailableError
 from backend.labels import MELD7
 from backend.mister_e_predictor import MisterEPredictor, label_index, load_predictor, map_probs
-from backend.model_store import ModelStore, open_model_store
+from backend.model_store import ModelStore
 from backend.predictors import TurnInputs
 from backend.registry import model_spec, resolve
 from backend.schema import validate_analysis
@@ -74,12 +74,8 @@ def predictor_of(checkpoints: Path, models: Path) -> MisterEPredictor:
 
 def use_only_mister_e(monkeypatch) -> None:
     """Analyses run MiSTER-E alone, loaded from the settings' model store as the registry names it."""
-
-    def load(profile, settings):
-        store = open_model_store(settings)
-        return resolve(SPEC.loader)(store.active(SPEC.name, SPEC.checkpoints[profile.name]), store, settings)
-
-    monkeypatch.setattr(predictors, "predictor_loaders", lambda: {"mister_e": load})
+    monkeypatch.setattr(predictors, "PREDICTOR_LOADERS", {"farcer": predictors.unavailable("switched off in this test")})
+    monkeypatch.setattr(predictors, "_CACHE", {})
 
 
 def tone(freq: float, seconds: float = 0.8, sr: int = 16000) -> np.ndarray:

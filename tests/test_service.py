@@ -41,7 +41,8 @@ def test_analysis_is_stored_and_reopened_without_recomputing(service, models, di
     validate_analysis(doc)
     assert not doc["reused"] and (mister_e.calls, farcer.calls) == (1, 1)
     assert [t["speaker"] for t in doc["turns"]] == ["Rachel", "Ross", "Rachel"]
-    assert doc["turns"][0]["farcer"]["prompt"].count("<image:face>") == 1, "the app keeps FARCER's prompt"
+    prompt = doc["turns"][0]["farcer"]["prompt"]
+    assert [s["kind"] for s in prompt].count("image") == 1, "the app keeps FARCER's prompt"
     sha = doc["media"]["sha256"]
     stored = service.settings.media_dir / media_relpath(sha, ".mp4")
     assert stored.read_bytes() == video.read_bytes() and doc["media"]["path"] == str(stored)
@@ -130,7 +131,7 @@ def test_agreement_through_the_service(service, models, dialogue):
         service.save_correction(turn["turn_id"], label, "bob")
     report = service.agreement(dialogue_id=doc["dialogue_id"])
     assert [(p["a"], p["b"], p["n"], p["kappa"]) for p in report["pairs"]] == [("ann", "bob", 3, 1.0)]
-    assert {m["a"] for m in report["models"]} == {"mister-e-double", "farcer-double"}
+    assert {m["a"] for m in report["models"]} == {"MiSTER-E", "FARCER"}
 
 
 def test_login_rules():
