@@ -133,8 +133,6 @@ class FarcerPredictor:
     past_labels: str
     version: str
     versions: dict[str, str] = field(default_factory=dict)
-    key: str = "farcer"
-    name: str = "FARCER"
     _prefix: PrefixCache | None = field(default=None, repr=False)
 
     @property

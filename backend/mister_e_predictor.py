@@ -58,9 +58,6 @@ def map_probs(probs: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 
 class MisterEPredictor:
-    key = "mister_e"
-    name = "MiSTER-E"
-
     def __init__(
         self,
         model: MisterE,
