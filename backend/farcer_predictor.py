@@ -29,8 +29,9 @@ from backend.face_encoder import FaceFeatures, component_features
 from backend.farcer_processor import FarcerProcessor, structured
 from backend.hub import from_pretrained
 from backend.model_store import ModelStore
+from backend.packaged import PACKAGED, converted_lm, packaged_for
 from backend.predictors import TurnInputs
-from backend.settings import Settings
+from backend.settings import Settings, get_settings
 from models.farcer import Farcer, FarcerConfig, PrefixCache, apply_lora
 
 MODEL = "farcer"
@@ -53,11 +54,17 @@ def model_config(checkpoint: Checkpoint) -> FarcerConfig:
 def load_core(
     source: Checkpoint | str, device: str, dtype: torch.dtype = torch.float32
 ) -> tuple[nn.Module, Any]:
-    """A core LM (eval mode, on `device`) and its tokenizer, from a farcer-core checkpoint or a hub
-    name / local Hugging Face folder; ModelUnavailableError when it is not on this machine."""
+    """A core LM (eval mode, on `device`) and its tokenizer, from a farcer-core checkpoint, a packaged
+    LM by name (e.g. "smollm2", converted once into the model cache), or a hub name / local Hugging
+    Face folder; ModelUnavailableError when it is not on this machine."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    name = str(source.path) if isinstance(source, Checkpoint) else source
+    if isinstance(source, Checkpoint):
+        name = str(source.path)
+    elif source in PACKAGED:
+        name = str(converted_lm(source, get_settings().model_cache_dir))
+    else:
+        name = source
     tokenizer = from_pretrained(AutoTokenizer.from_pretrained, name, "FARCER tokenizer")
     lm = from_pretrained(AutoModelForCausalLM.from_pretrained, name, "FARCER language model", dtype=dtype)
     return lm.to(device).eval(), tokenizer
@@ -65,12 +72,14 @@ def load_core(
 
 def core_source(checkpoint: Checkpoint, store: ModelStore) -> Checkpoint | str:
     """The core a checkpoint runs on: itself for a farcer-core, else its "core" component (a
-    checkpoint at the recorded version, or a hub name)."""
+    checkpoint at the recorded version, a packaged LM's name, or a hub name)."""
     if checkpoint.model == CORE:
         return checkpoint
     component = checkpoint.components.get("core") or {}
     if component.get("kind") == "hub":
         return component["name"]
+    if component.get("kind") == "package":
+        return packaged_for(component).name
     return store.component(checkpoint, "core")
 
 

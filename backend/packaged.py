@@ -77,6 +77,17 @@ def packaged_model(name: str) -> PackagedModel:
         raise ModelUnavailableError(f"no packaged model {name!r}; known: {', '.join(PACKAGED)}") from None
 
 
+def packaged_for(component: dict) -> PackagedModel:
+    """The packaged model a manifest's {"kind": "package"} component names (same package and version)."""
+    for model in PACKAGED.values():
+        if (model.package, model.version) == (component.get("package"), component.get("version")):
+            return model
+    raise ModelUnavailableError(
+        f"no packaged model is pinned as {component.get('package')}=={component.get('version')}; the checkpoint "
+        "was built on weights this code does not know"
+    )
+
+
 @cache
 def packaged_path(name: str) -> Path:
     """The verified folder of a packaged model (checked once per process)."""

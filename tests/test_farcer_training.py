@@ -260,3 +260,40 @@ def test_face_dropout_leaves_out_turns_or_whole_rows_and_spares_faceless_rows():
     assert drop_faces([None, None], TrainConfig(), rng) == [None, None]
     assert drop_faces(faces[:3], TrainConfig(face_drop_turn=0.0, face_drop_dialogue=0.0), rng) == faces[:3]
     assert rng.getstate() == state, "rows without faces, or no dropout, keep the random stream of text-only runs"
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(trained, tmp_path, monkeypatch):
+    """A run killed after its first saved state continues with --resume and ends exactly where the
+    uninterrupted run ends (same adapters, same validation curve)."""
+    import training.farcer as farcer_training
+
+    meld, faces, core, _ = trained
+    args = ["train", "farcer", "--data", str(meld), "--core", core.name, "--faces", str(faces), "--variant", "lora",
+            "--lora-targets", "q_proj,v_proj,o_proj", "--lora-r", "4", "--shots", "0", "--epochs", "2",
+            "--max-steps", "4", "--batch-size", "2", "--accumulate", "2", "--val-every", "2", "--val-dialogues", "1"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    save = farcer_training.save_state
+
+    def killed_after_first_save(*a, **k):
+        save(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(farcer_training, "save_state", killed_after_first_save)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--out", str(tmp_path / "cut")])
+    assert read_checkpoint(tmp_path / "cut").data["finished"] is False, "the best weights so far are kept"
+    with pytest.raises(InputError, match="never overwrites"):
+        main([*args, "--out", str(tmp_path / "cut")])
+    monkeypatch.setattr(farcer_training, "save_state", save)
+    assert main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+
+    whole, cut = read_checkpoint(tmp_path / "whole"), read_checkpoint(tmp_path / "cut")
+    assert cut.data["finished"] is True and cut.data["resumed"] is True and cut.data["steps"] == 4
+    assert [r["steps"] for r in cut.metrics["curve"]] == [r["steps"] for r in whole.metrics["curve"]] == [2, 4]
+    assert [r["val_weighted_f1"] for r in cut.metrics["curve"]] == [r["val_weighted_f1"] for r in whole.metrics["curve"]]
+    assert cut.config["model"]["lora_targets"] == ["q_proj", "v_proj", "o_proj"] and cut.config["model"]["lora_r"] == 4
+    ends = [torch.load(tmp_path / f"{name}.state.pt", weights_only=False)["trainable"] for name in ("whole", "cut")]
+    assert ends[0].keys() == ends[1].keys() and any("o_proj.lora_A" in k for k in ends[0])
+    for key in ends[0]:
+        torch.testing.assert_close(ends[0][key], ends[1][key])
+    assert "LoRA r4/a16 on q_proj,v_proj,o_proj; 2 batch(es) per step" in (tmp_path / "cut" / "MODEL_CARD.md").read_text()

@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import random
 import time
 from collections import Counter
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from backend.checkpoints import MANIFEST, Checkpoint, update_metrics, write_checkpoint
+from backend.checkpoints import MANIFEST, Checkpoint, read_checkpoint, update_metrics, write_checkpoint
 from backend.dialogue import Dialogue, LabelledImage
 from backend.errors import InputError, ModelUnavailableError
 from backend.face_encoder import MODEL as FACE_ENCODER
@@ -43,6 +44,7 @@ from backend.face_encoder import normalise, to_pixels
 from backend.farcer_predictor import CORE, MODEL, WEIGHTS, load_core, load_farcer, save_trainable
 from backend.farcer_processor import SHOT_COUNTS, Example, FarcerProcessor, sample_shots, training_prompts
 from backend.model_store import ModelStore, open_model_store
+from backend.packaged import PACKAGED
 from backend.settings import get_settings
 from models.farcer import PAST_LABELS, Farcer, FarcerConfig, apply_lora
 from training.corpora.image_folder import load_image_folder
@@ -84,6 +86,13 @@ class TrainConfig:
     face_drop_dialogue: float = 0.3
     val_dialogues: int = 0  # 0: the whole validation split
     seed: int = 0
+    lora_r: int = 8  # the paper's adapters: r8/a16/0.1 on q/k/v
+    lora_alpha: int = 16
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+    accumulate: int = 1  # batches per optimiser step
+    max_minutes: float = 0.0  # 0: no time budget; otherwise stop (and validate) once it is spent
+    val_every: int = 0  # 0: validate after each epoch; otherwise every this many optimiser steps
+    bf16: bool = False  # bf16 autocast for the forward pass (CPUs with avx512_bf16 and GPUs)
 
 
 # ----------------------------------------------------------------------------- data
@@ -196,8 +205,10 @@ def make_samples(dialogues: Sequence[Dialogue], cfg: TrainConfig, seed: int) -> 
 
 
 def resolve_core(ref: str) -> Checkpoint | str:
-    """--core: a farcer-core checkpoint folder or store version (or built-in folder name), else a
-    Hugging Face name (hub id or local folder) to load as the core."""
+    """--core: a packaged LM by name (e.g. "smollm2"), a farcer-core checkpoint folder or store version
+    (or built-in folder name), else a Hugging Face name (hub id or local folder) to load as the core."""
+    if ref in PACKAGED:
+        return ref
     try:
         return find_checkpoint(ref, CORE)
     except ModelUnavailableError:
@@ -210,7 +221,7 @@ def component(source: Checkpoint | str, store: ModelStore) -> dict:
     """How a farcer checkpoint names a component it was trained with. A checkpoint component must be in
     the model store (a built-in folder or a stored version) for the head to load."""
     if isinstance(source, str):
-        return {"kind": "hub", "name": source}
+        return PACKAGED[source].component() if source in PACKAGED else {"kind": "hub", "name": source}
     if not any(v.version == source.version for v in store.versions(source.model)):
         raise InputError(
             f"{source.path} is not in the model store, so a head trained on it could not find it; train it "
@@ -291,16 +302,48 @@ def build_model(
         farcer.projector.requires_grad_(False)
         return farcer, processor, core.config["core_config"]
     if cfg.variant == "lora":
-        apply_lora(farcer)
+        apply_lora(farcer, cfg.lora_r, cfg.lora_alpha, targets=cfg.lora_targets)
     return farcer, processor, None
+
+
+@dataclass
+class RunState:
+    """Where a training run is, saved at each validation so that `--resume` continues from there."""
+
+    step: int = 0  # optimiser steps done
+    epoch: int = 1
+    position: int = 0  # batches of this epoch's order already used
+    order: list[int] | None = None  # this epoch's sample order
+    best: dict | None = None
+    curve: list[dict] | None = None
+    seconds: float = 0.0  # training time spent before this process
+
+
+def save_state(path: Path, state: RunState, farcer: Farcer, opt, sched, rng: random.Random) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"run": asdict(state), "trainable": farcer.trainable_state(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: Path, farcer: Farcer, opt, sched, rng: random.Random) -> RunState:
+    saved = torch.load(path, weights_only=False)
+    farcer.load_trainable_state(saved["trainable"])
+    opt.load_state_dict(saved["optimizer"])
+    sched.load_state_dict(saved["scheduler"])
+    rng.setstate(saved["rng"])
+    torch.set_rng_state(saved["torch_rng"])
+    return RunState(**saved["run"])
 
 
 def fit(
     farcer: Farcer, processor: FarcerProcessor, train: Split, val: Split, pool: list[Example],
-    cfg: TrainConfig, on_best: Callable[[dict, int], None],
+    cfg: TrainConfig, on_best: Callable[[dict, int], None], state_path: Path | None = None, resume: bool = False,
 ) -> dict:
-    """AdamW + warmup/cosine over packed rows; after each epoch label the validation split every-turn
-    and keep the best weighted F1 (`on_best(report, epoch)`)."""
+    """AdamW + warmup/cosine over packed rows (`accumulate` batches per step, bf16 autocast optional);
+    validate every-turn after each epoch or every `val_every` steps and keep the best weighted F1
+    (`on_best(report, epoch)`). Stops at `max_steps` or once `max_minutes` is spent. With `state_path`
+    the run saves its state at each validation, and `resume` continues from the saved state."""
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     samples = make_samples(train.dialogues, cfg, cfg.seed)
@@ -309,56 +352,93 @@ def fit(
     prompts = training_prompts(pool, cfg.prompts, cfg.shots, cfg.seed) if cfg.shots else [[]]
     val_shots = sample_shots(pool, cfg.shots, cfg.seed)
     val_past = {"mixed": "predicted"}.get(cfg.past_labels, cfg.past_labels)
-    steps_per_epoch = math.ceil(len(samples) / cfg.batch_size)
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    batches_per_epoch = math.ceil(len(samples) / cfg.batch_size)
+    total = cfg.max_steps or cfg.epochs * math.ceil(batches_per_epoch / cfg.accumulate)
     params = [p for p in farcer.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(max(1, int(cfg.warmup * total)), total))
-    best, curve, step = {"weighted_f1": -1.0}, [], 0
-    bar = tqdm(total=total, desc="farcer", unit="batch")
-    for epoch in range(1, cfg.epochs + 1):
-        started, sums = time.time(), Counter()
-        farcer.train()
-        order = rng.sample(samples, len(samples))
-        for i in range(0, len(order), cfg.batch_size):
-            rows = []
-            for s in order[i : i + cfg.batch_size]:
-                d = train.dialogues[s.dialogue]
-                past = cfg.past_labels if cfg.past_labels in PAST_LABELS else rng.choice(("none", "gold"))
-                faces = drop_faces(train.faces[s.dialogue][s.start : s.end], cfg, rng)
-                shots = rng.choice(prompts)
-                rows.append(processor.pack(farcer, d.turns[s.start : s.end], faces, s.targets, shots, past))
-            loss, parts = farcer.packed_loss(rows, cfg.text_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            sums.update({**parts, "n": 1})
-            step += 1
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
-            if step >= total:
-                break
+    state = RunState(best={"weighted_f1": -1.0}, curve=[])
+    if resume:
+        if state_path is None or not state_path.is_file():
+            raise InputError(f"--resume needs the state a run saved at {state_path}; there is none")
+        state = load_state(state_path, farcer, opt, sched, rng)
+        print(f"resumed at step {state.step} of {total} (epoch {state.epoch}, batch {state.position})", flush=True)
+    started, sums = time.time() - state.seconds, Counter()
+    bar = tqdm(total=total, initial=state.step, desc="farcer", unit="step")
+
+    def spent() -> float:
+        return time.time() - started
+
+    def out_of_time() -> bool:
+        return state.step >= total or (cfg.max_minutes > 0 and spent() >= 60 * cfg.max_minutes)
+
+    def validate() -> None:
         farcer.eval()
+        t = time.time()
         predicted = label_split(farcer, processor, val, val_shots, val_past)
         report = reports(val, predicted, processor.labels)
         # How often each label is predicted shows a collapse onto a few classes before the F1 does.
         predicted_counts = Counter(label for labels in predicted for label in labels)
-        row = {"epoch": epoch, "steps": step, **{f"train_{k}_loss": sums[k] / sums["n"] for k in parts},
+        n = max(sums["n"], 1)
+        row = {"epoch": state.epoch, "steps": state.step, **{f"train_{k}_loss": sums[k] / n for k in sums if k != "n"},
                "val_weighted_f1": report["weighted_f1"], "val_accuracy": report["accuracy"],
                "val_predicted": {label: predicted_counts[label] for label in processor.labels},
-               "seconds": round(time.time() - started, 1)}
-        curve.append(row)
-        improved = report["weighted_f1"] > best["weighted_f1"]
+               "minutes": round(spent() / 60, 1), "val_seconds": round(time.time() - t, 1)}
+        sums.clear()
+        state.curve.append(row)
+        improved = report["weighted_f1"] > state.best["weighted_f1"]
         if improved:
-            best = {**report, "epoch": epoch}
-            on_best(report, epoch)
-        bar.write(f"epoch {epoch}: {row}" + (" *" if improved else ""))
-        if step >= total:
-            break
+            state.best = {**report, "epoch": state.epoch, "step": state.step}
+            on_best(report, state.epoch)
+        bar.write(f"validation: {row}" + (" *" if improved else ""))
+        farcer.train()
+
+    farcer.train()
+    while state.epoch <= cfg.epochs and not out_of_time():
+        if state.order is None:
+            state.order, state.position = rng.sample(range(len(samples)), len(samples)), 0
+        while state.position < len(state.order) and not out_of_time():
+            opt.zero_grad(set_to_none=True)
+            for _ in range(cfg.accumulate):
+                chunk = state.order[state.position : state.position + cfg.batch_size]
+                if not chunk:
+                    break
+                state.position += len(chunk)
+                rows = []
+                for s in (samples[k] for k in chunk):
+                    d = train.dialogues[s.dialogue]
+                    past = cfg.past_labels if cfg.past_labels in PAST_LABELS else rng.choice(("none", "gold"))
+                    faces = drop_faces(train.faces[s.dialogue][s.start : s.end], cfg, rng)
+                    shots = rng.choice(prompts)
+                    rows.append(processor.pack(farcer, d.turns[s.start : s.end], faces, s.targets, shots, past))
+                with torch.autocast(farcer.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                    loss, parts = farcer.packed_loss(rows, cfg.text_weight)
+                (loss / cfg.accumulate).backward()
+                sums.update({**parts, "n": 1})
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            state.step += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
+            if cfg.val_every and state.step % cfg.val_every == 0:
+                validate()
+                if state_path is not None:
+                    state.seconds = spent()
+                    save_state(state_path, state, farcer, opt, sched, rng)
+        if state.position >= len(state.order):
+            if not cfg.val_every:
+                validate()
+            state.epoch, state.order = state.epoch + 1, None
+            if state_path is not None:
+                state.seconds = spent()
+                save_state(state_path, state, farcer, opt, sched, rng)
+    if not state.curve or state.curve[-1]["steps"] != state.step:
+        validate()  # the budget ran out between validations: judge the last weights too
     bar.close()
-    return {"best_epoch": best["epoch"], "val": best, "curve": curve, "label_counts": dict(counts)}
+    return {"best_epoch": state.best["epoch"], "best_step": state.best["step"], "val": state.best,
+            "curve": state.curve, "label_counts": dict(counts), "steps": state.step,
+            "train_minutes": spent() / 60}
 
 
 def trains_core(args: argparse.Namespace) -> bool:
@@ -395,6 +475,18 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--face-drop-dialogue", type=float, default=d.face_drop_dialogue,
                         help="chance all faces of a training row are left out")
     parser.add_argument("--val-dialogues", type=int, default=d.val_dialogues)
+    parser.add_argument("--val-every", type=int, default=d.val_every,
+                        help="validate every this many optimiser steps (default: after each epoch)")
+    parser.add_argument("--accumulate", type=int, default=d.accumulate, help="batches per optimiser step")
+    parser.add_argument("--max-minutes", type=float, default=d.max_minutes,
+                        help="time budget: stop and validate once it is spent (0: none)")
+    parser.add_argument("--lora-r", type=int, default=d.lora_r)
+    parser.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
+    parser.add_argument("--lora-targets", default=",".join(d.lora_targets),
+                        help="comma-separated module names (the paper: q_proj,k_proj,v_proj)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the unfinished run in --out from the state it saved beside it (OUT.state.pt)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--context", type=int, default=2048)
     parser.add_argument("--vocab-size", type=int, default=CoreConfig.vocab_size)
@@ -420,9 +512,13 @@ def train(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, lr=args.lr, targets=targets, max_steps=args.max_steps,
                       text_weight=args.text_weight if args.text_weight is not None else float(trains_core(args)),
                       val_dialogues=args.val_dialogues, seed=args.seed, face_drop_turn=args.face_drop_turn,
-                      face_drop_dialogue=args.face_drop_dialogue)
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
-        raise InputError("--epochs and --batch-size must be at least 1 and --lr positive")
+                      face_drop_dialogue=args.face_drop_dialogue, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+                      lora_targets=tuple(t for t in args.lora_targets.split(",") if t), accumulate=args.accumulate,
+                      max_minutes=args.max_minutes, val_every=args.val_every, bf16=args.bf16)
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.accumulate < 1 or cfg.lr <= 0:
+        raise InputError("--epochs, --batch-size and --accumulate must be at least 1 and --lr positive")
+    if args.resume and args.out is None:
+        raise InputError("--resume continues a run in its --out folder; name the folder the run was writing to")
     if not (0 <= cfg.face_drop_turn <= 1 and 0 <= cfg.face_drop_dialogue <= 1):
         raise InputError("--face-drop-turn and --face-drop-dialogue are chances between 0 and 1")
     core = None if args.core == "new" else resolve_core(args.core)
@@ -440,6 +536,7 @@ def train(args: argparse.Namespace) -> int:
         val = Split(val.dialogues[: cfg.val_dialogues], val.faces[: cfg.val_dialogues])
     # A head's projector reads its face encoder's vectors; a core's is never trained.
     image_dim = FarcerConfig.image_dim if trains_core(args) else face_encoder_config(encoder).feature_dim
+    torch.manual_seed(cfg.seed)  # the adapters' and projector's initial weights follow the seed too
     farcer, processor, core_config = build_model(args, cfg, labels, train_split, core, image_dim)
     pool = shot_pool(train_split.dialogues, cfg.seed)
     started = time.time()
@@ -452,7 +549,14 @@ def train(args: argparse.Namespace) -> int:
     manifest = {"model": CORE if trains_core(args) else MODEL, "labels": list(labels),
                 "components": components, "data": data, "metrics": {"results": []}}
 
-    with checkpoint_output(args.out, manifest["model"]) as pending:
+    data["finished"] = False  # an interrupted run leaves its best checkpoint so far, marked unfinished
+    if args.resume:  # the best weights so far and their report are in the unfinished checkpoint
+        previous = read_checkpoint(args.out)
+        manifest["config"] = previous.config
+        manifest["metrics"].update({k: previous.metrics[k] for k in ("best_epoch", "val") if k in previous.metrics})
+        data["resumed"] = True
+    state_path = None if args.out is None else args.out.with_name(args.out.name + ".state.pt")
+    with checkpoint_output(args.out, manifest["model"], resume=args.resume) as pending:
 
         def on_best(report: dict, epoch: int) -> None:
             if trains_core(args):
@@ -469,13 +573,26 @@ def train(args: argparse.Namespace) -> int:
             manifest["metrics"].update(best_epoch=epoch, val=report, train_minutes=minutes)
             write(pending.folder, manifest)
 
-        result = fit(farcer, processor, train_split, val, pool, cfg, on_best)
-        data["label_counts"] = result["label_counts"]
-        manifest["metrics"].update(curve=result["curve"], train_minutes=(time.time() - started) / 60)
+        result = fit(farcer, processor, train_split, val, pool, cfg, on_best, state_path, args.resume)
+        data.update(label_counts=result["label_counts"], finished=True, steps=result["steps"])
+        manifest["metrics"].update(curve=result["curve"], train_minutes=result["train_minutes"],
+                                   best_step=result["best_step"])
         write(pending.folder, manifest, card=True)
     print(f"best epoch {result['best_epoch']}: val weighted F1 {result['val']['weighted_f1']:.4f}; checkpoint "
           f"{pending.checkpoint.version} in {pending.checkpoint.path}")
     return 0
+
+
+def selection(metrics: Mapping, cfg: Mapping) -> str:
+    """How the checkpoint was chosen, and (for runs that record them) the adapters and step settings."""
+    if "best_step" not in metrics:
+        return (f"epoch selected on validation weighted F1 only: epoch {metrics['best_epoch']} of "
+                f"{len(metrics['curve'])}")
+    lora = (f"LoRA r{cfg['lora_r']}/a{cfg['lora_alpha']} on {','.join(cfg['lora_targets'])}; "
+            if cfg["variant"] == "lora" else "")
+    return (f"{lora}{cfg['accumulate']} batch(es) per step{', bf16 autocast' if cfg['bf16'] else ''}; weights "
+            f"selected on validation weighted F1 only: step {metrics['best_step']} of {metrics['curve'][-1]['steps']} "
+            f"(validated {len(metrics['curve'])} times)")
 
 
 def model_card(manifest: Mapping) -> str:
@@ -517,7 +634,7 @@ What: {what}. Labels: {', '.join(manifest['labels'])}. Corpus `{data['corpus']}`
 
 Targets `{cfg['targets']}`, {cfg['shots']}-shot prompts ({cfg['prompts']} seeded variants), past labels
 `{cfg['past_labels']}` ({PAST_NOTE[cfg['past_labels']]}), AdamW + warmup/cosine, batch {cfg['batch_size']},
-lr {cfg['lr']}; epoch selected on validation weighted F1 only: epoch {metrics['best_epoch']} of {len(metrics['curve'])},
+lr {cfg['lr']}; {selection(metrics, cfg)},
 {metrics['train_minutes']:.1f} min on CPU.
 
 Validation (every utterance, selected epoch): weighted F1 {val['weighted_f1']:.4f}, accuracy {val['accuracy']:.4f},

@@ -14,18 +14,19 @@ from backend.settings import get_settings
 
 
 @contextmanager
-def checkpoint_output(out: Path | None, model: str) -> Iterator[NewVersion]:
+def checkpoint_output(out: Path | None, model: str, resume: bool = False) -> Iterator[NewVersion]:
     """Yield the folder a run writes into (it may rewrite its checkpoint there as it improves).
 
     Without `out` it is a new version of `model` in the model store, stored under its version id
     when the run ends well. An `out` that already holds a checkpoint is refused, so a run never
-    overwrites a shipped or earlier checkpoint."""
+    overwrites a shipped or earlier checkpoint; with `resume`, only an unfinished one (a manifest whose
+    data says `finished: false`) is taken up again."""
     if out is None:
         with open_model_store(get_settings()).new_version(model) as pending:
             yield pending
         print(f"saved {model} version {pending.checkpoint.version} in {pending.checkpoint.path}", flush=True)
         return
-    if (out / MANIFEST).exists():
+    if (out / MANIFEST).exists() and not (resume and read_checkpoint(out).data.get("finished") is False):
         raise InputError(
             f"{out} already holds a checkpoint; training never overwrites one. Give a new --out folder, or leave "
             "--out out to add a version to the model store (`python -m training versions` lists them)"
