@@ -116,7 +116,7 @@ def test_tiny_checkpoint_through_analyze_with_explained_prompts(tiny_checkpoints
 def test_predictor_without_faces_and_prefix_encoded_once(tiny_checkpoints):
     predictor = active_farcer()
     checkpoint = read_checkpoint(tiny_checkpoints / "farcer")
-    assert predictor.key == "farcer" and predictor.past_labels == "predicted"
+    assert predictor.past_labels == "predicted"
     assert predictor.version == checkpoint.version and predictor.versions == checkpoint.versions()
     assert set(predictor.versions) == {"farcer", "core", "face_encoder"}
     turns = [Turn("A", 0.0, 1.0, "oh my god", label="fear"), Turn("B", 1.0, 2.0, "no way")]
