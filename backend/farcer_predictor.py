@@ -138,7 +138,7 @@ def served_past_labels(checkpoint: Checkpoint) -> str:
 class FarcerPredictor:
     farcer: Farcer
     processor: FarcerProcessor
-    faces: FaceFeatures  # RGB uint8 crops -> [N, image_dim] features
+    faces: FaceFeatures | None  # RGB uint8 crops -> [N, image_dim] features; None: a text-only head
     past_labels: str
     version: str
     versions: dict[str, str] = field(default_factory=dict)
@@ -185,7 +185,10 @@ class FarcerPredictor:
         return outputs, warnings
 
     def face_vectors(self, inputs: list[TurnInputs]) -> list[np.ndarray | None]:
-        """One feature per turn with a face crop, None (no image slot) for the others."""
+        """One feature per turn with a face crop, None (no image slot) for the others and for every turn
+        of a head trained without faces (its projector never learned to read one)."""
+        if self.faces is None:
+            return [None] * len(inputs)
         found = [i for i, x in enumerate(inputs) if x.face is not None]
         vectors: list[np.ndarray | None] = [None] * len(inputs)
         if found:
@@ -203,7 +206,8 @@ def load_predictor(checkpoint: Checkpoint, store: ModelStore, settings: Settings
         )
     device = settings.torch_device()
     farcer, processor = load_farcer(checkpoint, store, device)
-    faces = component_features(checkpoint, "face_encoder", store, device)
+    trained_with_faces = checkpoint.data.get("faces") is not None
+    faces = component_features(checkpoint, "face_encoder", store, device) if trained_with_faces else None
     return FarcerPredictor(
         farcer, processor, faces, served_past_labels(checkpoint), checkpoint.version, checkpoint.versions()
     )

@@ -297,3 +297,28 @@ def test_an_interrupted_run_resumes_where_it_stopped(trained, tmp_path, monkeypa
     for key in ends[0]:
         torch.testing.assert_close(ends[0][key], ends[1][key])
     assert "LoRA r4/a16 on q_proj,v_proj,o_proj; 2 batch(es) per step" in (tmp_path / "cut" / "MODEL_CARD.md").read_text()
+
+
+def test_an_untrained_core_is_evaluated_zero_shot_with_and_without_calibration(trained, tmp_path):
+    from backend.farcer_predictor import load_core
+    from backend.farcer_processor import FarcerProcessor
+    from models.farcer import Farcer, FarcerConfig
+    from training.farcer import content_free_bias
+
+    meld, _, core, _ = trained
+    lm, tokenizer = load_core(read_checkpoint(core), "cpu")
+    processor = FarcerProcessor(tokenizer, MELD7)
+    bias = content_free_bias(Farcer(lm, FarcerConfig(), processor.label_ids, processor.end_ids).eval(), processor, ())
+    assert bias.shape == (7,) and torch.isclose(bias.exp().sum(), torch.tensor(1.0))
+    reports = {}
+    for calibrate in ([], ["--calibrate"]):
+        out = tmp_path / f"zero{len(calibrate)}.json"
+        assert main(["evaluate", "farcer", "--core", str(core), "--data", str(meld), "--split", "test",
+                     "--out", str(out), *calibrate]) == 0
+        reports[bool(calibrate)] = json.loads(out.read_text())
+    assert reports[False]["calibrated"] is False and reports[True]["calibrated"] is True
+    assert reports[True]["checkpoint"].startswith("untrained core") and reports[True]["version"] is None
+    assert reports[True]["n"] == reports[False]["n"] == 18
+    with pytest.raises(InputError, match="--past-labels none"):
+        main(["evaluate", "farcer", "--core", str(core), "--data", str(meld), "--past-labels", "predicted",
+              "--calibrate", "--out", str(tmp_path / "x.json")])

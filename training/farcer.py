@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from backend.checkpoints import MANIFEST, Checkpoint, read_checkpoint, update_metrics, write_checkpoint
-from backend.dialogue import Dialogue, LabelledImage
+from backend.dialogue import Dialogue, LabelledImage, Turn
 from backend.errors import InputError, ModelUnavailableError
 from backend.face_encoder import MODEL as FACE_ENCODER
 from backend.face_encoder import build_model as build_face_encoder
@@ -240,14 +240,35 @@ def write(folder: Path, manifest: dict, card: bool = False) -> None:
 
 @torch.no_grad()
 def label_split(
-    farcer: Farcer, processor: FarcerProcessor, data: Split, shots: Sequence[Example], past_labels: str
+    farcer: Farcer, processor: FarcerProcessor, data: Split, shots: Sequence[Example], past_labels: str,
+    bias: torch.Tensor | None = None,
 ) -> list[list[str]]:
-    """Every turn's predicted label, dialogue by dialogue, with the incremental `label_dialogue`."""
+    """Every turn's predicted label, dialogue by dialogue, with the incremental `label_dialogue`; with
+    `bias` (log-probabilities per label, past labels none) the label is argmax(log p - bias)."""
     prefix = processor.encode_prefix(farcer, shots, past_labels)
-    return [
-        processor.label_dialogue(farcer, d.turns, faces, prefix, past_labels).labels
-        for d, faces in zip(tqdm(data.dialogues, desc="labelling", leave=False), data.faces)
-    ]
+    predicted = []
+    for d, faces in zip(tqdm(data.dialogues, desc="labelling", leave=False), data.faces):
+        result = processor.label_dialogue(farcer, d.turns, faces, prefix, past_labels)
+        if bias is None:
+            predicted.append(result.labels)
+        else:
+            predicted.append([processor.labels[int(i)] for i in (result.logprobs - bias).argmax(-1)])
+    return predicted
+
+
+CONTENT_FREE = ("N/A", "[MASK]", "")
+
+
+@torch.no_grad()
+def content_free_bias(farcer: Farcer, processor: FarcerProcessor, shots: Sequence[Example]) -> torch.Tensor:
+    """Contextual calibration (Zhao et al., 2021): log of the mean label distribution the model gives
+    one-line dialogues with content-free text; subtracting it removes the model's prior over labels."""
+    prefix = processor.encode_prefix(farcer, shots, "none")
+    probs = torch.stack([
+        processor.label_dialogue(farcer, [Turn("Speaker", None, None, text)], None, prefix, "none").probs[0]
+        for text in CONTENT_FREE
+    ]).mean(0)
+    return (probs / probs.sum()).log()
 
 
 def reports(data: Split, predicted: list[list[str]], labels: Sequence[str], protocol: str = "every") -> dict:
@@ -647,9 +668,15 @@ n={val['n']}.
 
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", default=None,
-                        help="a farcer or farcer-core checkpoint folder or store version "
-                        "(default: the shipped farcer)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", default=None,
+                       help="a farcer or farcer-core checkpoint folder or store version (default: the shipped farcer)")
+    which.add_argument("--core", default=None,
+                       help="evaluate a core LM with no training at all (a packaged LM such as smollm2, or a hub "
+                       "name): zero-/few-shot label scoring, text only")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="contextual calibration: divide out the label prior measured on content-free lines "
+                        f"({', '.join(repr(t) for t in CONTENT_FREE)}); needs --past-labels none")
     parser.add_argument("--corpus", choices=sorted(CORPORA), default="meld")
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--faces", type=Path, default=None, help="image folder for label-matched faces; omit for text only")
@@ -681,26 +708,42 @@ def evaluation_face_encoder(checkpoint: Checkpoint, ref: str | None, store: Mode
 
 def evaluate(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    checkpoint = find_checkpoint(args.checkpoint or MODEL, MODEL, CORE)
     store = open_model_store(get_settings())
-    farcer, processor = load_farcer(checkpoint, store, "cpu")
+    if args.core:
+        if args.faces:
+            raise InputError("an untrained core has no projector for faces; drop --faces")
+        checkpoint = None
+        lm, tokenizer = load_core(resolve_core(args.core), "cpu")
+        processor = FarcerProcessor(tokenizer, corpus_labels(args.corpus))
+        farcer = Farcer(lm, FarcerConfig(), processor.label_ids, processor.end_ids).eval()
+        trained = {"shots": 0, "past_labels": "none", "seed": TrainConfig.seed}
+    else:
+        checkpoint = find_checkpoint(args.checkpoint or MODEL, MODEL, CORE)
+        farcer, processor = load_farcer(checkpoint, store, "cpu")
+        trained = checkpoint.data["train"]
     if tuple(corpus_labels(args.corpus)) != processor.labels:
         raise InputError(f"the checkpoint's labels ({', '.join(processor.labels)}) are not the {args.corpus} labels; "
                          "evaluate on the corpus it was trained for")
-    trained = checkpoint.data["train"]
     shots_k = trained["shots"] if args.shots is None else args.shots
     past = args.past_labels or ("none" if trained["past_labels"] == "none" else "predicted")
-    encoder = evaluation_face_encoder(checkpoint, args.face_encoder, store)
+    if args.calibrate and past != "none":
+        raise InputError("--calibrate rescores each turn on its own; use it with --past-labels none")
+    if args.record and checkpoint is None:
+        raise InputError("--record lists a result in a checkpoint; an untrained --core has none (use --out only)")
+    encoder = (evaluation_face_encoder(checkpoint, args.face_encoder, store) if checkpoint
+               else find_checkpoint(FACE_ENCODER_BUILTIN, FACE_ENCODER))
     data = load_split(args.corpus, args.data, args.split, args.faces, encoder, args.seed)
     if args.limit:
         data = Split(data.dialogues[: args.limit], data.faces[: args.limit])
     pool = shot_pool(split(load_corpus(args.corpus, args.data), "train"), trained["seed"])
     shots = sample_shots(pool, shots_k, args.seed)
-    report = reports(data, label_split(farcer, processor, data, shots, past), processor.labels, args.protocol)
+    bias = content_free_bias(farcer, processor, shots) if args.calibrate else None
+    report = reports(data, label_split(farcer, processor, data, shots, past, bias), processor.labels, args.protocol)
     report.update(
-        split=args.split, shots=shots_k, past_labels=past, oracle=past == "gold",
+        split=args.split, shots=shots_k, past_labels=past, oracle=past == "gold", calibrated=args.calibrate,
         faces="none (text only)" if args.faces is None else f"pseudo-paired by label from {args.faces}",
-        protocol=args.protocol, checkpoint=str(checkpoint.path), version=checkpoint.version,
+        protocol=args.protocol, checkpoint=str(checkpoint.path) if checkpoint else f"untrained core {args.core}",
+        version=checkpoint.version if checkpoint else None,
         command=_command("evaluate", args, ("record",)),
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
