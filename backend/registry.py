@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from backend.errors import InputError
@@ -51,7 +51,6 @@ class ModelSpec:
     fields: tuple[TurnField, ...] = ()
     explanation: str = ""  # how the teaching view reads its output
     colour: str = "#333333"
-    components: tuple[str, ...] = field(default_factory=tuple)  # component checkpoints it is built on
 
     def field(self, kind: FieldKind) -> TurnField | None:
         return next((f for f in self.fields if f.kind == kind), None)
@@ -76,7 +75,6 @@ MODELS: tuple[ModelSpec, ...] = (
             "and the weighted votes give the label."
         ),
         colour="#9467bd",
-        components=("text-encoder", "speech-encoder"),
     ),
     ModelSpec(
         name="farcer",
@@ -93,7 +91,6 @@ MODELS: tuple[ModelSpec, ...] = (
             "and scores every label as the answer."
         ),
         colour="#d62728",
-        components=("farcer-core", "face-encoder"),
     ),
 )
 

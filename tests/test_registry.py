@@ -69,6 +69,8 @@ def test_every_entry_names_real_code_and_a_shipped_offline_checkpoint():
     store = open_model_store(get_settings())
     for spec in registry.MODELS:
         assert callable(resolve(spec.builder)) and callable(resolve(spec.loader))
+        served = resolve(spec.loader.split(":")[0] + ":MODEL")
+        assert served == spec.name, "the loader serves checkpoints of the registered model name"
         assert isinstance(resolve(spec.config_class), type)
         assert store.find(spec.name, spec.checkpoints["offline"]).model == spec.name
     assert model_spec("mister_e") is model_spec("mister-e")
