@@ -51,6 +51,17 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def first_bad_file(folder: Path, files: Mapping[str, str]) -> tuple[Path, str] | None:
+    """The first of `files` ({relpath: sha256}) under `folder` that is "missing" or "changed", else None."""
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            return path, "missing"
+        if sha256_of(path) != expected:
+            return path, "changed"
+    return None
+
+
 def manifest_version(manifest: Mapping[str, Any]) -> str:
     """The version id: 12 hex digits of the sha256 of the manifest's identity fields."""
     identity = {key: manifest.get(key) for key in _IDENTITY}
@@ -217,14 +228,12 @@ def read_checkpoint(folder: str | os.PathLike, *, verify: bool = True) -> Checkp
         raise ModelUnavailableError(f"{manifest_path} cannot be read ({exc}); the checkpoint is damaged") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ModelUnavailableError(f"{manifest_path} is not an {FORMAT} manifest; retrain or convert the checkpoint")
-    if verify:
-        for name, expected in manifest["files"].items():
-            path = folder / name
-            if not path.is_file():
-                raise ModelUnavailableError(f"{folder}: the {manifest['model']} checkpoint lacks {name}")
-            if sha256_of(path) != expected:
-                raise ModelUnavailableError(
-                    f"{path} does not match the sha256 in its manifest: the file was changed or damaged; "
-                    "restore it (git checkout / retrain) rather than editing weights in place"
-                )
+    bad = first_bad_file(folder, manifest["files"]) if verify else None
+    if bad is not None and bad[1] == "missing":
+        raise ModelUnavailableError(f"{folder}: the {manifest['model']} checkpoint lacks {bad[0].name}")
+    if bad is not None:
+        raise ModelUnavailableError(
+            f"{bad[0]} does not match the sha256 in its manifest: the file was changed or damaged; "
+            "restore it (git checkout / retrain) rather than editing weights in place"
+        )
     return Checkpoint(folder, manifest)

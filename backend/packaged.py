@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from backend.checkpoints import sha256_of
+from backend.checkpoints import first_bad_file
 from backend.errors import ModelUnavailableError
 
 
@@ -106,14 +106,13 @@ def packaged_path(name: str) -> Path:
     if spec is None or spec.origin is None:
         raise ModelUnavailableError(f"{model.package} is installed but its module {model.module} cannot be found; {install}")
     folder = Path(spec.origin).parent / model.folder
-    for rel, expected in model.files.items():
-        path = folder / rel
-        if not path.is_file():
-            raise ModelUnavailableError(f"{path} is missing from {model.package}; reinstall: {install}")
-        if sha256_of(path) != expected:
-            raise ModelUnavailableError(
-                f"{path} does not match the sha256 recorded for {model.upstream}; the package changed: {install}"
-            )
+    bad = first_bad_file(folder, model.files)
+    if bad is not None and bad[1] == "missing":
+        raise ModelUnavailableError(f"{bad[0]} is missing from {model.package}; reinstall: {install}")
+    if bad is not None:
+        raise ModelUnavailableError(
+            f"{bad[0]} does not match the sha256 recorded for {model.upstream}; the package changed: {install}"
+        )
     return folder
 
 

@@ -498,6 +498,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-dialogues", type=int, default=d.val_dialogues)
     parser.add_argument("--val-every", type=int, default=d.val_every,
                         help="validate every this many optimiser steps (default: after each epoch)")
+    parser.add_argument("--max-turns", type=int, default=d.max_turns,
+                        help="longest piece of a dialogue in one training row (every) or sub-dialogue (last)")
     parser.add_argument("--accumulate", type=int, default=d.accumulate, help="batches per optimiser step")
     parser.add_argument("--max-minutes", type=float, default=d.max_minutes,
                         help="time budget: stop and validate once it is spent (0: none)")
@@ -535,7 +537,8 @@ def train(args: argparse.Namespace) -> int:
                       val_dialogues=args.val_dialogues, seed=args.seed, face_drop_turn=args.face_drop_turn,
                       face_drop_dialogue=args.face_drop_dialogue, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
                       lora_targets=tuple(t for t in args.lora_targets.split(",") if t), accumulate=args.accumulate,
-                      max_minutes=args.max_minutes, val_every=args.val_every, bf16=args.bf16)
+                      max_minutes=args.max_minutes, val_every=args.val_every, bf16=args.bf16,
+                      max_turns=args.max_turns)
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.accumulate < 1 or cfg.lr <= 0:
         raise InputError("--epochs, --batch-size and --accumulate must be at least 1 and --lr positive")
     if args.resume and args.out is None:
