@@ -132,8 +132,13 @@ class Checkpoint:
         """This checkpoint's version and every component's, for analyses to record exactly what ran."""
         out = {self.model: self.version}
         for name, component in self.components.items():
-            if "version" in component:
-                out[name] = str(component["version"])
+            kind = component["kind"]
+            if kind == "checkpoint":
+                out[name] = component["version"]
+            elif kind == "package":
+                out[name] = f"{component['package']}=={component['version']}"
+            else:  # hub or code: the name is all there is
+                out[name] = component["name"]
         return out
 
 

