@@ -20,6 +20,7 @@ from backend.analysis_queue import AnalysisQueue
 from backend.analyze import Progress, analyze, model_records, no_progress
 from backend.errors import InputError
 from backend.media import probe, sha256_file
+from backend.memory import return_freed_memory
 from backend.predictors import load_predictors
 from backend.profiles import get_profile
 from backend.served_files import ServedFiles
@@ -117,6 +118,7 @@ class Service:
                 settings=self.settings,
                 progress=progress,
             )
+            return_freed_memory()
         media = self.store.add_media(video)
         doc["media"]["path"] = str(media.path)
         doc["turn_source"] = source
