@@ -25,6 +25,10 @@ from backend.transcripts import read_subtitles, read_turns, turns_from_table, va
 from backend.vad import vad_turns
 
 SAMPLE_RATE = 16_000
+FACE_FRAMES_PER_TURN = 3
+# Decoded RGB frames held at once while finding faces: turns are read in batches under this, so a long
+# dialogue does not hold every turn's frames (200 turns of 720p video would be 1.6 GB).
+FRAME_BUDGET_BYTES = 64 * 2**20
 Progress = Callable[[float, str], None]
 
 
@@ -72,6 +76,17 @@ def find_turns(
     return turns, warnings + more
 
 
+def _turn_faces(video: Path, turns: Sequence[Turn], frame_bytes: int) -> list[FaceResult]:
+    """The speaker's face per turn, decoding at most FRAME_BUDGET_BYTES of frames at a time."""
+    spans = [(turn.start, turn.end) for turn in turns]
+    batch = max(1, FRAME_BUDGET_BYTES // max(1, FACE_FRAMES_PER_TURN * frame_bytes))
+    return [
+        face
+        for i in range(0, len(spans), batch)
+        for face in turn_faces(video, spans[i : i + batch], FACE_FRAMES_PER_TURN)
+    ]
+
+
 def _face_json(face: FaceResult) -> dict:
     return {"found": face.found, "box": [int(v) for v in face.box] if face.found else None}
 
@@ -102,7 +117,7 @@ def analyze(
     progress(0.1, "decoding")
     info = probe(video, max_bytes=int(settings.max_upload_mb * 1e6), max_duration_s=settings.max_video_s)
     sha = sha256_file(video)
-    audio = load_audio(video, SAMPLE_RATE) if info.has_audio else None
+    audio = load_audio(video, SAMPLE_RATE, settings.max_video_s) if info.has_audio else None
     if audio is None:
         warnings.append("the video has no audio track: speech-based experts are skipped")
     timings["media"] = time.perf_counter() - start
@@ -117,7 +132,7 @@ def analyze(
 
     progress(0.4, "faces")
     t = time.perf_counter()
-    faces = turn_faces(video, [(turn.start, turn.end) for turn in turns])
+    faces = _turn_faces(video, turns, info.width * info.height * 3)
     inputs = [
         TurnInputs(
             audio=None if audio is None else audio_span(audio, SAMPLE_RATE, turn.start, turn.end),

@@ -2,6 +2,7 @@
 
 Both take the rows of `Store.annotations` (oldest first). A turn's exported label is its latest
 annotation among the rows given, so a filtered export (one annotator, one video) keeps its meaning.
+Text cells of the CSV are neutralised against spreadsheet formula injection.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ SENTIMENT = {
     "sadness": "negative",
 }
 FORMATS = ("meld_csv", "jsonl")
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _HISTORY_KEYS = ("annotation_id", "label", "annotator", "note", "created_at", "is_current")
 
 
@@ -49,6 +52,12 @@ def meld_time(seconds: float | None) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d},{ms:03d}"
 
 
+def spreadsheet_safe(text: str) -> str:
+    """`text` with a `'` in front when a spreadsheet would read it as a formula (OWASP's advice); the
+    quote shows as text in the cell, and the csv writer quotes cells that need it."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def by_turn(annotations: Iterable[dict]) -> list[list[dict]]:
     """The annotations grouped per turn (oldest first within a turn), turns in dialogue order."""
     groups: dict[int, list[dict]] = {}
@@ -60,15 +69,16 @@ def by_turn(annotations: Iterable[dict]) -> list[list[dict]]:
 def meld_csv(annotations: Iterable[dict]) -> str:
     """One MELD row per annotated turn with its latest label; unknown fields are empty."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    # CRLF as in MELD's own files (and RFC 4180); it also makes the writer quote a cell holding a bare CR.
+    writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(MELD_HEADER)
     for number, rows in enumerate(by_turn(annotations), start=1):
         turn, label = rows[-1], rows[-1]["label"]
         writer.writerow(
             [
                 number,
-                turn["text"],
-                turn["speaker"],
+                spreadsheet_safe(turn["text"]),
+                spreadsheet_safe(turn["speaker"]),
                 label,
                 SENTIMENT.get(label, ""),
                 turn["dialogue_id"],

@@ -13,6 +13,10 @@ from backend.errors import InputError
 
 _TIME_EPS = 1e-4  # a frame whose pts is within this of a requested time counts as shown at it
 _MIN_SEEK_GAP_S = 2.0  # below this, decoding forward is cheaper than seeking
+# Decoded audio may run this much past the duration limit: encoder priming and the last frame make a
+# track a little longer than its video.
+_DECODE_SLACK_S = 1.0
+_MAX_PREALLOCATED_S = 3600.0  # the header's duration sizes the audio buffer, up to this
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,7 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
 
 def _check_file(path: Path) -> None:
     if not path.is_file():
-        raise InputError(f"Media file not found: {path}. Check the path or upload the file again.")
+        raise InputError(f"Media file not found: {path.name}. Check the path or upload the file again.")
     if path.stat().st_size == 0:
         raise InputError(f"{path.name} is empty (0 bytes). The upload probably failed; upload it again.")
 
@@ -110,11 +114,15 @@ def probe(path: str | Path, max_bytes: int | None = None, max_duration_s: float 
             has_video=True,
         )
     if max_duration_s is not None and duration > max_duration_s:
-        raise InputError(
-            f"{path.name} lasts {_clock(duration)}, over the {_clock(max_duration_s)} limit. "
-            f"Trim the video to under {_clock(max_duration_s)} and upload it again."
-        )
+        raise _too_long(path, f"lasts {_clock(duration)}", max_duration_s)
     return info
+
+
+def _too_long(path: Path, how_long: str, max_duration_s: float) -> InputError:
+    return InputError(
+        f"{path.name} {how_long}, over the {_clock(max_duration_s)} limit. "
+        f"Trim the video to under {_clock(max_duration_s)} and upload it again."
+    )
 
 
 def _clock(seconds: float) -> str:
@@ -128,8 +136,46 @@ def _megabytes(n_bytes: float) -> str:
     return f"{n_bytes / 1e6:.3g} MB"
 
 
-def load_audio(path: str | Path, sr: int = 16000) -> np.ndarray:
-    """The whole first audio track as float32 mono in [-1, 1] at `sr` Hz, aligned to time 0."""
+class _OverLimit(Exception):
+    """More samples than the limit were decoded."""
+
+
+class _Samples:
+    """A growing float32 signal written in place (no list of chunks to join, no copy at the end) that
+    refuses to grow past `limit` samples."""
+
+    def __init__(self, capacity: int, limit: int | None) -> None:
+        self.limit = limit
+        self.data = np.zeros(max(1, capacity if limit is None else min(capacity, limit)), np.float32)
+        self.size = 0
+
+    def extend(self, samples: np.ndarray | int) -> None:
+        """Append samples, or that many samples of silence."""
+        n = samples if isinstance(samples, int) else len(samples)
+        end = self.size + n
+        if self.limit is not None and end > self.limit:
+            raise _OverLimit
+        if end > len(self.data):
+            grown = max(end, len(self.data) * 3 // 2)
+            data = np.zeros(grown if self.limit is None else min(grown, self.limit), np.float32)
+            data[: self.size] = self.data[: self.size]
+            self.data = data
+        if not isinstance(samples, int):
+            self.data[self.size : end] = samples
+        self.size = end
+
+    def signal(self) -> np.ndarray:
+        out = self.data[: self.size]
+        np.clip(out, -1.0, 1.0, out=out)
+        return out
+
+
+def load_audio(path: str | Path, sr: int = 16000, max_duration_s: float | None = None) -> np.ndarray:
+    """The whole first audio track as float32 mono in [-1, 1] at `sr` Hz, aligned to time 0.
+
+    With `max_duration_s`, decoding stops as soon as the decoded track passes that length (a header
+    can claim less than the file holds) and the file is refused, so memory never holds more.
+    """
     path = Path(path)
     with _open(path) as container:
         if not container.streams.audio:
@@ -138,25 +184,33 @@ def load_audio(path: str | Path, sr: int = 16000) -> np.ndarray:
                 "Upload a video with sound (or add the audio track back when exporting)."
             )
         stream = container.streams.audio[0]
+        limit = None if max_duration_s is None else int((max_duration_s + _DECODE_SLACK_S) * sr)
+        header_s = container.duration / av.time_base if container.duration else 0.0
+        capacity = int((min(header_s, _MAX_PREALLOCATED_S) + _DECODE_SLACK_S) * sr)
+        samples = _Samples(capacity, limit)
         # Keep the channels and average them here: FFmpeg's own downmix adds them at -3 dB each,
         # which makes identical channels 3 dB louder than either.
         resampler = av.AudioResampler(format="fltp", rate=sr)
-        chunks: list[np.ndarray] = []
-        first_time: float | None = None
+        lead: int | None = None  # silence before the first frame, so that sample 0 is time 0
         try:
             for frame in container.decode(stream):
-                if first_time is None and frame.time is not None:
-                    first_time = frame.time
-                chunks.extend(f.to_ndarray().mean(axis=0) for f in resampler.resample(frame))
-            chunks.extend(f.to_ndarray().mean(axis=0) for f in resampler.resample(None))
+                if lead is None and frame.time is not None:
+                    lead = int(round(max(0.0, frame.time) * sr))
+                    samples.extend(lead)
+                for chunk in resampler.resample(frame):
+                    samples.extend(chunk.to_ndarray().mean(axis=0))
+            for chunk in resampler.resample(None):
+                samples.extend(chunk.to_ndarray().mean(axis=0))
+        except _OverLimit:
+            how_long = f"holds more than {_clock(max_duration_s)} of sound"
+            raise _too_long(path, how_long, max_duration_s) from None
         except (av.FFmpegError, ValueError) as e:  # ValueError: the channel layout changed mid-track
             raise InputError(
                 f"The audio track of {path.name} could not be decoded ({e}). Re-export the video."
             ) from e
-    if not chunks:
+    if samples.size == (lead or 0):
         raise InputError(f"The audio track of {path.name} holds no decodable sound. Re-export the video.")
-    lead = np.zeros(int(round(max(0.0, first_time or 0.0) * sr)), np.float32)
-    return np.clip(np.concatenate([lead, *chunks]), -1.0, 1.0).astype(np.float32)
+    return samples.signal()
 
 
 def audio_span(audio: np.ndarray, sr: int, start: float, end: float) -> np.ndarray:

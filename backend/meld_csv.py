@@ -4,14 +4,12 @@ Used both as a turn source for one uploaded dialogue and by the MELD corpus load
 """
 from __future__ import annotations
 
-import csv
-import io
 from typing import NamedTuple
 
 from backend.dialogue import Turn
 from backend.errors import InputError
 from backend.labels import MELD7, normalize_label
-from backend.text import clean_text, parse_timestamp
+from backend.text import clean_text, csv_rows, parse_timestamp
 
 MELD_COLUMNS = ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID", "StartTime", "EndTime")
 DEFAULT_SPEAKER = "Speaker"
@@ -31,20 +29,20 @@ def _int(raw: str, column: str, where: str) -> int:
 
 def parse_meld_csv(text: str, name: str) -> dict[int, dict[int, MeldUtterance]]:
     """Dialogue_ID -> Utterance_ID -> row (episode times, MELD7 labels); errors name `name:line`."""
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    missing = [c for c in MELD_COLUMNS if c not in (reader.fieldnames or [])]
+    rows = csv_rows(text, name)
+    header = next((cells for _, cells in rows if cells), [])
+    missing = [c for c in MELD_COLUMNS if c not in header]
     if missing:
-        found = ", ".join(reader.fieldnames or []) or "no header"
+        found = ", ".join(header) or "no header"
         raise InputError(f"{name}: missing MELD column(s) {', '.join(missing)}; found {found}")
     dialogues: dict[int, dict[int, MeldUtterance]] = {}
-    line = 2
-    for row in reader:
-        row_line, line = line, reader.line_num + 1  # a quoted field can span lines
-        if not any((v or "").strip() for v in row.values()):
+    for line, cells in rows:
+        if not any(cell.strip() for cell in cells):
             continue
-        where = f"{name}:{row_line}"
-        if None in row.values():
+        where = f"{name}:{line}"
+        if len(cells) < len(header):
             raise InputError(f"{where}: the row has fewer fields than the header")
+        row = dict(zip(header, cells))
         dia = _int(row["Dialogue_ID"], "Dialogue_ID", where)
         utt = _int(row["Utterance_ID"], "Utterance_ID", where)
         if utt in dialogues.get(dia, {}):

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from backend import exports
 from backend.agreement import agreement_report
+from backend.analysis_queue import AnalysisQueue
 from backend.analyze import Progress, analyze, model_records, no_progress
 from backend.errors import InputError
 from backend.media import probe, sha256_file
+from backend.memory import return_freed_memory
 from backend.predictors import load_predictors
 from backend.profiles import get_profile
+from backend.served_files import ServedFiles
 from backend.settings import Settings, get_settings
 from backend.storage import Store, open_store
 
@@ -50,10 +54,21 @@ def resolve_annotator(typed_name: str | None, username: str | None, require_logi
     return typed_name.strip()
 
 
+def public_document(doc: dict) -> dict:
+    """`doc` as API clients get it: `media.path` is null, so no server path is revealed."""
+    return {**doc, "media": {**doc["media"], "path": None}}
+
+
 @dataclass
 class Service:
     store: Store
     settings: Settings
+    queue: AnalysisQueue = field(init=False)
+    served: ServedFiles = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = AnalysisQueue(self.settings.max_queued_analyses)
+        self.served = ServedFiles(self.settings.served_dir)
 
     @classmethod
     def open(cls, settings: Settings | None = None) -> "Service":
@@ -76,36 +91,48 @@ class Service:
         if not video:
             raise InputError("no video was given; upload a video dialogue (MP4, MKV, MOV, WebM or AVI)")
         prof = get_profile(profile or self.settings.profile)
-        # Refuse a bad or oversized upload before it is copied into the media store.
         probe(
             video, max_bytes=int(self.settings.max_upload_mb * 1e6), max_duration_s=self.settings.max_video_s
         )
         source = turn_source(subtitles, table)
-        media = self.store.add_media(video)
         predictors, _ = load_predictors(prof, self.settings)
-        models = model_records(predictors)
-        found = self.store.find_analysis(media.sha256, prof.name, models)
+        found = self.store.find_analysis(sha256_file(video), prof.name, model_records(predictors))
         if found is not None and found.get("turn_source") == source:
             progress(1.0, "reopened from the database")
-            return {**found, "reused": True}
+            return {**self._located(found), "reused": True}
         is_transcript = source["kind"] == "transcript"
-        doc = analyze(
-            media.path,
-            subtitles=None if is_transcript else subtitles,
-            transcript=subtitles if is_transcript else None,
-            table=table,
-            profile=prof.name,
-            explain=True,
-            settings=self.settings,
-            progress=progress,
-        )
+
+        def waiting(position: int, of: int) -> None:
+            progress(0.0, f"waiting for the analysis slot: number {position} of {of} in the queue")
+
+        with self.queue.slot(waiting):
+            # The upload itself is analysed, so every check (turns, decoding) runs before anything is
+            # stored and messages name the uploaded file, not its copy in the media store.
+            doc = analyze(
+                video,
+                subtitles=None if is_transcript else subtitles,
+                transcript=subtitles if is_transcript else None,
+                table=table,
+                profile=prof.name,
+                explain=True,
+                settings=self.settings,
+                progress=progress,
+            )
+            return_freed_memory()
+        media = self.store.add_media(video)
+        doc["media"]["path"] = str(media.path)
         doc["turn_source"] = source
         saved = self.store.save_analysis(doc, media.sha256, source=source["kind"])
         turns = [{**t, "turn_id": turn_id} for t, turn_id in zip(doc["turns"], saved.turn_ids, strict=True)]
         return {**doc, "dialogue_id": saved.dialogue_id, "turns": turns, "reused": False}
 
     def reopen(self, dialogue_id: int) -> dict:
-        return {**self.store.analysis(dialogue_id), "reused": True}
+        return {**self._located(self.store.analysis(dialogue_id)), "reused": True}
+
+    def _located(self, doc: dict) -> dict:
+        """A stored document with `media.path` where the media store keeps the video now."""
+        path = self.store.get_media(doc["media"]["sha256"]).path
+        return {**doc, "media": {**doc["media"], "path": str(path)}}
 
     def dialogues(self) -> list[dict]:
         return self.store.dialogues()
@@ -116,9 +143,12 @@ class Service:
     def history(self, turn_id: int) -> list[dict]:
         return self.store.history(turn_id)
 
-    def save_correction(self, turn_id: int, label: str, annotator: str, note: str | None = "") -> dict:
-        """`{annotation_id, turn_id, label, annotator, note, created_at}`; bad input writes nothing."""
-        return self.store.add_annotation(turn_id, label, annotator, note)
+    def save_correction(
+        self, turn_id: int, label: str, annotator: str, note: str | None = "", request_id: str | None = None
+    ) -> dict:
+        """`{annotation_id, turn_id, label, annotator, note, created_at}`; bad input writes nothing. A
+        repeated `request_id` returns the first save instead of storing another (idempotent retries)."""
+        return self.store.add_annotation(turn_id, label, annotator, note, request_id=request_id)
 
     def annotations(
         self, dialogue_id: int | None = None, annotator: str | None = None, label: str | None = None
@@ -136,14 +166,12 @@ class Service:
     def export(
         self, fmt: str, dialogue_id: int | None = None, annotator: str | None = None, label: str | None = None
     ) -> Path:
-        """Write the (filtered) corrections as `meld_csv` or `jsonl` under the data dir; the file's path."""
+        """Write the (filtered) corrections as `meld_csv` or `jsonl` into the served folder (under a
+        name nobody can guess); the file's path."""
         if fmt not in exports.FORMATS:
             raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(exports.FORMATS)}")
         rows = self.annotations(dialogue_id, annotator, label)
         text = exports.meld_csv(rows) if fmt == "meld_csv" else exports.jsonl(rows)
-        folder = self.settings.data_dir / "exports"
-        folder.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        path = folder / f"corrections-{stamp}.{'csv' if fmt == 'meld_csv' else 'jsonl'}"
-        path.write_text(text, encoding="utf-8")
-        return path.resolve()
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        name = f"corrections-{stamp}-{secrets.token_hex(8)}.{'csv' if fmt == 'meld_csv' else 'jsonl'}"
+        return self.served.text("exports", name, text).resolve()

@@ -40,9 +40,10 @@ class Settings(BaseSettings):
     device: str = "auto"
     checkpoints_dir: Path = CHECKPOINTS_DIR
     model_cache_dir: Path = Field(default_factory=_default_model_cache)
-    max_upload_mb: float = 200.0
-    max_video_s: float = 600.0
-    max_turns: int = 200
+    max_upload_mb: float = Field(default=200.0, gt=0)
+    max_video_s: float = Field(default=600.0, gt=0)
+    max_turns: int = Field(default=200, ge=1)
+    max_queued_analyses: int = Field(default=8, ge=0)
     require_login: bool = Field(default_factory=on_spaces)
 
     @field_validator("profile")
@@ -63,13 +64,19 @@ class Settings(BaseSettings):
         return self.data_dir / "media"
 
     @property
+    def cache_dir(self) -> Path:
+        """Training caches (embeddings, decoded images, face vectors); never served."""
+        return self.data_dir / "cache"
+
+    @property
     def models_dir(self) -> Path:
         """The model store's trained versions (see backend.model_store)."""
         return self.data_dir / "models"
 
     @property
-    def cache_dir(self) -> Path:
-        return self.data_dir / "cache"
+    def served_dir(self) -> Path:
+        """The only folder pages may fetch files from (see backend.served_files); no database in it."""
+        return self.data_dir / "served"
 
     def torch_device(self) -> str:
         if self.device != "auto":

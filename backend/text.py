@@ -1,7 +1,10 @@
 """Text helpers every turn source and corpus shares: decoding, mojibake repair, timestamps."""
 from __future__ import annotations
 
+import csv
+import io
 import re
+from collections.abc import Iterator
 
 from backend.errors import InputError
 
@@ -12,6 +15,9 @@ _C1 = re.compile("[\u0080-\u009f]")
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
                          "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"',
                          "\u00a0": " "})
+_KANA = re.compile("[\u3040-\u30ff]")
+_NON_ASCII = re.compile("[^\x00-\x7f]")
+_NON_ASCII_RUN = re.compile("[^\x00-\x7f]{3,}")
 _TIMESTAMP = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2})(?:[.,](\d+))?$")
 _SECONDS = re.compile(r"^\d+(?:\.\d*)?$|^\.\d+$")
 
@@ -38,22 +44,81 @@ def clean_text(text: str) -> str:
     return " ".join(text.translate(_QUOTES).split())
 
 
+def _reads_as_japanese(text: str) -> bool:
+    # Kana are a large share of any Japanese text, and rare in Western bytes read as Shift-JIS.
+    non_ascii = len(_NON_ASCII.findall(text))
+    return non_ascii > 0 and len(_KANA.findall(text)) >= 0.2 * non_ascii
+
+
+def _reads_as_western(text: str) -> bool:
+    # Western text in cp1252 has accented letters here and there; text in another 8-bit or
+    # multi-byte encoding read as cp1252 is mostly long runs of them:
+    # "Ïðèâåò" (cp1251), "‚±‚ñ‚É‚¿‚Í" (Shift-JIS).
+    in_runs = sum(len(run) for run in _NON_ASCII_RUN.findall(text))
+    return in_runs <= 0.5 * len(_NON_ASCII.findall(text))
+
+
+def _strict(data: bytes, encoding: str) -> str | None:
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError:
+        return None
+
+
 def decode_text(data: bytes, name: str) -> str:
-    """Decode a text file: UTF-8 (BOM or not), UTF-16 with a BOM, else cp1252."""
-    encodings = ("utf-16",) if data.startswith((b"\xff\xfe", b"\xfe\xff")) else ("utf-8-sig", "cp1252")
-    for encoding in encodings:
-        try:
-            text = data.decode(encoding)
-            break
-        except UnicodeDecodeError:
-            continue
+    """Decode a text file: UTF-8 (BOM or not), UTF-16 with a BOM, Shift-JIS when it reads as Japanese,
+    cp1252 when it reads as Western text; anything else is refused with a message asking for UTF-8."""
+    refusal = f"{name}: the text encoding is not recognised; save the file as UTF-8 and upload it again"
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = _strict(data, "utf-16")
     else:
-        raise InputError(
-            f"{name}: the text encoding is not recognised; save the file as UTF-8 and upload it again"
-        )
+        text = _strict(data, "utf-8-sig")
+        if text is None and (japanese := _strict(data, "cp932")) is not None and _reads_as_japanese(japanese):
+            text = japanese
+        if text is None and (western := _strict(data, "cp1252")) is not None:
+            if not _reads_as_western(western):
+                sample = _NON_ASCII_RUN.search(western)[0][:12]
+                raise InputError(
+                    f"{name}: the text encoding is not recognised (it is not UTF-8, and read as"
+                    f" Windows-1252 it gives {sample!r}); save the file as UTF-8 and upload it again"
+                )
+            text = western
+    if text is None:
+        raise InputError(refusal)
     if "\x00" in text:
         raise InputError(f"{name}: the file looks binary or UTF-16 without a BOM; save it as UTF-8 text")
     return text
+
+
+def csv_rows(text: str, name: str) -> Iterator[tuple[int, list[str]]]:
+    """(line the row starts on, cells) for each row of a CSV text; a malformed row (a quote never
+    closed, a cell over the csv module's 128 KiB limit, text after a closing quote) is an
+    `InputError` naming that line."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    while True:
+        start = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise InputError(_csv_problem(f"{name}:{start}", str(err))) from None
+        yield start, cells
+
+
+def _csv_problem(where: str, error: str) -> str:
+    if "field larger than field limit" in error:
+        kib = csv.field_size_limit() // 1024
+        return (
+            f"{where}: a cell is longer than {kib} KiB; if a quote (\") opened in this row is never"
+            " closed, close it, otherwise split the text into shorter turns"
+        )
+    if "unexpected end of data" in error:
+        return f"{where}: a quoted cell that starts in this row is never closed; add the closing quote (\")"
+    return (
+        f"{where}: the row is not valid CSV ({error}); put cells holding commas, quotes or line breaks"
+        " in double quotes, and double every quote inside them"
+    )
 
 
 def parse_timestamp(value: str, where: str = "") -> float:

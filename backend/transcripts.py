@@ -5,9 +5,7 @@ start with `name:line` so a user can find and fix the row.
 """
 from __future__ import annotations
 
-import csv
 import html
-import io
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -20,7 +18,7 @@ from backend.dialogue import Turn
 from backend.errors import InputError
 from backend.labels import MELD7, normalize_label
 from backend.meld_csv import DEFAULT_SPEAKER, parse_meld_csv
-from backend.text import clean_text, decode_text, parse_timestamp
+from backend.text import clean_text, csv_rows, decode_text, parse_timestamp
 
 MIN_TURN_S = 0.5  # zero-length turns are widened to this so they carry some audio
 MAX_LISTED_OVERLAPS = 10
@@ -44,6 +42,9 @@ def _check_turn(turn: Turn, where: str, require_text: bool = True) -> None:
         )
     if require_text and not turn.text:
         raise InputError(f"{where}: the text is empty; type what is said or delete this turn")
+    for field, value in (("speaker", turn.speaker), ("text", turn.text)):
+        if "\x00" in (value or ""):
+            raise InputError(f"{where}: the {field} contains a NUL character (U+0000); remove it")
 
 
 # --- subtitles -------------------------------------------------------------------------------------
@@ -128,8 +129,8 @@ def _read_bytes(path: Path) -> bytes:
 
 def _csv_rows(text: str, name: str, required: Sequence[str], fold_case: bool) -> Iterable[tuple[int, dict]]:
     """(line number, row) for each non-blank row, after checking the header has `required`."""
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in next(reader, [])]
+    rows = csv_rows(text, name)
+    header = [h.strip() for h in next(rows, (1, []))[1]]
     keys = [h.lower() for h in header] if fold_case else header
     missing = [c for c in required if c not in keys]
     if missing:
@@ -137,11 +138,10 @@ def _csv_rows(text: str, name: str, required: Sequence[str], fold_case: bool) ->
             f"{name}: missing column(s) {', '.join(missing)}; found {', '.join(header) or 'no header'}."
             f" The first row must name the columns: {','.join(required)}"
         )
-    for cells in reader:
+    for line, cells in rows:
         if not any(cell.strip() for cell in cells):
             continue
-        row = dict(zip(keys, (cell.strip() for cell in cells)))
-        yield reader.line_num, row
+        yield line, dict(zip(keys, (cell.strip() for cell in cells)))
 
 
 def _parse_meld(text: str, name: str, dialogue_id: int | None) -> list[Turn]:
@@ -248,7 +248,7 @@ def read_turns(path: str | Path, dialogue_id: int | None = None) -> list[Turn]:
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         raise InputError(f"{path.name}: the file is empty")
-    header = {h.strip() for h in next(csv.reader([lines[0]]))}
+    header = {h.strip() for h in next(csv_rows(lines[0], path.name))[1]}
     if {"Utterance", "Dialogue_ID"} <= header:
         return _parse_meld(text, path.name, dialogue_id)
     if set(TRANSCRIPT_COLUMNS) <= {h.lower() for h in header}:

@@ -35,8 +35,8 @@ def free_port() -> int:
 class RunningApp:
     """The app over a data dir, served on a free port in this process (so test doubles apply)."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.settings = Settings(data_dir=data_dir)
+    def __init__(self, data_dir: Path, **settings) -> None:
+        self.settings = Settings(data_dir=data_dir, **settings)
         self.service = Service.open(self.settings)
         self.demo = build_app(self.service)
         port = free_port()

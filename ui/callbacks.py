@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from backend.analysis_queue import QueueFullError
 from backend.errors import InputError, ModelUnavailableError
 from backend.predictors import model_status
 from backend.profiles import get_profile
@@ -64,16 +65,14 @@ class Analysis:
         return profile_status_html(profile, self.service)
 
     def subtitle_file(self, doc: dict) -> Path:
-        folder = self.service.settings.cache_dir / "subtitles"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"dialogue-{doc['dialogue_id']}.vtt"
-        path.write_text(predictions_vtt(doc), encoding="utf-8")
-        return path
+        name = f"dialogue-{doc['dialogue_id']}.vtt"
+        return self.service.served.text("subtitles", name, predictions_vtt(doc))
 
     def views(self, doc: dict) -> tuple:
         """(doc, player, status, warnings, table, gate chart, timelines, turn picker, transcript)."""
         human = self.service.human_labels(doc["dialogue_id"])
-        player = gr.Video(value=doc["media"]["path"], subtitles=str(self.subtitle_file(doc)))
+        video = self.service.served.video(doc["media"]["path"])
+        player = gr.Video(value=str(video), subtitles=str(self.subtitle_file(doc)))
         picker = gr.Dropdown(choices=turn_choices(doc), value=0 if doc["turns"] else None)
         return (
             doc,
@@ -106,7 +105,7 @@ class Analysis:
                 profile=profile,
                 progress=lambda fraction, stage: progress(fraction, desc=stage),
             )
-        except (InputError, ModelUnavailableError) as exc:
+        except (InputError, ModelUnavailableError, QueueFullError) as exc:
             raise user_error(exc) from None
         return self.views(doc)
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import gradio as gr
 
+from backend.analysis_queue import QueueFullError
 from backend.errors import InputError, ModelUnavailableError
 from backend.profiles import PROFILES, get_profile
 from backend import registry
-from backend.service import Service, resolve_annotator
+from backend.service import Service, public_document, resolve_annotator
 from backend.settings import Settings, get_settings, on_spaces
 from ui.annotate import HOTKEYS_JS, LABEL_ID, NEXT_ID, PREV_ID, SAVE_ID, Annotate
 from ui.callbacks import TRANSCRIPT_COLUMNS, Analysis, profile_status_html, user_error
@@ -18,8 +19,12 @@ from ui.corrections import CORRECTION_COLUMNS, Corrections
 from ui.results import table_columns
 
 TITLE = "ERC Studio — emotion recognition in conversations"
-INFERENCE_CONCURRENCY = 1  # analyses share one queue slot: a model run uses all the CPU it gets
+# Analyses reach the service at once: its bounded queue runs one at a time (a model run uses all the
+# CPU it gets), tells the waiting their position and refuses when full (backend.analysis_queue).
+INFERENCE_CONCURRENCY = None
 DEFAULT_CONCURRENCY = 8  # everything else (saving, exports) runs side by side
+# Gradio's uploads and its copies of served files: deleted every 10 min once 2 h old, and at shutdown.
+UPLOAD_CACHE = (600, 7200)
 PRIVATE = {"api_visibility": "private"}
 CSS = """
 .image-slot { background: #ffe08a; border-radius: 3px; padding: 0 2px; font-weight: bold; }
@@ -36,8 +41,9 @@ def launch_options(settings: Settings | None = None) -> dict:
     """Keyword arguments for `demo.launch`: upload limit, served paths, hotkeys, theme, no SSR."""
     settings = settings or get_settings()
     return {
-        "max_file_size": f"{int(settings.max_upload_mb)}mb",
-        "allowed_paths": [str(settings.data_dir.resolve())],
+        "max_file_size": int(settings.max_upload_mb * 1e6),  # bytes, as the service counts them
+        # Only the served folder: never the database, the media store or anything else of the data dir.
+        "allowed_paths": [str(settings.served_dir.resolve())],
         "head": HOTKEYS_JS,
         "css": CSS,
         "theme": THEME,
@@ -48,24 +54,38 @@ def launch_options(settings: Settings | None = None) -> dict:
 def _api(service: Service, demo: gr.Blocks) -> None:
     """The named endpoints, on hidden components, each returning plain JSON or a file."""
 
-    def analyze(video: str | None, subtitles: str | None, profile: str | None) -> dict:
+    def analyze(
+        video: str | None, subtitles: str | None, profile: str | None, progress=gr.Progress()
+    ) -> dict:
         """The `erc.analysis/1` document plus `dialogue_id` and a `turn_id` on every turn."""
         try:
-            return service.analyze(video, subtitles=subtitles or None, profile=profile or None)
-        except (InputError, ModelUnavailableError) as exc:
+            doc = service.analyze(
+                video,
+                subtitles=subtitles or None,
+                profile=profile or None,
+                progress=lambda fraction, stage: progress(fraction, desc=stage),
+            )
+            return public_document(doc)
+        except (InputError, ModelUnavailableError, QueueFullError) as exc:
             raise user_error(exc) from None
 
     def save_correction(
-        turn_id: int, label: str, annotator: str, note: str | None, request_profile: gr.OAuthProfile | None
+        turn_id: int,
+        label: str,
+        annotator: str,
+        note: str | None,
+        request_profile: gr.OAuthProfile | None,
+        request_id: str | None = None,
     ) -> dict:
-        """{annotation_id, turn_id, label, annotator, note, created_at}; bad input writes nothing."""
+        """{annotation_id, turn_id, label, annotator, note, created_at}; bad input writes nothing. A
+        repeated `request_id` returns the first save (a retry after a lost reply stores nothing new)."""
         try:
             name = resolve_annotator(
                 annotator,
                 request_profile.username if request_profile else None,
                 service.settings.require_login,
             )
-            return service.save_correction(turn_id, label, name, note)
+            return service.save_correction(turn_id, label, name, note, request_id=request_id or None)
         except InputError as exc:
             raise user_error(exc) from None
 
@@ -78,7 +98,10 @@ def _api(service: Service, demo: gr.Blocks) -> None:
 
     with gr.Column(visible=False):
         video, subtitles, profile = gr.File(type="filepath"), gr.File(type="filepath"), gr.Textbox()
-        turn_id, label, annotator, note = gr.Number(precision=0), gr.Textbox(), gr.Textbox(), gr.Textbox()
+        # No precision: the id reaches the store as sent (precision=0 would round 1.5 to turn 2), and
+        # the store refuses anything but a whole number in range.
+        turn_id = gr.Number()
+        label, annotator, note, request_id = gr.Textbox(), gr.Textbox(), gr.Textbox(), gr.Textbox()
         fmt = gr.Textbox()
         doc, saved, exported = gr.JSON(), gr.JSON(), gr.File()
         run, save, export = gr.Button(), gr.Button(), gr.Button()
@@ -90,7 +113,9 @@ def _api(service: Service, demo: gr.Blocks) -> None:
         concurrency_id="inference",
         concurrency_limit=INFERENCE_CONCURRENCY,
     )
-    save.click(save_correction, [turn_id, label, annotator, note], saved, api_name="save_correction")
+    save.click(
+        save_correction, [turn_id, label, annotator, note, request_id], saved, api_name="save_correction"
+    )
     export.click(export_corrections, fmt, exported, api_name="export_corrections")
 
 
@@ -101,7 +126,7 @@ def build_app(service: Service | None = None) -> gr.Blocks:
     analysis, annotate, corrections = Analysis(service), Annotate(service), Corrections(service)
     labels = list(get_profile(settings.profile).labels)
 
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=UPLOAD_CACHE) as demo:
         doc = gr.State(None)
         gr.Markdown(
             "# ERC Studio\nUpload a video dialogue (and subtitles or a transcript if you have them). The "

@@ -4,10 +4,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, select, text
+from sqlalchemy import (
+    Column,
+    Integer,
+    Connection,
+    Engine,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.engine import make_url
 
-from backend.storage.models import Base, SchemaVersionRow, utc_now
+from backend.storage.models import ANNOTATOR_MAX, REQUEST_ID_MAX, Base, SchemaVersionRow, UTCDateTime, utc_now
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Connections with this execution option open their transaction with BEGIN IMMEDIATE on SQLite:
@@ -49,10 +65,32 @@ def _sqlite_begin(conn: Connection) -> None:
 def _v1_create_all(conn: Connection) -> None:
     # v1 is the schema as first released. When a later migration changes a table, this function
     # must keep creating the v1 shape (spell those tables out here) so that v2.. still apply.
-    Base.metadata.create_all(conn)
+    v1 = MetaData()
+    for table in Base.metadata.sorted_tables:
+        if table.name != "annotations":
+            table.to_metadata(v1)
+    Table(
+        "annotations",
+        v1,
+        Column("id", Integer, primary_key=True),
+        Column("turn_id", ForeignKey("turns.id"), nullable=False),
+        Column("annotator", String(ANNOTATOR_MAX), nullable=False, index=True),
+        Column("label", String(32), nullable=False),
+        Column("note", Text, nullable=False),
+        Column("created_at", UTCDateTime(), nullable=False),
+        Index("ix_annotations_turn_time", "turn_id", "created_at", "id"),
+    )
+    v1.create_all(conn)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_create_all]
+def _v2_annotation_request_ids(conn: Connection) -> None:
+    # A client's optional request id per save, unique when given: a retried save is found again
+    # instead of stored twice (NULLs do not collide in a unique index on SQLite or PostgreSQL).
+    conn.execute(text(f"ALTER TABLE annotations ADD COLUMN request_id VARCHAR({REQUEST_ID_MAX})"))
+    conn.execute(text("CREATE UNIQUE INDEX ux_annotations_request_id ON annotations (request_id)"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_create_all, _v2_annotation_request_ids]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.types import TypeDecorator
 
 ANNOTATOR_MAX = 64
 NOTE_MAX = 2000
+REQUEST_ID_MAX = 64
 
 
 def utc_now() -> datetime:
@@ -106,7 +107,10 @@ class AnnotationRow(Base):
     """Append-only: a correction is a new row, and a turn's label is its latest row."""
 
     __tablename__ = "annotations"
-    __table_args__ = (Index("ix_annotations_turn_time", "turn_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_annotations_turn_time", "turn_id", "created_at", "id"),
+        Index("ux_annotations_request_id", "request_id", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     turn_id: Mapped[int] = mapped_column(ForeignKey("turns.id"))
@@ -114,6 +118,8 @@ class AnnotationRow(Base):
     label: Mapped[str] = mapped_column(String(32))
     note: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
+    # The client's id for this save (schema v2): a retry with the same id returns this row.
+    request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_MAX))
 
 
 class AnalysisRow(Base):

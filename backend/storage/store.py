@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import operator
+import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +23,11 @@ from backend.labels import normalize_label
 from backend.schema import validate_analysis
 from backend.settings import Settings, get_settings
 from backend.storage.database import WRITE_OPTION, make_engine, migrate
-from backend.storage.media import copy_hashed, media_ext, media_relpath, place
+from backend.storage.media import copy_hashed, copying, media_ext, media_relpath, place, remove_stale_parts
 from backend.storage.models import (
     ANNOTATOR_MAX,
     NOTE_MAX,
+    REQUEST_ID_MAX,
     AnalysisRow,
     AnnotationRow,
     DialogueRow,
@@ -36,6 +39,8 @@ from backend.storage.models import (
 )
 
 Row = TypeVar("Row", MediaRow, ModelVersionRow)
+ID_MAX = 2**31 - 1  # ids are INTEGER columns: 32-bit on PostgreSQL, the narrower of the two backends
+_REQUEST_ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{REQUEST_ID_MAX}}}")
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class Store:
 
     def __init__(self, url: str, media_dir: Path) -> None:
         self.media_dir = Path(media_dir).absolute()
+        remove_stale_parts(self.media_dir)
         self._engine = make_engine(url)
         try:
             self.schema_version = migrate(self._engine)
@@ -86,18 +92,19 @@ class Store:
         """Copy a file in under its sha256 (once per content) and record it."""
         source = Path(path)
         ext = media_ext(source)
-        hashed = copy_hashed(source, self.media_dir)
-        try:
-            with self._write.begin() as session:
-                row = _get_or_create(
-                    session,
-                    MediaRow,
-                    {"sha256": hashed.sha256},
-                    {"ext": ext, "size_bytes": hashed.size_bytes, "created_at": utc_now()},
-                )
-                place(hashed, self.media_dir / media_relpath(row.sha256, row.ext))
-        finally:
-            hashed.temp_path.unlink(missing_ok=True)
+        with copying(self.media_dir):
+            hashed = copy_hashed(source, self.media_dir)
+            try:
+                with self._write.begin() as session:
+                    row = _get_or_create(
+                        session,
+                        MediaRow,
+                        {"sha256": hashed.sha256},
+                        {"ext": ext, "size_bytes": hashed.size_bytes, "created_at": utc_now()},
+                    )
+                    place(hashed, self.media_dir / media_relpath(row.sha256, row.ext))
+            finally:
+                hashed.temp_path.unlink(missing_ok=True)
         return self._media(row)
 
     def get_media(self, sha256: str) -> Media:
@@ -228,11 +235,23 @@ class Store:
                 for d, sha, profile, turns, annotated in session.execute(query)
             ]
 
-    def add_annotation(self, turn_id: int, label: str, annotator: str, note: str | None = "") -> dict:
-        """Append a label for a turn; it becomes the turn's current label. Invalid input writes nothing."""
+    def add_annotation(
+        self,
+        turn_id: int,
+        label: str,
+        annotator: str,
+        note: str | None = "",
+        request_id: str | None = None,
+    ) -> dict:
+        """Append a label for a turn; it becomes the turn's current label. Invalid input writes nothing.
+
+        With a `request_id` (the client's id for this save) the save is idempotent: sending it again,
+        say after the reply was lost, returns the first save's row instead of storing another.
+        """
         turn_id = _as_id(turn_id, "turn id")
         annotator = _clean_annotator(annotator)
         note = _clean_note(note)
+        request_id = _clean_request_id(request_id)
         if not isinstance(label, str):
             raise InputError(f"turn {turn_id}: the label must be text, got {type(label).__name__}")
         with self._write.begin() as session:
@@ -249,9 +268,18 @@ class Store:
                 label=normalize_label(label, labels, where=f"turn {turn_id}"),
                 note=note,
                 created_at=utc_now(),
+                request_id=request_id,
             )
-            session.add(row)
-        return _annotation(row)
+            earlier = None if request_id is None else _by_request_id(session, request_id)
+            if earlier is None:
+                try:
+                    with session.begin_nested():
+                        session.add(row)
+                except IntegrityError:  # the same request, saved meanwhile by another connection
+                    earlier = None if request_id is None else _by_request_id(session, request_id)
+                    if earlier is None:
+                        raise
+        return _annotation(row) if earlier is None else _replayed(earlier, row)
 
     def history(self, turn_id: int) -> list[dict]:
         """Every annotation of a turn, oldest first; the last one is the current label."""
@@ -412,6 +440,21 @@ def _predictions(session: Session, turn_ids: Select) -> dict[int, dict[str, dict
     return out
 
 
+def _by_request_id(session: Session, request_id: str) -> AnnotationRow | None:
+    return session.scalar(select(AnnotationRow).where(AnnotationRow.request_id == request_id))
+
+
+def _replayed(earlier: AnnotationRow, retry: AnnotationRow) -> dict:
+    """The first save of a request id, if `retry` asks for the same save."""
+    fields = ("turn_id", "label", "annotator", "note")
+    if any(getattr(earlier, f) != getattr(retry, f) for f in fields):
+        raise InputError(
+            f"request id {retry.request_id!r} was already used for another save (turn {earlier.turn_id},"
+            f" label {earlier.label}, by {earlier.annotator}); send a new request id with each new save"
+        )
+    return _annotation(earlier)
+
+
 def _annotation(row: AnnotationRow) -> dict:
     return {
         "annotation_id": row.id,
@@ -424,14 +467,31 @@ def _annotation(row: AnnotationRow) -> dict:
 
 
 def _as_id(value: Any, what: str) -> int:
+    """A row id from an int, a whole float (JSON clients may send 2.0) or a string of digits: never
+    rounded, and within the range of the id columns."""
     if isinstance(value, str) and value.strip().isdecimal():
-        return int(value)
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        return operator.index(value)
-    except TypeError:
-        raise InputError(f"{what} must be a whole number, got {value!r}") from None
+        digits = value.strip()
+        if len(digits) > len(str(ID_MAX)):  # also spares int() thousands of digits
+            raise _out_of_range(what, digits[:24] + "...")
+        number = int(digits)
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    else:
+        try:
+            if isinstance(value, (bool, float)):
+                raise TypeError
+            number = operator.index(value)
+        except TypeError:
+            raise InputError(f"{what} must be a whole number, got {value!r}") from None
+    if not 1 <= number <= ID_MAX:
+        raise _out_of_range(what, number)
+    return number
+
+
+def _out_of_range(what: str, shown: object) -> InputError:
+    return InputError(
+        f"{what} {shown} is out of range (ids run from 1 to {ID_MAX}); use an id from the dialogue"
+    )
 
 
 def _clean_annotator(annotator: Any) -> str:
@@ -440,6 +500,12 @@ def _clean_annotator(annotator: Any) -> str:
         raise InputError("annotator name is empty; enter your name or initials before saving a label")
     if len(name) > ANNOTATOR_MAX:
         raise InputError(f"annotator name has {len(name)} characters; use at most {ANNOTATOR_MAX}")
+    control = next((c for c in name if unicodedata.category(c) == "Cc"), None)
+    if control is not None:
+        raise InputError(
+            f"annotator name contains the control character U+{ord(control):04X}; use letters, digits"
+            " and punctuation only"
+        )
     return name
 
 
@@ -451,4 +517,17 @@ def _clean_note(note: Any) -> str:
     note = note.strip()
     if len(note) > NOTE_MAX:
         raise InputError(f"the note has {len(note)} characters; shorten it to at most {NOTE_MAX}")
+    if "\x00" in note:  # PostgreSQL text cannot hold it; refused on every backend alike
+        raise InputError("the note contains a NUL character (U+0000), which cannot be stored; remove it")
     return note
+
+
+def _clean_request_id(request_id: Any) -> str | None:
+    if request_id is None or request_id == "":
+        return None
+    if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
+        raise InputError(
+            f"request id {str(request_id)[:80]!r} is not valid; use up to {REQUEST_ID_MAX} letters, digits"
+            " or . _ : - (a UUID works), a new one for each save"
+        )
+    return request_id
