@@ -44,7 +44,7 @@ from backend.face_encoder import normalise, to_pixels
 from backend.farcer_predictor import CORE, MODEL, WEIGHTS, load_core, load_farcer, save_trainable
 from backend.farcer_processor import SHOT_COUNTS, Example, FarcerProcessor, sample_shots, training_prompts
 from backend.model_store import ModelStore, open_model_store
-from backend.packaged import PACKAGED
+from backend.packaged import PACKAGED, packaged_for
 from backend.settings import get_settings
 from models.farcer import PAST_LABELS, Farcer, FarcerConfig, apply_lora
 from training.corpora.image_folder import load_image_folder
@@ -619,6 +619,17 @@ def selection(metrics: Mapping, cfg: Mapping) -> str:
             f"(validated {len(metrics['curve'])} times)")
 
 
+def core_line(manifest: Mapping) -> str:
+    """For a head on a packaged core: where the frozen core comes from (package, version, file hashes)."""
+    component = manifest.get("components", {}).get("core", {})
+    if component.get("kind") != "package":
+        return ""
+    packaged = packaged_for(component)
+    files = ", ".join(f"`{name}` sha256 `{sha}`" for name, sha in component["files"].items())
+    return (f"\nCore: {packaged.upstream} ({packaged.licence}), from the package `{packaged.requirement}` "
+            f"(installed with --no-deps; {files}), converted once into the local model cache and checked at load.\n")
+
+
 def model_card(manifest: Mapping) -> str:
     """MODEL_CARD.md from a farcer or farcer-core manifest (re-rendered when a result is recorded)."""
     config, data, metrics = manifest["config"], manifest["data"], manifest["metrics"]
@@ -647,7 +658,7 @@ def model_card(manifest: Mapping) -> str:
     return f"""# FARCER {'core LM' if core_trained else cfg['variant'] + ' head'}
 
 What: {what}. Labels: {', '.join(manifest['labels'])}. Corpus `{data['corpus']}`.
-
+{core_line(manifest)}
 {faces}
 
 ## Training
