@@ -2,8 +2,8 @@
 
     python -m benchmarks.farcer_incremental --turns 20 --shots 7 [--model PATH] [--repeats 3] --out FILE
 
-Without --model it uses the shipped offline FARCER core (the farcer-core checkpoint) when present, else a
-random Llama of a realistic small size; dialogues, examples and face vectors are synthetic.
+Without --model it uses the shipped offline FARCER (its core is the packaged SmolLM2-135M-Instruct) when it
+loads, else a random Llama of a realistic small size; dialogues, examples and face vectors are synthetic.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def test_shipped_checkpoints_verify_and_heads_match_their_components():
     settings = get_settings()
     store = ModelStore(settings.checkpoints_dir, settings.data_dir / "no-such-store")
     builtins = {info.name: info for info in store.versions()}
-    assert {"mister-e", "farcer", "farcer-core", "face-encoder"} <= set(builtins)
+    assert {"mister-e", "farcer", "face-encoder"} <= set(builtins)
     for name in builtins:
         checkpoint = store.find(builtins[name].model, name)  # verifies every file's sha256
         for component in checkpoint.components:

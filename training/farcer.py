@@ -1,9 +1,9 @@
-"""Train and evaluate FARCER: a core LM (trained here with `--core new`, or loaded) plus a projector.
+"""Train and evaluate FARCER: a frozen core LM (the packaged SmolLM2-135M-Instruct by default, a hub
+model, or a small Llama trained here with `--core new`) plus a projector and LoRA adapters.
 
-    python -m training train farcer --corpus meld --data ../shared/data/meld --core new
-                                                           # offline core LM + tokenizer, text only
-    python -m training train farcer --corpus meld --data ../shared/data/meld --core farcer-core \
-        --faces ../shared/data/fer2013 --variant base
+    python -m training train farcer --corpus meld --data ../shared/data/meld --variant lora --shots 0
+    python -m training evaluate farcer --core smollm2 --corpus meld --data ../shared/data/meld \
+        --split test --calibrate --out runs/smollm2-zero-shot.json   # the core with no training
     python -m training evaluate farcer --checkpoint checkpoints/farcer --corpus meld --data ../shared/data/meld \
         --faces ../shared/data/fer2013 --split test --protocol last-turn --out runs/farcer-test.json
 
@@ -470,8 +470,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     parser.add_argument("--corpus", choices=sorted(CORPORA), default="meld")
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--core", default=CORE,
-                        help="a farcer-core checkpoint folder or store version (default: the shipped one), a Hugging "
+    parser.add_argument("--core", default="smollm2",
+                        help="a packaged LM (default: smollm2), a farcer-core checkpoint folder or store version, a Hugging "
                         "Face name, or `new` to train a small Llama + tokenizer here (text only)")
     parser.add_argument("--train-core", action="store_true",
                         help="keep training a core made here (text only), e.g. from a finished --core new run")
