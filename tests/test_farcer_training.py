@@ -298,6 +298,13 @@ def test_an_interrupted_run_resumes_where_it_stopped(trained, tmp_path, monkeypa
         torch.testing.assert_close(ends[0][key], ends[1][key])
     assert "LoRA r4/a16 on q_proj,v_proj,o_proj; 2 batch(es) per step" in (tmp_path / "cut" / "MODEL_CARD.md").read_text()
 
+    # A run its time budget stops early is unfinished, and --resume with a new budget completes it.
+    assert main([*args, "--max-minutes", "1e-6", "--out", str(tmp_path / "budget")]) == 0
+    stopped = read_checkpoint(tmp_path / "budget")
+    assert (stopped.data["finished"], stopped.data["steps"], stopped.data["planned_steps"]) == (False, 0, 4)
+    assert main([*args, "--out", str(tmp_path / "budget"), "--resume"]) == 0
+    assert read_checkpoint(tmp_path / "budget").data["finished"] is True
+
 
 def test_an_untrained_core_is_evaluated_zero_shot_with_and_without_calibration(trained, tmp_path):
     from backend.farcer_predictor import load_core

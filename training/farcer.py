@@ -384,14 +384,16 @@ def fit(
             raise InputError(f"--resume needs the state a run saved at {state_path}; there is none")
         state = load_state(state_path, farcer, opt, sched, rng)
         print(f"resumed at step {state.step} of {total} (epoch {state.epoch}, batch {state.position})", flush=True)
-    started, sums = time.time() - state.seconds, Counter()
+    # `spent` is the run's training time in all; the time budget counts this process only, so that a
+    # run stopped by its budget can be resumed with a new one.
+    started, process_started, sums = time.time() - state.seconds, time.time(), Counter()
     bar = tqdm(total=total, initial=state.step, desc="farcer", unit="step")
 
     def spent() -> float:
         return time.time() - started
 
     def out_of_time() -> bool:
-        return state.step >= total or (cfg.max_minutes > 0 and spent() >= 60 * cfg.max_minutes)
+        return state.step >= total or (cfg.max_minutes > 0 and time.time() - process_started >= 60 * cfg.max_minutes)
 
     def validate() -> None:
         farcer.eval()
@@ -456,9 +458,12 @@ def fit(
                 save_state(state_path, state, farcer, opt, sched, rng)
     if not state.curve or state.curve[-1]["steps"] != state.step:
         validate()  # the budget ran out between validations: judge the last weights too
+    if state_path is not None:
+        state.seconds = spent()
+        save_state(state_path, state, farcer, opt, sched, rng)
     bar.close()
     return {"best_epoch": state.best["epoch"], "best_step": state.best["step"], "val": state.best,
-            "curve": state.curve, "label_counts": dict(counts), "steps": state.step,
+            "curve": state.curve, "label_counts": dict(counts), "steps": state.step, "planned_steps": total,
             "train_minutes": spent() / 60}
 
 
@@ -502,7 +507,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
                         help="longest piece of a dialogue in one training row (every) or sub-dialogue (last)")
     parser.add_argument("--accumulate", type=int, default=d.accumulate, help="batches per optimiser step")
     parser.add_argument("--max-minutes", type=float, default=d.max_minutes,
-                        help="time budget: stop and validate once it is spent (0: none)")
+                        help="time budget of this invocation: stop and validate once it is spent (0: none); "
+                        "a run stopped early can continue with --resume")
     parser.add_argument("--lora-r", type=int, default=d.lora_r)
     parser.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
     parser.add_argument("--lora-targets", default=",".join(d.lora_targets),
@@ -598,7 +604,10 @@ def train(args: argparse.Namespace) -> int:
             write(pending.folder, manifest)
 
         result = fit(farcer, processor, train_split, val, pool, cfg, on_best, state_path, args.resume)
-        data.update(label_counts=result["label_counts"], finished=True, steps=result["steps"])
+        # A run its time budget stopped early stays resumable (--resume with a new --max-minutes).
+        finished = result["steps"] >= result["planned_steps"]
+        data.update(label_counts=result["label_counts"], finished=finished, steps=result["steps"],
+                    planned_steps=result["planned_steps"])
         manifest["metrics"].update(curve=result["curve"], train_minutes=result["train_minutes"],
                                    best_step=result["best_step"])
         write(pending.folder, manifest, card=True)
