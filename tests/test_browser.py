@@ -178,7 +178,7 @@ def test_page_shows_both_models_for_a_generated_video(chromium, served):
     browse(chromium, url, "--window-size=1400,2600", f"--screenshot={shot}")
 
     status = _text(dom, "model-status")
-    assert "mister-e-double test-1" in status and "farcer-double test-1" in status
+    assert "MiSTER-E : version test-1" in status and "FARCER : version test-1" in status
     table = " ".join(_text(dom, "results-table").split())
     for turn in doc["turns"]:
         assert turn["text"].replace("&", "&amp;") in table

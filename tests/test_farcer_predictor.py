@@ -186,7 +186,7 @@ def test_checkpoint_on_hub_components_loads_the_lm_and_vit_by_name(tmp_path, dat
     def write(vision: str):
         components = {"core": {"kind": "hub", "name": str(tmp_path / "lm")}, "face_encoder": {"kind": "hub", "name": vision}}
         return write_checkpoint(head, model="farcer", config={"model": asdict(config), "variant": "base"},
-                                labels=MELD7, components=components)
+                                labels=MELD7, components=components, data={"faces": "a face folder"})
 
     settings = get_settings()
     predictor = load_predictor(write(str(tmp_path / "vit")), open_model_store(settings), settings)
@@ -204,3 +204,17 @@ def test_committed_checkpoint_through_analyze(dialogue, shipped):
     doc = analyze(video, subtitles=subtitles)
     _check_farcer_turns(doc, explain=False)
     assert doc["models"]["farcer"]["version"] == read_checkpoint(shipped / "farcer").version
+
+
+def test_a_head_trained_without_faces_gets_no_image_slots(shipped):
+    """The shipped head was trained text-only: found faces must not reach a projector it never trained."""
+    store = open_model_store(get_settings())
+    checkpoint = store.find("farcer", "farcer")
+    assert checkpoint.data["faces"] is None
+    predictor = load_predictor(checkpoint, store, get_settings())
+    face = np.full((48, 48, 3), 128, dtype=np.uint8)
+    inputs = [TurnInputs(None, 16000, face), TurnInputs(None, 16000, None)]
+    turns = [Turn("A", 0.0, 1.0, "I am so happy today!"), Turn("B", 1.0, 2.0, "Me too.")]
+    assert predictor.face_vectors(inputs) == [None, None]
+    rows, _ = predictor.predict(turns, inputs, MELD7, explain=True)
+    assert all(s["kind"] != "image" for row in rows for s in row["prompt"])
