@@ -5,10 +5,8 @@ import re
 import shutil
 from dataclasses import asdict
 
-import cv2
 import numpy as np
 import pytest
-from skimage import data
 
 from backend.analyze import analyze
 from backend.checkpoints import read_checkpoint, write_checkpoint
@@ -130,32 +128,6 @@ def test_predictor_without_faces_and_prefix_encoded_once(tiny_checkpoints):
     assert all(piece["kind"] != "image" for piece in again[1]["prompt"])
     assert f"A: oh my god (A's current emotion: {again[0]['label']})\nB: no way\n" in text(again[1]["prompt"])
     assert [p["label"] for p in again[1]["prompt"] if p["kind"] == "label"] == [again[0]["label"]]
-
-
-# The shipped FARCER's probabilities for three turns with fixed face crops, as the predictor gave
-# them before its code moved into models/ + backend/ (issue 9); valid for this version only.
-SHIPPED_VERSION = "9ed394e71f17"
-SHIPPED_PROBS = [
-    [0.05172321226068653, 0.5642637232067175, 0.11084076764012196, 0.09799628047670034,
-     0.05815592763272413, 0.06802419116930872, 0.048995897613740874],
-    [0.49639533008578807, 0.10395857285125175, 0.031164659830820084, 0.026069939979410282,
-     0.15188617410210956, 0.1095698805507878, 0.08095544259983246],
-    [0.05477192875507633, 0.567937897862392, 0.11704908794799995, 0.09371813177202347,
-     0.05515329789027651, 0.06469777081837272, 0.04667188495385904],
-]
-
-
-def test_shipped_checkpoint_gives_the_recorded_probabilities(shipped):
-    predictor = active_farcer()
-    if predictor.version != SHIPPED_VERSION:
-        pytest.skip(f"the shipped FARCER is {predictor.version}; the recorded probabilities are {SHIPPED_VERSION}'s")
-    head = np.ascontiguousarray(data.astronaut()[20:220, 130:320])  # a public-domain photo's face
-    turns = [Turn("Rachel", 0.3, 1.5, "oh my god you know what"), Turn("Ross", 2.0, 3.4, "we were on a break"),
-             Turn("Rachel", 4.0, 5.2, "no way")]
-    crops = [head, None, cv2.resize(head[:, ::-1], (120, 130), interpolation=cv2.INTER_AREA)]
-    outputs, warnings = predictor.predict(turns, [TurnInputs(None, 16_000, c) for c in crops], MELD7)
-    probs = np.array([[o["probs"][label] for label in MELD7] for o in outputs])
-    assert warnings == [] and np.abs(probs - np.array(SHIPPED_PROBS)).max() < 1e-5
 
 
 def test_checkpoint_on_hub_components_loads_the_lm_and_vit_by_name(tmp_path, data_dir):
