@@ -49,3 +49,19 @@ def data_dir(tmp_path, monkeypatch) -> Path:
     get_settings.cache_clear()
     yield tmp_path / "data"
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def dialogue(tmp_path_factory):
+    """A 6 s, 3-turn, two-speaker generated video and its SRT (tests/app_helpers.py)."""
+    from tests.app_helpers import write_dialogue
+
+    return write_dialogue(tmp_path_factory.mktemp("dialogue"))
+
+
+@pytest.fixture
+def models(monkeypatch):
+    """Both models replaced by instant deterministic doubles (tests/app_helpers.py)."""
+    from tests.app_helpers import FarcerDouble, MisterEDouble, install
+
+    return install(monkeypatch, MisterEDouble(), FarcerDouble())

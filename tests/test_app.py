@@ -9,7 +9,7 @@ import pytest
 
 from backend.service import Service
 from backend.settings import Settings
-from tests.app_helpers import FarcerDouble, MisterEDouble, install, write_dialogue
+from tests.app_helpers import FarcerDouble, MisterEDouble, install
 from ui import charts
 from ui.annotate import HOTKEYS_JS, LABEL_ID, NEXT_ID, PREV_ID, SAVE_ID, Annotate
 from ui.callbacks import Analysis
@@ -17,11 +17,6 @@ from ui.layout import build_app, launch_options
 from ui.results import model_status_html, predictions_vtt, results_table, teaching_html
 
 EVIL = "<img src=x onerror=alert(1)>"
-
-
-@pytest.fixture(scope="module")
-def dialogue(tmp_path_factory):
-    return write_dialogue(tmp_path_factory.mktemp("dialogue"))
 
 
 @pytest.fixture

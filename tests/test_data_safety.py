@@ -22,21 +22,11 @@ from backend.errors import InputError
 from backend.service import Service
 from backend.settings import REPO_ROOT, Settings
 from backend.synthetic_media import make_dialogue_video, make_silent_video
-from tests.app_helpers import SRT, FarcerDouble, MisterEDouble, install, write_dialogue
+from tests.app_helpers import SRT, FarcerDouble, MisterEDouble, install
 from tests.test_api import RunningApp
 from tests.test_media import lying_video
 
 HANG_GUARD_S = 60  # how long to wait for another thread or request before calling the test hung
-
-
-@pytest.fixture(scope="module")
-def dialogue(tmp_path_factory):
-    return write_dialogue(tmp_path_factory.mktemp("dialogue"))
-
-
-@pytest.fixture
-def models(monkeypatch):
-    return install(monkeypatch, MisterEDouble(), FarcerDouble())
 
 
 def stored_files(data_dir: Path) -> list[Path]:

@@ -11,19 +11,9 @@ from backend.schema import validate_analysis
 from backend.service import Service, resolve_annotator
 from backend.settings import Settings
 from backend.storage.media import media_relpath
-from tests.app_helpers import FarcerDouble, MisterEDouble, install, write_dialogue
+from tests.app_helpers import MisterEDouble, install
 from tests.concurrency import run_at_once
 from tests.pg import postgres_url  # noqa: F401 (a fixture used by name)
-
-
-@pytest.fixture(scope="module")
-def dialogue(tmp_path_factory):
-    return write_dialogue(tmp_path_factory.mktemp("dialogue"))
-
-
-@pytest.fixture
-def models(monkeypatch):
-    return install(monkeypatch, MisterEDouble(), FarcerDouble())
 
 
 @pytest.fixture
