@@ -111,9 +111,7 @@ class ModelStore:
 
     def active(self, model: str, default: str) -> Checkpoint:
         """The active version of `model`: the one `activate` chose, else the built-in `default` folder."""
-        pointer = self.root / model / ACTIVE
-        version = json.loads(pointer.read_text())["version"] if pointer.is_file() else default
-        return self.find(model, version)
+        return self.find(model, self.active_version(model) or default)
 
     def active_version(self, model: str) -> str | None:
         pointer = self.root / model / ACTIVE
@@ -155,13 +153,6 @@ class ModelStore:
         finally:
             if pending.folder.exists():
                 shutil.rmtree(pending.folder)
-
-    def clean_partial(self) -> int:
-        """Remove folders left by interrupted writes; how many were removed."""
-        stale = list(self.root.glob(f"*/{_PARTIAL}*"))
-        for path in stale:
-            shutil.rmtree(path, ignore_errors=True)
-        return len(stale)
 
 
 def open_model_store(settings) -> ModelStore:

@@ -40,8 +40,8 @@ def versions(model: str | None = None, as_json: bool = False) -> int:
     rows = []
     for info in store.versions(model):
         # Served models have an active version: the one activated, else the profile's built-in folder.
-        spec, chosen = find_spec(info.model), store.active_version(info.model)
-        default = spec.checkpoints.get(settings.profile) if spec else None
+        spec = find_spec(info.model)
+        active = spec and (store.active_version(info.model) or spec.checkpoints.get(settings.profile))
         rows.append(
             {
                 "model": info.model,
@@ -49,8 +49,7 @@ def versions(model: str | None = None, as_json: bool = False) -> int:
                 "name": info.name,
                 "created_at": info.created_at,
                 "builtin": info.builtin,
-                "active": spec is not None
-                and (info.version == chosen if chosen else info.builtin and info.name == default),
+                "active": bool(active) and active in (info.version, info.name),  # as store.find matches it
                 "validation": info.validation,
                 "data": {k: v for k, v in info.data.items() if k in ("corpus", "data", "command")},
                 "path": str(info.path),
