@@ -14,7 +14,7 @@ from pathlib import Path
 
 from backend.dialogue import Turn
 from backend.errors import InputError, ModelUnavailableError
-from backend.faces import FaceResult, turn_faces
+from backend.faces import FaceResult, attribute_speakers
 from backend.media import audio_span, load_audio, probe, sha256_file
 from backend.predictors import TurnInputs, TurnPredictor, load_predictors
 from backend.profiles import PROFILES, Profile, get_profile
@@ -25,10 +25,6 @@ from backend.transcripts import read_subtitles, read_turns, turns_from_table, va
 from backend.vad import vad_turns
 
 SAMPLE_RATE = 16_000
-FACE_FRAMES_PER_TURN = 3
-# Decoded RGB frames held at once while finding faces: turns are read in batches under this, so a long
-# dialogue does not hold every turn's frames (200 turns of 720p video would be 1.6 GB).
-FRAME_BUDGET_BYTES = 64 * 2**20
 Progress = Callable[[float, str], None]
 
 
@@ -76,15 +72,9 @@ def find_turns(
     return turns, warnings + more
 
 
-def _turn_faces(video: Path, turns: Sequence[Turn], frame_bytes: int) -> list[FaceResult]:
-    """The speaker's face per turn, decoding at most FRAME_BUDGET_BYTES of frames at a time."""
-    spans = [(turn.start, turn.end) for turn in turns]
-    batch = max(1, FRAME_BUDGET_BYTES // max(1, FACE_FRAMES_PER_TURN * frame_bytes))
-    return [
-        face
-        for i in range(0, len(spans), batch)
-        for face in turn_faces(video, spans[i : i + batch], FACE_FRAMES_PER_TURN)
-    ]
+def _turn_faces(video: Path, turns: Sequence[Turn]) -> list[FaceResult]:
+    """The speaker's face per turn (frames are decoded in memory-bounded batches inside)."""
+    return attribute_speakers(video, [(turn.start, turn.end) for turn in turns])
 
 
 def _face_json(face: FaceResult) -> dict:
@@ -132,7 +122,7 @@ def analyze(
 
     progress(0.4, "faces")
     t = time.perf_counter()
-    faces = _turn_faces(video, turns, info.width * info.height * 3)
+    faces = _turn_faces(video, turns)
     inputs = [
         TurnInputs(
             audio=None if audio is None else audio_span(audio, SAMPLE_RATE, turn.start, turn.end),

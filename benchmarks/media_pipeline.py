@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.faces import turn_faces
+from backend.faces import attribute_speakers
 from backend.media import audio_span, load_audio, probe
 from backend.synthetic_media import make_dialogue_video
 
@@ -26,7 +26,6 @@ class BenchConfig:
     size: tuple[int, int] = (640, 360)
     fps: int = 25
     sr: int = 16000
-    frames_per_turn: int = 3
     target_ratio: float = 0.1
 
 
@@ -47,7 +46,7 @@ def run(cfg: BenchConfig) -> dict:
         audio = load_audio(path, cfg.sr)
         spans = [audio_span(audio, cfg.sr, start, end) for start, end in turns]
         t2 = time.perf_counter()
-        faces = turn_faces(path, turns, cfg.frames_per_turn)
+        faces = attribute_speakers(path, turns)
         t3 = time.perf_counter()
     if not all(span.size for span in spans) or not all(face.found for face in faces):
         raise RuntimeError("the synthetic video lost a turn's audio or face; the media pipeline is broken")
