@@ -8,6 +8,7 @@ activity curve is given. Turns are then grouped into speakers by track, position
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -156,7 +157,13 @@ def _faces(frame_rgb: np.ndarray, backend: str, min_fraction: float) -> list[_Fa
 
 
 def _backend() -> str:
-    return "haar" if fallback_warning() else "facemesh"
+    """"facemesh" when the packaged models are there, else "haar" (with a RuntimeWarning; the analysis
+    reports `fallback_warning()` in its own warnings)."""
+    message = fallback_warning()
+    if message:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        return "haar"
+    return "facemesh"
 
 
 def detect_faces(frame_rgb: np.ndarray, min_fraction: float = _MIN_FACE_FRACTION) -> list[Box]:
