@@ -119,16 +119,17 @@ def check_available() -> None:
     packaged_path("facemesh")
 
 
-def _letterbox(frame_rgb: np.ndarray) -> tuple[np.ndarray, float, int, int]:
-    """The frame centred in a black square, resized to 128x128, scaled to [-1, 1]; with the
-    square's side and the padding, to map the outputs back to frame pixels."""
+def _letterbox(frame_rgb: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """The frame shrunk to fit 128x128, centred on black, scaled to [-1, 1]; with the scale and the
+    padding (in input pixels) that map the outputs back to frame pixels."""
     h, w = frame_rgb.shape[:2]
-    side = max(h, w)
-    pad_x, pad_y = (side - w) // 2, (side - h) // 2
-    square = np.zeros((side, side, 3), np.uint8)
-    square[pad_y : pad_y + h, pad_x : pad_x + w] = frame_rgb
-    small = cv2.resize(square, (_DETECT_SIDE, _DETECT_SIDE), interpolation=cv2.INTER_AREA)
-    return (small.astype(np.float32) / 127.5 - 1.0)[None], side, pad_x, pad_y
+    scale = _DETECT_SIDE / max(h, w)
+    small_w, small_h = max(1, round(w * scale)), max(1, round(h * scale))
+    small = cv2.resize(frame_rgb, (small_w, small_h), interpolation=cv2.INTER_AREA)
+    pad = np.array([(_DETECT_SIDE - small_w) // 2, (_DETECT_SIDE - small_h) // 2], np.float32)
+    square = np.zeros((_DETECT_SIDE, _DETECT_SIDE, 3), np.uint8)
+    square[int(pad[1]) : int(pad[1]) + small_h, int(pad[0]) : int(pad[0]) + small_w] = small
+    return (square.astype(np.float32) / 127.5 - 1.0)[None], scale, pad
 
 
 def _weighted_nms(boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray) -> list[tuple[np.ndarray, float, np.ndarray]]:
@@ -159,7 +160,7 @@ def _weighted_nms(boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray) 
 def detect(frame_rgb: np.ndarray, min_score: float = _MIN_SCORE) -> list[Detection]:
     """Faces in an RGB uint8 frame, best first. Short range: faces filling roughly a tenth or more
     of the frame's longer side (people within ~2 m of the camera)."""
-    tensor, side, pad_x, pad_y = _letterbox(frame_rgb)
+    tensor, scale, pad = _letterbox(frame_rgb)
     outputs = _blazeface(tensor)
     raw = next(o for o in outputs if o.shape[-1] == 16)[0]
     logits = next(o for o in outputs if o.shape[-1] == 1)[0, :, 0]
@@ -167,17 +168,16 @@ def detect(frame_rgb: np.ndarray, min_score: float = _MIN_SCORE) -> list[Detecti
     keep = scores >= min_score
     if not keep.any():
         return []
-    anchors, raw, scores = _anchor_centres()[keep], raw[keep], scores[keep]
-    centre = anchors + raw[:, 0:2] / _DETECT_SIDE
-    size = raw[:, 2:4] / _DETECT_SIDE
-    boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)  # x0, y0, x1, y1 in [0, 1]
-    keypoints = anchors[:, None, :] + raw[:, 4:].reshape(-1, _N_KEYPOINTS, 2) / _DETECT_SIDE
-    to_frame = np.array([pad_x, pad_y], np.float32)
+    # Offsets are in input pixels relative to the anchor centres (x_scale = w_scale = 128).
+    anchors, raw, scores = _anchor_centres()[keep] * _DETECT_SIDE, raw[keep], scores[keep]
+    centre = anchors + raw[:, 0:2]
+    size = raw[:, 2:4]
+    boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)  # x0, y0, x1, y1, input pixels
+    keypoints = anchors[:, None, :] + raw[:, 4:].reshape(-1, _N_KEYPOINTS, 2)
     found = []
     for box, score, points in _weighted_nms(boxes, scores, keypoints):
-        x0, y0 = box[:2] * side - to_frame
-        x1, y1 = box[2:] * side - to_frame
-        found.append(Detection((float(x0), float(y0), float(x1 - x0), float(y1 - y0)), score, points * side - to_frame))
+        (x0, y0), (x1, y1) = (box[:2] - pad) / scale, (box[2:] - pad) / scale
+        found.append(Detection((float(x0), float(y0), float(x1 - x0), float(y1 - y0)), score, (points - pad) / scale))
     return found
 
 

@@ -56,6 +56,7 @@ class FaceResult:
     box: Box | None = None
     crop: np.ndarray | None = None  # RGB, the box's region of the chosen frame
     frame_index: int | None = None  # index into the turn's sampled frames
+    time_s: float | None = None  # when that frame is shown (set by attribute_speakers)
     method: str = "none"  # "lips+voice", "lips", "largest" or "none"
     track: int | None = None  # face track id, shared by the turns of one call where the face stays in place
     confidence: float = 0.0  # 0..1: how clearly this face's lips moved more than the others'
@@ -281,6 +282,8 @@ def speaker_face(
 ) -> FaceResult:
     """The face of whoever is speaking across `frames` (RGB, one turn, in time order), with the speech
     probability at each frame when known. No face is a normal result (found=False)."""
+    if speech is not None and len(speech) != len(frames):
+        raise InputError(f"Got {len(speech)} speech probabilities for {len(frames)} frames; give one per frame.")
     backend = _backend()
     tracker = _Tracker()
     faces = []
@@ -355,7 +358,10 @@ def attribute_speakers(
                 frame_faces = _faces(frame, backend, min_fraction)
                 tracker.update(frame_faces)
                 faces.append(frame_faces)
-            results.append(_choose(turn_frames, faces, _speech_at(activity, times[i]), backend))
+            result = _choose(turn_frames, faces, _speech_at(activity, times[i]), backend)
+            if result.found:
+                result.time_s = times[i][result.frame_index]
+            results.append(result)
     return results
 
 

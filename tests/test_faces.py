@@ -120,6 +120,10 @@ def test_one_turn_gets_the_face_the_whole_video_call_gets(video):
     for turn, expected in zip(TURNS, whole):
         single = turn_face(video, *turn)
         assert single.box == expected.box and single.frame_index == expected.frame_index
+        assert turn[0] < single.time_s == expected.time_s < turn[1]
+        (frame,) = read_frames(video, [single.time_s])
+        x, y, w, h = single.box
+        np.testing.assert_array_equal(single.crop, frame[y : y + h, x : x + w])
 
 
 def test_batches_under_a_small_frame_budget_keep_the_tracks(video):
@@ -249,3 +253,6 @@ def test_bad_input():
         detect_faces(np.zeros((10, 10), np.uint8))
     with pytest.raises(InputError, match="start <= end"):
         turn_face("unused.mp4", 3.0, 2.0)
+    blank = np.zeros((36, 64, 3), np.uint8)
+    with pytest.raises(InputError, match="one per frame"):
+        speaker_face([blank, blank], speech=[1.0])
