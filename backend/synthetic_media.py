@@ -62,6 +62,20 @@ def head_boxes(size: tuple[int, int] = (640, 360)) -> tuple[tuple[int, int, int,
     return tuple(boxes)
 
 
+def mouth_boxes(size: tuple[int, int] = (640, 360)) -> tuple[tuple[int, int, int, int], ...]:
+    """(x, y, w, h) around the left and right mouths (open or closed) in a frame of `size`."""
+    head_h, head_w = _head().shape[:2]
+    max_half_h = 1 + 1.5 * (_MOUTH_LEVELS - 1)
+    boxes = []
+    for side, (x, y, w, h) in enumerate(head_boxes(size)):
+        sx, sy = w / head_w, h / head_h
+        cx = _MOUTH_XY[0] if side == 0 else head_w - 1 - _MOUTH_XY[0]  # the right head is mirrored
+        half_w, half_h = (_MOUTH_HALF_W + 2) * sx, (max_half_h + 2) * sy
+        left, top = round(x + cx * sx - half_w), round(y + _MOUTH_XY[1] * sy - half_h)
+        boxes.append((left, top, round(2 * half_w), round(2 * half_h)))
+    return tuple(boxes)
+
+
 def _background(size: tuple[int, int]) -> np.ndarray:
     width, height = size
     corner = _head()[:10, :10].reshape(-1, 3).mean(axis=0)
