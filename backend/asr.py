@@ -17,7 +17,7 @@ import numpy as np
 
 from backend.dialogue import Turn
 from backend.errors import ModelUnavailableError
-from backend.packaged import PACKAGED, assembled_path, packaged_path
+from backend.packaged import PACKAGED, assembled_path
 from backend.text import clean_text
 from backend.vad import SAMPLE_RATE, speech_audio, speech_regions
 
@@ -31,7 +31,6 @@ TURN_PAUSE_S = 0.5
 # Whisper's word times can be 0.2-0.5 s off (the first word often starts at 0): a word belongs to
 # the voice-activity region nearest its middle when that is within SNAP_S.
 SNAP_S = 0.35
-_FASTER_WHISPER = "faster-whisper"
 
 
 @dataclass(frozen=True)
@@ -47,13 +46,6 @@ def asr_model_for(profile_model: str, language: str) -> str:
     if profile_model == ENGLISH_MODEL and language != "en":
         return MULTILINGUAL_MODEL
     return profile_model
-
-
-def _missing_faster_whisper() -> ModelUnavailableError:
-    vad = PACKAGED["silero-vad"]  # pinned to the same faster-whisper release
-    return ModelUnavailableError(
-        f"speech recognition needs the {_FASTER_WHISPER} package, which is missing; {vad.install}"
-    )
 
 
 def _source(name: str, cache_dir: Path) -> tuple[str, bool]:
@@ -74,7 +66,10 @@ def _load(source: str, local: bool, device: str) -> Any:
     try:
         from faster_whisper import WhisperModel
     except ImportError:
-        raise _missing_faster_whisper() from None
+        package = PACKAGED["silero-vad"]  # the faster-whisper release whose bundled VAD is pinned
+        raise ModelUnavailableError(
+            f"speech recognition needs the {package.package} package, which is missing; {package.install}"
+        ) from None
     from huggingface_hub import is_offline_mode
 
     cuda = device.startswith("cuda")

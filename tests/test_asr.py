@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
