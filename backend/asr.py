@@ -70,9 +70,11 @@ def _load(source: str, local: bool, device: str) -> Any:
         raise ModelUnavailableError(
             f"speech recognition needs the {package.package} package, which is missing; {package.install}"
         ) from None
+    import ctranslate2
     from huggingface_hub import is_offline_mode
 
-    cuda = device.startswith("cuda")
+    # torch may see a GPU that this CTranslate2 build cannot use; Whisper then runs on the CPU.
+    cuda = device.startswith("cuda") and ctranslate2.get_cuda_device_count() > 0
     index = int(device.split(":")[1]) if cuda and ":" in device else 0
     try:
         # One decoding at a time, all cores on it (CTranslate2's intra-op threads).
