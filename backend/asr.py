@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from backend.dialogue import Turn
-from backend.errors import ModelUnavailableError
+from backend.errors import InputError, ModelUnavailableError
 from backend.packaged import PACKAGED, assembled_path
 from backend.text import clean_text
 from backend.vad import SAMPLE_RATE, speech_audio, speech_regions
@@ -194,4 +194,9 @@ def transcribe(
     if not regions:
         return []
     model = load_asr(model_name, device, cache_dir)
+    if language not in model.supported_languages:
+        raise InputError(
+            f"{model_name} does not know the language {language!r}; set ERC_ASR_LANGUAGE to a Whisper language "
+            f"code it knows ({', '.join(sorted(model.supported_languages)[:12])}, ...)"
+        )
     return words_to_turns(transcribe_words(samples, SAMPLE_RATE, model, language), regions, boundaries)

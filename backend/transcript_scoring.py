@@ -12,7 +12,7 @@ def words_of(text: str) -> list[str]:
     text = text.lower()
     for variant, spelling in _SPELLINGS.items():
         text = text.replace(variant, spelling)
-    return re.findall(r"[a-z0-9']+", text)
+    return re.findall(r"[\w']+", text)
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:

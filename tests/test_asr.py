@@ -19,6 +19,7 @@ from backend.packaged import assembled_path, packaged_path
 from backend.profiles import get_profile
 from backend.settings import Settings
 from backend.transcript_scoring import max_edge_error, word_error_rate
+from backend.tts import Voice, synthesize
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +93,17 @@ def test_language_setting_picks_the_model(monkeypatch, tmp_path, language, model
     assert calls == [(model, {"language": language, "device": "cpu", "cache_dir": settings.model_cache_dir})]
 
 
+def test_german_speech_through_the_multilingual_model(tmp_path):
+    lines = ["Guten Morgen, wie geht es dir heute?", "Danke, mir geht es gut."]
+    speech = synthesize([(line, Voice("de", rate=140)) for line in lines])
+    pause = np.zeros(SAMPLE_RATE, np.float32)
+    audio = np.concatenate([pause, speech[0], pause, speech[1], pause])
+    settings = Settings(data_dir=tmp_path, device="cpu", asr_language="de")
+    turns, warnings = find_turns(tmp_path / "v.mp4", audio, len(audio) / SAMPLE_RATE, get_profile("offline"), settings)
+    assert len(turns) == 2 and word_error_rate(" ".join(lines), " ".join(t.text for t in turns)) <= 0.3
+    assert any(MULTILINGUAL_MODEL in w and "'de'" in w for w in warnings)
+
+
 def test_only_the_english_only_model_gives_way():
     assert asr_model_for(ENGLISH_MODEL, "en") == ENGLISH_MODEL
     assert asr_model_for(ENGLISH_MODEL, "es") == MULTILINGUAL_MODEL
@@ -144,6 +156,14 @@ def test_hub_id_not_in_the_cache_fails_fast_offline(monkeypatch):
 def test_folder_without_a_model_is_unavailable(tmp_path):
     with pytest.raises(ModelUnavailableError, match="cannot load"):
         load_asr(str(tmp_path))
+
+
+def test_unknown_language_is_an_input_error(heard):
+    audio, _ = heard
+    with pytest.raises(InputError, match="does not know the language 'english'.*ERC_ASR_LANGUAGE"):
+        transcribe(audio, SAMPLE_RATE, language="english")
+    with pytest.raises(InputError, match="whisper-tiny.en does not know the language 'de'"):
+        transcribe(audio, SAMPLE_RATE, ENGLISH_MODEL, language="de")
 
 
 def test_bad_audio_is_an_input_error():
