@@ -2,8 +2,8 @@
 
 Used to generate dialogues with real, known words for the ASR tests, benchmarks and the demo clip.
 eSpeak NG keeps state between utterances (its output for a sentence depends on what it spoke
-before), so each batch of lines is spoken by a fresh library in a child process (`synthesize`): the same lines,
-voices and order always give the same samples.
+before), so each batch of lines is spoken by a fresh library in a child process (`synthesize`):
+the same lines, voices and order always give the same samples.
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import io
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -28,7 +27,7 @@ from backend.errors import ModelUnavailableError
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
-_RATE, _PITCH, _RANGE = 1, 3, 4
+_RATE, _PITCH = 1, 3
 _EE_OK = 0
 
 
@@ -63,7 +62,7 @@ DIALOGUE_VOICES = (Voice("en-us+m7", rate=140, pitch=50), Voice("en-us+f4", rate
 
 
 class _Engine:
-    """The process's eSpeak NG library: initialised once; calls are serialised (it keeps global state)."""
+    """The process's eSpeak NG library, initialised once (only the child of `synthesize` speaks)."""
 
     def __init__(self) -> None:
         try:
@@ -89,7 +88,6 @@ class _Engine:
         self._chunks: list[np.ndarray] = []
         self._callback = _CALLBACK(self._collect)  # kept referenced: the library holds the pointer
         self.lib.espeak_SetSynthCallback(self._callback)
-        self.lock = threading.Lock()
 
     def _collect(self, wav, n: int, events) -> int:
         if wav and n > 0:
@@ -97,16 +95,16 @@ class _Engine:
         return 0  # continue
 
     def synth(self, text: str, voice: Voice) -> np.ndarray:
-        with self.lock:
-            if self.lib.espeak_SetVoiceByName(voice.name.encode()) != _EE_OK:
-                raise ModelUnavailableError(f"eSpeak NG has no voice {voice.name!r}")
-            self.lib.espeak_SetParameter(_RATE, voice.rate, 0)
-            self.lib.espeak_SetParameter(_PITCH, voice.pitch, 0)
-            self._chunks = []
-            data = text.encode("utf-8") + b"\0"
-            if self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None) != _EE_OK:
-                raise RuntimeError(f"eSpeak NG failed to speak {text!r}")
-            chunks, self._chunks = self._chunks, []
+        if self.lib.espeak_SetVoiceByName(voice.name.encode()) != _EE_OK:
+            raise ModelUnavailableError(f"eSpeak NG has no voice {voice.name!r}")
+        self.lib.espeak_SetParameter(_RATE, voice.rate, 0)
+        self.lib.espeak_SetParameter(_PITCH, voice.pitch, 0)
+        self._chunks = []
+        data = text.encode("utf-8") + b"\0"
+        # Synchronous output: the callback has received all the audio when espeak_Synth returns.
+        if self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None) != _EE_OK:
+            raise RuntimeError(f"eSpeak NG failed to speak {text!r}")
+        chunks, self._chunks = self._chunks, []
         return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
 
 
@@ -116,6 +114,7 @@ def _engine() -> _Engine:
 
 
 def _trimmed(raw: np.ndarray, engine_sr: int, sr: int) -> np.ndarray:
+    """Float32 at `sr` without the silence eSpeak puts before and after an utterance."""
     samples = raw.astype(np.float32) / 32768.0
     loud = np.flatnonzero(np.abs(samples) > 1e-3)
     samples = samples[loud[0] : loud[-1] + 1] if loud.size else samples[:0]
