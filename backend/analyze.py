@@ -22,7 +22,6 @@ from backend import registry
 from backend.schema import SCHEMA, validate_analysis
 from backend.settings import Settings, get_settings
 from backend.transcripts import read_subtitles, read_turns, turns_from_table, validate_turns
-from backend.vad import vad_turns
 
 SAMPLE_RATE = 16_000
 Progress = Callable[[float, str], None]
@@ -42,7 +41,7 @@ def find_turns(
     transcript: Path | None = None,
     table: Sequence | None = None,
 ) -> tuple[list[Turn], list[str]]:
-    """Turns from the first source given: subtitles, transcript, table, ASR, voice activity."""
+    """Turns from the first source given: subtitles, transcript, table, speech recognition."""
     warnings: list[str] = []
     if subtitles is not None:
         turns, source = read_subtitles(subtitles), Path(subtitles).name
@@ -55,20 +54,27 @@ def find_turns(
             f"{video.name} has no audio track and no subtitles or transcript were given, so there is "
             "nothing to find turns in; upload subtitles (SRT/VTT) or a transcript CSV"
         )
-    elif profile.asr_model is not None:
-        from backend.asr import transcribe
-
-        turns, source = transcribe(audio, SAMPLE_RATE, profile.asr_model, settings.torch_device()), "speech recognition"
     else:
-        turns, source = vad_turns(audio, SAMPLE_RATE), "voice activity"
+        from backend.asr import PLACEHOLDER_SPEAKER, asr_model_for, transcribe
+
+        model = asr_model_for(profile.asr_model, settings.asr_language)
+        turns, source = transcribe(
+            audio, SAMPLE_RATE, model, language=settings.asr_language, device=settings.torch_device(),
+            cache_dir=settings.model_cache_dir,
+        ), "speech recognition"
+        if not turns:
+            raise InputError(
+                f"no speech was found in the audio track of {video.name} (voice activity detection heard only "
+                "silence or noise), so there are no turns to analyse; check that the video has spoken dialogue, "
+                "or upload subtitles (SRT/VTT) or a transcript CSV"
+            )
         warnings.append(
-            f"no transcript: the {profile.name!r} profile has no speech recogniser, so turns were found "
-            "by voice activity and have no text (one unknown speaker); upload subtitles (SRT/VTT) or a "
-            "transcript CSV, or type the text into the transcript table and run again"
+            f"no transcript: turns and their text come from speech recognition ({model}, language "
+            f"{settings.asr_language!r}; set ERC_ASR_LANGUAGE for another language) and may contain errors, "
+            f"and speakers are not identified ({PLACEHOLDER_SPEAKER}); upload subtitles (SRT/VTT) or a "
+            "transcript CSV, or correct the transcript table and run again"
         )
-    turns, more = validate_turns(
-        turns, duration_s, settings.max_turns, source, require_text=source != "voice activity"
-    )
+    turns, more = validate_turns(turns, duration_s, settings.max_turns, source)
     return turns, warnings + more
 
 

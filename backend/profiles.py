@@ -17,7 +17,7 @@ class Profile:
     name: str
     description: str
     labels: tuple[str, ...]
-    asr_model: str | None
+    asr_model: str  # speech recognition for videos without subtitles (backend.asr.load_asr names)
 
 
 OFFLINE = Profile(
@@ -25,7 +25,7 @@ OFFLINE = Profile(
     description="small real encoders (MiniLM, openSMILE eGeMAPS, a FER2013 CNN) and checkpoints "
     "trained here; no network needed",
     labels=MELD7,
-    asr_model=None,
+    asr_model="whisper-tiny.en",
 )
 
 PAPER = Profile(
@@ -33,7 +33,7 @@ PAPER = Profile(
     description="the papers' models (Qwen2.5-7B / Qwen2-Audio-7B encoders, Llama-3-8B-Instruct with "
     "vit-face-expression, Whisper ASR); needs a GPU and the weights in the local cache",
     labels=MELD7,
-    asr_model="openai/whisper-small",
+    asr_model="Systran/faster-whisper-small",
 )
 
 _PROFILES = {p.name: p for p in (OFFLINE, PAPER)}

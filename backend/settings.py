@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     max_turns: int = Field(default=200, ge=1)
     max_queued_analyses: int = Field(default=8, ge=0)
     require_login: bool = Field(default_factory=on_spaces)
+    # Language spoken in uploaded videos, as a Whisper language code ("en", "de", "fr", ...), for
+    # transcribing videos that come without subtitles. The offline profile transcribes "en" with the
+    # packaged English-only Whisper tiny.en and any other language with the packaged multilingual
+    # Whisper base; the paper profile's Whisper small takes the language as it is.
+    asr_language: str = "en"
 
     @field_validator("profile")
     @classmethod

@@ -1,13 +1,18 @@
-"""Deterministic synthetic dialogue videos: two real faces, a speaking mouth and a speech-like tone.
+"""Deterministic synthetic dialogue videos: two real faces with speaking mouths.
 
-Turn i is spoken by face i % 2 (0 = left, 1 = right). The audio holds a harmonic, amplitude-modulated
-tone during each turn and near-silence between turns; the speaker's mouth opens and closes during
-its turns. Used by the tests, the media benchmark and as the app's demo clip.
+Two kinds of soundtrack:
+- `make_dialogue_video`: turn i is spoken by face i % 2 (0 = left, 1 = right) as a harmonic,
+  amplitude-modulated tone, near-silence between turns; the speaker's mouth opens and closes at
+  random every syllable. Cheap; for media, face and pipeline tests that need no words.
+- `make_spoken_dialogue_video`: real synthetic speech (eSpeak NG, one voice per face) for given
+  lines, with varied pauses; the speaker's mouth follows the loudness of its speech. Returns the
+  ground truth (who said what, when) for the ASR tests, benchmarks and the demo.
 """
 from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +29,10 @@ _SYLLABLE_S = 0.16
 _HEAD_SCALES = (1.3, 1.1)  # the right face is smaller, so "largest face" is not always the speaker
 _SPEAKER_F0 = (150.0, 220.0)
 _AUDIO_CHUNK = 1024
+# Pauses between spoken lines, cycled: long ones (0.7 s and up, a pause alone marks the turn change)
+# and quick turn-taking (0.25-0.4 s, as short as the pause between two sentences of one speaker).
+_PAUSES_S = (0.7, 0.25, 1.0, 0.4, 0.3, 1.3, 0.8)
+_NOISE_RMS = 0.002  # the room: real recordings are never digitally silent
 
 
 @lru_cache(maxsize=1)
@@ -50,6 +59,20 @@ def head_boxes(size: tuple[int, int] = (640, 360)) -> tuple[tuple[int, int, int,
         w, h = round(head_w * s), round(head_h * s)
         x = round(width * 0.06) if side == 0 else round(width * 0.94) - w
         boxes.append((x, (height - h) // 2, w, h))
+    return tuple(boxes)
+
+
+def mouth_boxes(size: tuple[int, int] = (640, 360)) -> tuple[tuple[int, int, int, int], ...]:
+    """(x, y, w, h) around the left and right mouths (open or closed) in a frame of `size`."""
+    head_h, head_w = _head().shape[:2]
+    max_half_h = 1 + 1.5 * (_MOUTH_LEVELS - 1)
+    boxes = []
+    for side, (x, y, w, h) in enumerate(head_boxes(size)):
+        sx, sy = w / head_w, h / head_h
+        cx = _MOUTH_XY[0] if side == 0 else head_w - 1 - _MOUTH_XY[0]  # the right head is mirrored
+        half_w, half_h = (_MOUTH_HALF_W + 2) * sx, (max_half_h + 2) * sy
+        left, top = round(x + cx * sx - half_w), round(y + _MOUTH_XY[1] * sy - half_h)
+        boxes.append((left, top, round(2 * half_w), round(2 * half_h)))
     return tuple(boxes)
 
 
@@ -92,7 +115,7 @@ def speech_like_audio(
     """Float32 mono: a harmonic tone with syllable-rate modulation during each turn, faint noise elsewhere."""
     rng = np.random.default_rng(seed)
     n = int(round(duration_s * sr))
-    audio = (rng.standard_normal(n) * 0.002).astype(np.float32)
+    audio = (rng.standard_normal(n) * _NOISE_RMS).astype(np.float32)
     ramp = int(0.015 * sr)
     for i, (start, end) in enumerate(turns):
         a, b = int(round(start * sr)), min(n, int(round(end * sr)))
@@ -192,17 +215,103 @@ def make_dialogue_video(
         duration_s = max((end for _, end in turns), default=0.0) + 1.0
     n_frames = max(1, int(round(duration_s * fps)))
     if faces:
-        bank: dict[tuple[int, int], np.ndarray] = {}
-        track = _mouth_track(turns, fps, n_frames, seed)
-        frames = []
-        for levels in track:
-            if levels not in bank:
-                bank[levels] = _compose(size, levels)
-            frames.append(bank[levels])
+        frames = _frames(size, _mouth_track(turns, fps, n_frames, seed))
     else:
         frames = [_background(size)] * n_frames
     sound = speech_like_audio(turns, n_frames / fps, sr, seed) if audio else None
     return _write(Path(path), frames, fps, size, sound, sr, faststart)
+
+
+@dataclass(frozen=True)
+class SpokenLine:
+    """Ground truth of one generated line: who (0 = left face, 1 = right), when (seconds), what."""
+
+    speaker: int
+    start: float
+    end: float
+    text: str
+
+
+def _frames(size: tuple[int, int], track: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """One composed image per frame; frames with the same mouth levels share one array."""
+    bank: dict[tuple[int, int], np.ndarray] = {}
+    frames = []
+    for levels in track:
+        if levels not in bank:
+            bank[levels] = _compose(size, levels)
+        frames.append(bank[levels])
+    return frames
+
+
+def _envelope_track(
+    speech: Sequence[np.ndarray], truth: Sequence[SpokenLine], sr: int, fps: int, n_frames: int
+) -> list[tuple[int, int]]:
+    """(left level, right level) per frame: the speaker's mouth opens with the RMS of its speech
+    in that frame, relative to the line's loudest frame."""
+    track = [(0, 0)] * n_frames
+    per_frame = sr / fps
+    for samples, line in zip(speech, truth):
+        first = int(np.floor(line.start * fps))
+        last = min(n_frames, int(np.ceil(line.end * fps)))
+        offset = int(round(line.start * sr))
+        rms = []
+        for f in range(first, last):
+            a = max(0, int(round(f * per_frame)) - offset)
+            b = max(0, int(round((f + 1) * per_frame)) - offset)
+            chunk = samples[a:b]
+            rms.append(float(np.sqrt(np.mean(chunk**2))) if chunk.size else 0.0)
+        peak = max(rms, default=0.0)
+        for f, value in zip(range(first, last), rms):
+            level = int(round((_MOUTH_LEVELS - 1) * value / peak)) if peak > 0 else 0
+            track[f] = (level, 0) if line.speaker == 0 else (0, level)
+    return track
+
+
+def make_spoken_dialogue_video(
+    path: str | Path,
+    lines: Sequence[tuple[int, str]],
+    *,
+    pauses_s: Sequence[float] | None = None,
+    lead_in_s: float = 0.5,
+    tail_s: float = 0.8,
+    size: tuple[int, int] = (640, 360),
+    fps: int = 25,
+    sr: int = 16000,
+    seed: int = 0,
+    faststart: bool = False,
+) -> list[SpokenLine]:
+    """Write an H.264/AAC MP4 where face `speaker` says each (speaker, text) line in turn.
+
+    Speaker 0 (left face) and 1 (right face) have different eSpeak NG voices. Line i+1 starts
+    pauses_s[i] after line i ends (default: cycling through _PAUSES_S from `seed`). Returns
+    each line's speaker, start, end (of its audible speech, in seconds) and text.
+    """
+    from backend.tts import DIALOGUE_VOICES, synthesize
+
+    if not lines:
+        raise ValueError("a spoken dialogue needs at least one line")
+    if any(speaker not in (0, 1) for speaker, _ in lines):
+        raise ValueError("speakers are 0 (left face) or 1 (right face)")
+    if pauses_s is None:
+        pauses_s = [_PAUSES_S[(i + seed) % len(_PAUSES_S)] for i in range(len(lines) - 1)]
+    if len(pauses_s) != len(lines) - 1:
+        raise ValueError(f"{len(lines)} lines need {len(lines) - 1} pauses, got {len(pauses_s)}")
+    speech = synthesize([(text, DIALOGUE_VOICES[speaker]) for speaker, text in lines], sr)
+    truth, t = [], lead_in_s
+    for (speaker, text), samples, pause in zip(lines, speech, [*pauses_s, 0.0]):
+        # Start on a sample so that the truth is exactly where the speech sits in the track.
+        start = round(t * sr) / sr
+        truth.append(SpokenLine(speaker, start, start + len(samples) / sr, text))
+        t = start + len(samples) / sr + pause
+    n_frames = int(np.ceil((truth[-1].end + tail_s) * fps))
+    rng = np.random.default_rng(seed)
+    audio = (rng.standard_normal(int(round(n_frames / fps * sr))) * _NOISE_RMS).astype(np.float32)
+    for line, samples in zip(truth, speech):
+        a = int(round(line.start * sr))
+        audio[a : a + len(samples)] += samples
+    frames = _frames(size, _envelope_track(speech, truth, sr, fps, n_frames))
+    _write(Path(path), frames, fps, size, np.clip(audio, -1, 1), sr, faststart)
+    return truth
 
 
 def make_silent_video(path: str | Path, duration_s: float = 2.0, **kwargs) -> Path:

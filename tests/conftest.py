@@ -65,3 +65,27 @@ def models(monkeypatch):
     from tests.app_helpers import FarcerDouble, MisterEDouble, install
 
     return install(monkeypatch, MisterEDouble(), FarcerDouble())
+
+
+# Plainly written lines for the ASR tests (the turn-pause threshold was tuned on other lines, in
+# benchmarks/asr_turns.py). Lines 3 and 4 are one speaker, split by a long pause only.
+SPOKEN_LINES = (
+    (0, "Good morning. Did you sleep well last night?"),
+    (1, "Not really, the neighbours were very loud."),
+    (0, "I am sorry to hear that."),
+    (1, "It is fine. I will have a nap this afternoon."),
+    (1, "But first I need a cup of coffee."),
+    (0, "There is some fresh coffee in the kitchen."),
+    (1, "Thank you, that is very kind of you."),
+)
+SPOKEN_PAUSES_S = (0.7, 0.25, 0.9, 1.0, 0.3, 0.8)  # two quick speaker changes (0.25 s, 0.3 s)
+
+
+@pytest.fixture(scope="session")
+def spoken_dialogue(tmp_path_factory):
+    """(video path, ground truth) of a 7-line, two-voice eSpeak NG dialogue, generated once."""
+    from backend.synthetic_media import make_spoken_dialogue_video
+
+    video = tmp_path_factory.mktemp("spoken") / "spoken.mp4"
+    truth = make_spoken_dialogue_video(video, SPOKEN_LINES, pauses_s=SPOKEN_PAUSES_S, size=(320, 180))
+    return video, truth

@@ -57,12 +57,14 @@ def test_subtitled_video(dialogue, data_dir):
         assert all(key in turn for turn in doc["turns"]), f"{key} did not label every turn"
 
 
-def test_voice_activity_turns_without_transcript(dialogue, data_dir):
-    video, _ = dialogue
+def test_speech_recognition_turns_without_transcript(spoken_dialogue, data_dir):
+    video, truth = spoken_dialogue
     doc = analyze(video)
+    validate_analysis(doc)
+    # No speaker changes from faces yet: quick speaker changes stay inside one turn.
     starts = [t["start"] for t in doc["turns"]]
-    assert starts == pytest.approx([s for s, _ in TURNS], abs=0.2)
-    assert all(t["text"] == "" for t in doc["turns"])
+    assert all(min(abs(s - line.start) for line in truth) <= 0.3 for s in starts)
+    assert all(t["text"] for t in doc["turns"])
     assert any("no transcript" in w and "subtitles" in w for w in doc["warnings"])
 
 
