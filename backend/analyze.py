@@ -10,18 +10,23 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from backend.dialogue import Turn
 from backend.errors import InputError, ModelUnavailableError
-from backend.faces import FaceResult, attribute_speakers
+from backend.faces import FaceResult, attribute_speakers, cluster_speakers, fallback_warning
 from backend.media import audio_span, load_audio, probe, sha256_file
 from backend.predictors import TurnInputs, TurnPredictor, load_predictors
 from backend.profiles import PROFILES, Profile, get_profile
 from backend import registry
 from backend.schema import SCHEMA, validate_analysis
 from backend.settings import Settings, get_settings
+from backend.speakers import speaker_turns
 from backend.transcripts import read_subtitles, read_turns, turns_from_table, validate_turns
+from backend.vad import voice_activity
 
 SAMPLE_RATE = 16_000
 Progress = Callable[[float, str], None]
@@ -29,6 +34,15 @@ Progress = Callable[[float, str], None]
 
 def no_progress(fraction: float, stage: str) -> None:
     """The default progress callback: report nothing."""
+
+
+@dataclass
+class FoundTurns:
+    turns: list[Turn]
+    source: str  # where the turns came from: a file name, "the transcript table" or "speech recognition"
+    warnings: list[str]
+    faces: list[FaceResult] | None = None  # speaking faces, when finding the turns needed them
+    uncertain: list[int] = field(default_factory=list)  # turns whose speaker (face) is doubtful
 
 
 def find_turns(
@@ -40,51 +54,72 @@ def find_turns(
     subtitles: Path | None = None,
     transcript: Path | None = None,
     table: Sequence | None = None,
-) -> tuple[list[Turn], list[str]]:
-    """Turns from the first source given: subtitles, transcript, table, speech recognition."""
-    warnings: list[str] = []
+    activity: tuple[np.ndarray, float] | None = None,
+) -> FoundTurns:
+    """Turns from the first source given: subtitles, transcript, table, speech recognition. Turns from
+    speech recognition get their speakers from the faces that speak them (`backend.speakers`)."""
     if subtitles is not None:
-        turns, source = read_subtitles(subtitles), Path(subtitles).name
+        found = FoundTurns(read_subtitles(subtitles), Path(subtitles).name, [])
     elif transcript is not None:
-        turns, source = read_turns(transcript), Path(transcript).name
+        found = FoundTurns(read_turns(transcript), Path(transcript).name, [])
     elif table is not None:
-        turns, source = turns_from_table(table), "the transcript table"
+        found = FoundTurns(turns_from_table(table), "the transcript table", [])
     elif audio is None:
         raise InputError(
             f"{video.name} has no audio track and no subtitles or transcript were given, so there is "
             "nothing to find turns in; upload subtitles (SRT/VTT) or a transcript CSV"
         )
     else:
-        from backend.asr import PLACEHOLDER_SPEAKER, asr_model_for, transcribe
+        found = _recognised_turns(video, audio, profile, settings, activity)
+    turns, more = validate_turns(found.turns, duration_s, settings.max_turns, found.source)
+    if len(turns) != len(found.turns):  # validation dropped turns: the faces no longer line up
+        found.faces, found.uncertain = None, []
+    found.turns, found.warnings = turns, found.warnings + more
+    return found
 
-        model = asr_model_for(profile.asr_model, settings.asr_language)
-        turns, source = transcribe(
-            audio, SAMPLE_RATE, model, language=settings.asr_language, device=settings.torch_device(),
-            cache_dir=settings.model_cache_dir,
-        ), "speech recognition"
-        if not turns:
-            raise InputError(
-                f"no speech was found in the audio track of {video.name} (voice activity detection heard only "
-                "silence or noise), so there are no turns to analyse; check that the video has spoken dialogue, "
-                "or upload subtitles (SRT/VTT) or a transcript CSV"
-            )
-        warnings.append(
-            f"no transcript: turns and their text come from speech recognition ({model}, language "
-            f"{settings.asr_language!r}; set ERC_ASR_LANGUAGE for another language) and may contain errors, "
-            f"and speakers are not identified ({PLACEHOLDER_SPEAKER}); upload subtitles (SRT/VTT) or a "
-            "transcript CSV, or correct the transcript table and run again"
+
+def _recognised_turns(
+    video: Path, audio, profile: Profile, settings: Settings, activity: tuple[np.ndarray, float] | None
+) -> FoundTurns:
+    from backend.asr import asr_model_for, recognise
+
+    model = asr_model_for(profile.asr_model, settings.asr_language)
+    words, regions = recognise(
+        audio, SAMPLE_RATE, model, language=settings.asr_language, device=settings.torch_device(),
+        cache_dir=settings.model_cache_dir, activity=activity,
+    )
+    if not words:
+        raise InputError(
+            f"no speech was found in the audio track of {video.name} (voice activity detection heard only "
+            "silence or noise, or nothing in it was recognised as words), so there are no turns to analyse; "
+            "check that the video has spoken dialogue, or upload subtitles (SRT/VTT) or a transcript CSV"
         )
-    turns, more = validate_turns(turns, duration_s, settings.max_turns, source)
-    return turns, warnings + more
+    spoken = speaker_turns(video, words, regions, activity)
+    warning = (
+        f"no transcript: turns and their text come from speech recognition ({model}, language "
+        f"{settings.asr_language!r}; set ERC_ASR_LANGUAGE for another language) and may contain errors; "
+        "speakers are named by the face that speaks (SPEAKER_1, SPEAKER_2, ...). Correct the transcript table "
+        "and run again, or upload subtitles (SRT/VTT) or a transcript CSV"
+    )
+    return FoundTurns(spoken.turns, "speech recognition", [warning], spoken.faces, spoken.uncertain)
 
 
-def _turn_faces(video: Path, turns: Sequence[Turn]) -> list[FaceResult]:
-    """The speaker's face per turn (frames are decoded in memory-bounded batches inside)."""
-    return attribute_speakers(video, [(turn.start, turn.end) for turn in turns])
+def _uncertain_warning(turns: Sequence[int], faces: Sequence[FaceResult]) -> str | None:
+    if not turns:
+        return None
+    reasons = sorted({faces[i].uncertain or "linked to a speaker by looks only" for i in turns})
+    return (
+        f"the speaker's face is uncertain in turn(s) {', '.join(str(i + 1) for i in turns)} "
+        f"({'; '.join(reasons)}): check the speaker and face of these turns"
+    )
 
 
 def _face_json(face: FaceResult) -> dict:
-    return {"found": face.found, "box": [int(v) for v in face.box] if face.found else None}
+    return {
+        "found": face.found,
+        "box": [int(v) for v in face.box] if face.found else None,
+        "time_s": None if face.time_s is None else round(face.time_s, 3),
+    }
 
 
 def analyze(
@@ -120,15 +155,20 @@ def analyze(
 
     progress(0.25, "turns")
     t = time.perf_counter()
-    turns, more = find_turns(
-        video, audio, info.duration_s, prof, settings, _path(subtitles), _path(transcript), table
+    activity = voice_activity(audio, SAMPLE_RATE) if audio is not None else None
+    found = find_turns(
+        video, audio, info.duration_s, prof, settings, _path(subtitles), _path(transcript), table, activity
     )
-    warnings += more
+    turns, warnings = found.turns, warnings + found.warnings
     timings["turns"] = time.perf_counter() - t
 
     progress(0.4, "faces")
     t = time.perf_counter()
-    faces = _turn_faces(video, turns)
+    faces = found.faces
+    if faces is None:
+        faces = attribute_speakers(video, [(turn.start, turn.end) for turn in turns], activity)
+        found.uncertain = cluster_speakers(faces).uncertain
+    warnings += [w for w in (fallback_warning(), _uncertain_warning(found.uncertain, faces)) if w]
     inputs = [
         TurnInputs(
             audio=None if audio is None else audio_span(audio, SAMPLE_RATE, turn.start, turn.end),

@@ -175,6 +175,31 @@ def words_to_turns(
     return turns
 
 
+def recognise(
+    audio: np.ndarray,
+    sr: int,
+    model_name: str = ENGLISH_MODEL,
+    *,
+    language: str = "en",
+    device: str = "cpu",
+    cache_dir: Path | None = None,
+    activity: tuple[np.ndarray, float] | None = None,
+) -> tuple[list[Word], list[tuple[float, float]]]:
+    """The recognised words and the speech regions of `audio`; ([], []) when voice activity finds no
+    speech (Whisper does not run then). `activity`: the audio's `voice_activity`, if already known."""
+    samples = speech_audio(audio, sr)
+    regions = speech_regions(samples, SAMPLE_RATE, activity)
+    if not regions:
+        return [], []
+    model = load_asr(model_name, device, cache_dir)
+    if language not in model.supported_languages:
+        raise InputError(
+            f"{model_name} does not know the language {language!r}; set ERC_ASR_LANGUAGE to a Whisper language "
+            f"code it knows ({', '.join(sorted(model.supported_languages)[:12])}, ...)"
+        )
+    return transcribe_words(samples, SAMPLE_RATE, model, language), regions
+
+
 def transcribe(
     audio: np.ndarray,
     sr: int,
@@ -185,18 +210,9 @@ def transcribe(
     boundaries: Sequence[float] = (),
     cache_dir: Path | None = None,
 ) -> list[Turn]:
-    """Turns with text from speech; [] when voice activity finds no speech (no Whisper run then).
+    """Turns with text from speech; [] when voice activity finds no speech.
 
     `boundaries`: times (seconds) where the speaker changes, e.g. from faces; a turn never spans one.
     """
-    samples = speech_audio(audio, sr)
-    regions = speech_regions(samples, SAMPLE_RATE)
-    if not regions:
-        return []
-    model = load_asr(model_name, device, cache_dir)
-    if language not in model.supported_languages:
-        raise InputError(
-            f"{model_name} does not know the language {language!r}; set ERC_ASR_LANGUAGE to a Whisper language "
-            f"code it knows ({', '.join(sorted(model.supported_languages)[:12])}, ...)"
-        )
-    return words_to_turns(transcribe_words(samples, SAMPLE_RATE, model, language), regions, boundaries)
+    words, regions = recognise(audio, sr, model_name, language=language, device=device, cache_dir=cache_dir)
+    return words_to_turns(words, regions, boundaries) if regions else []

@@ -42,6 +42,9 @@ FRAME_BUDGET_BYTES = 64 * 2**20
 # Mean lip change between samples below which a mouth counts as still (codec noise, landmark jitter).
 # FaceMesh: inner-lip gap / mouth width. Haar fallback: mouth-region darkness (see _mouth_darkness).
 _MIN_MOTION = {"facemesh": 0.02, "haar": 0.01}
+# Less than 1: voice activity is soft (0.3 on a hesitant or unusual voice), so a speaker whose lips move
+# all through the turn must still score above the floor.
+_QUIET_WEIGHT = 0.5
 _ALIKE = 0.7  # a second face whose lip score is at least this share of the best makes the turn ambiguous
 _HIST_BINS = (16, 8)  # hue x saturation bins of the appearance descriptor
 _SAME_LOOK = 0.35  # Hellinger distance of descriptors below which two tracks at one place are one person
@@ -219,7 +222,8 @@ def _speech_at(activity: Activity | None, times: Sequence[float]) -> np.ndarray 
 
 def _lip_score(lips: np.ndarray, speech: np.ndarray | None) -> float | None:
     """Mean lip change between consecutive samples; with voice activity, the change while the voice is
-    on minus the change while it is off (a listener who laughs in the pauses scores lower)."""
+    on minus _QUIET_WEIGHT times the change while it is off (a listener who laughs in the pauses scores
+    lower)."""
     pairs = ~np.isnan(lips[1:]) & ~np.isnan(lips[:-1])
     if not pairs.any():
         return None
@@ -229,7 +233,7 @@ def _lip_score(lips: np.ndarray, speech: np.ndarray | None) -> float | None:
     voice = ((speech[1:] + speech[:-1]) / 2)[pairs]
     talking = float((change * voice).sum() / voice.sum()) if voice.sum() > 0 else 0.0
     quiet = float((change * (1 - voice)).sum() / (1 - voice).sum()) if (1 - voice).sum() >= 1 else 0.0
-    return talking - quiet
+    return talking - _QUIET_WEIGHT * quiet
 
 
 def _descriptor(crop: np.ndarray) -> np.ndarray:
@@ -254,10 +258,15 @@ def _choose(
             boxes[f.track].append((i, f.box))
             if f.lips is not None:
                 lips[f.track][i] = f.lips
-    scores = {t: s for t in tracks if (s := _lip_score(lips[t], speech)) is not None}
-    ranked = sorted(scores, key=lambda t: -scores[t])
+    # Whether a mouth moves at all is judged on the lips alone (the floor is codec and landmark noise);
+    # which of the moving mouths speaks, on the lips with the voice.
     floor = _MIN_MOTION[backend]
-    if ranked and scores[ranked[0]] >= floor:
+    if speech is not None and speech.sum() < 1:  # no voice heard in the turn (music, an odd voice): lips alone
+        speech = None
+    moving = [t for t in tracks if (_lip_score(lips[t], None) or 0.0) >= floor]
+    scores = {t: _lip_score(lips[t], speech) for t in moving}
+    ranked = sorted(moving, key=lambda t: -scores[t])
+    if ranked and scores[ranked[0]] > 0:
         track, best = ranked[0], scores[ranked[0]]
         second = scores[ranked[1]] if len(ranked) > 1 else 0.0
         confidence = float(np.clip(1 - max(second, 0.0) / best, 0, 1))
@@ -266,8 +275,12 @@ def _choose(
     else:
         track = max(tracks, key=lambda t: np.median([b[2] * b[3] for _, b in boxes[t]]))
         confidence, method = 0.0, "largest"
-        uncertain = ("one face visible, its lips do not move" if len(tracks) == 1
-                     else "no visible face moves its lips; took the largest")
+        if ranked:
+            uncertain = "lips move only while no voice is heard; took the largest face"
+        elif len(tracks) == 1:
+            uncertain = "one face visible, its lips do not move"
+        else:
+            uncertain = "no visible face moves its lips; took the largest"
     index, (x, y, w, h) = boxes[track][len(boxes[track]) // 2]
     crop = frames[index][y : y + h, x : x + w].copy()
     return FaceResult(

@@ -2,7 +2,7 @@
 
     {schema, media:{path, sha256, duration_s, has_audio}, profile, labels:[...],
      models:{<key>:{name, version[, model, components:{name: version}]}},
-     turns:[{index, speaker, start, end, text, face:{found, box:[x,y,w,h]|null},
+     turns:[{index, speaker, start, end, text, face:{found, box:[x,y,w,h]|null, time_s?},
              <key>?:{label, probs, <the fields its registry entry lists>}}],
      timings_s:{load, media, features, ..., total}, warnings:[...]}
 

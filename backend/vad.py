@@ -103,8 +103,12 @@ def regions_from_probabilities(
     return [(round(a * hop_s, 3), round(b * hop_s, 3)) for a, b in runs if b - a >= speech_frames]
 
 
-def speech_regions(audio: np.ndarray, sr: int) -> list[tuple[float, float]]:
-    """(start, end) seconds of speech in the audio, in order; [] for silence or noise."""
+def speech_regions(
+    audio: np.ndarray, sr: int, activity: tuple[np.ndarray, float] | None = None
+) -> list[tuple[float, float]]:
+    """(start, end) seconds of speech in the audio, in order; [] for silence or noise. `activity`:
+    this audio's `voice_activity`, when the caller already has it."""
     samples = speech_audio(audio, sr)
     duration = len(samples) / SAMPLE_RATE
-    return [(a, min(b, duration)) for a, b in regions_from_probabilities(_probabilities(samples), HOP_S)]
+    probs, hop_s = activity if activity is not None else (_probabilities(samples), HOP_S)
+    return [(a, min(b, duration)) for a, b in regions_from_probabilities(probs, hop_s)]

@@ -8,6 +8,7 @@ import html
 import pandas as pd
 
 from backend.faces import turn_face
+from backend.media import read_frames
 from backend import registry
 from backend.registry import ModelSpec, TurnField
 
@@ -124,12 +125,17 @@ def turn_choices(doc: dict) -> list[tuple[str, int]]:
 
 
 def face_crop(doc: dict, index: int):
-    """The speaker's face crop the models saw for a turn (found again from the video), or None."""
+    """The speaker's face crop the models saw for a turn (cut again from the video), or None."""
     turn = doc["turns"][index]
-    if not turn["face"]["found"]:
+    face = turn["face"]
+    if not face["found"]:
         return None
-    face = turn_face(doc["media"]["path"], turn["start"], turn["end"])
-    return face.crop if face.found else None
+    if face.get("time_s") is None:  # analyses stored before the frame time was recorded
+        found = turn_face(doc["media"]["path"], turn["start"], turn["end"])
+        return found.crop if found.found else None
+    (frame,) = read_frames(doc["media"]["path"], [face["time_s"]])
+    x, y, w, h = face["box"]
+    return frame[y : y + h, x : x + w].copy()
 
 
 def _probs_line(probs: dict | None) -> str:
