@@ -108,21 +108,35 @@ def test_turn_views_and_stepping(doc, service):
     assert face is not None and face.ndim == 3 and "Turn 1" in view and votes.data
     assert analysis.turn_views(doc, 7) == (None, None, "")
     assert (annotate.next(doc, 2), annotate.previous(doc, 0), annotate.next(doc, 0)) == (2, 0, 1)
-    assert annotate.turn_state(doc, 1) == ("<p>No human label yet.</p>", "joy")
+    assert annotate.turn_state(doc, 1) == ("<p>No human label yet.</p>", "joy", doc["turns"][1]["turn_id"])
 
 
 def test_saving_needs_a_login_when_required(doc, service):
     annotate = Annotate(service)
     service.settings.require_login = True
     with pytest.raises(gr.Error, match="Hugging Face login"):
-        annotate.save(doc, 0, "joy", "", "typed name", None)
+        annotate.save(doc, 0, doc["turns"][0]["turn_id"], "joy", "", "typed name", None)
     assert service.history(doc["turns"][0]["turn_id"]) == []
     service.settings.require_login = False
-    history, table, note = annotate.save(doc, 0, "fear", "n", "ann", None)
+    history, table, note = annotate.save(doc, 0, doc["turns"][0]["turn_id"], "fear", "n", "ann", None)
     assert "<b>fear</b> by ann" in history and table.iloc[0]["human"] == "fear" and note == ""
     history, table, note, label = annotate.accept_handler("farcer")(doc, 1, "", "ann", None)
     assert label == doc["turns"][1]["farcer"]["label"] and table.iloc[1]["human"] == label
     assert annotate.turn_state(doc, 1)[1] == label
+
+
+def test_a_save_with_the_previous_turns_label_is_refused(doc, service):
+    """Right after `j` the picker still shows turn 0's label while turn 1 is selected: a save then
+    carries turn 0's id with it and is refused; nothing is written on either turn."""
+    annotate = Annotate(service)
+    first, second = (t["turn_id"] for t in doc["turns"][:2])
+    with pytest.warns(UserWarning, match="turn 1 was still loading"):
+        assert annotate.save(doc, 1, first, "anger", "", "ann", None) == (gr.skip(),) * 3
+    with pytest.warns(UserWarning, match="still loading"):
+        annotate.save(doc, 1, None, "anger", "", "ann", None)
+    assert service.history(first) == [] and service.history(second) == []
+    annotate.save(doc, 1, second, "anger", "", "ann", None)
+    assert [r["label"] for r in service.history(second)] == ["anger"]
 
 
 def test_page_wires_hotkeys_endpoints_and_limits(service):

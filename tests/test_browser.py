@@ -52,6 +52,20 @@ SELECTION = f"""({{
   busy: {BUSY},
 }})"""
 
+# Watches the turn picker and presses "Save label" the moment turn 1 is selected (what an annotator's
+# Enter right after `j` does); records the turn it pressed on.
+SAVE_ON_NEXT_TURN = """(() => {
+  window.savedOnTurn = null;
+  const tick = () => {
+    const turn = document.querySelector('#turn-picker input').value;
+    if (turn.startsWith('1 · ')) {
+      document.querySelector('#save-label').click();
+      window.savedOnTurn = turn.split(' ')[0];
+    } else setTimeout(tick, 2);
+  };
+  tick();
+})()"""
+
 
 @pytest.fixture
 def chromium() -> str:
@@ -243,6 +257,16 @@ def test_hotkeys_label_turns_and_an_uploaded_video_is_analysed(chromium, served,
         wait_until(lambda: len(app.service.history(turn_ids[0])) == 2, "the accepted FARCER label")
         time.sleep(1.0)
         assert [r["label"] for r in app.service.history(turn_ids[0])] == [second, farcer_label]
+
+        # Save the moment turn 1 is selected, before its label reaches the picker (which still shows
+        # turn 0's label): that save must not put turn 0's label on turn 1.
+        cdp.evaluate(SAVE_ON_NEXT_TURN)
+        press(cdp, "j")
+        assert wait_until(lambda: cdp.evaluate("window.savedOnTurn"), "the save on the new turn") == "1"
+        shows(cdp, 1, third)
+        time.sleep(1.0)  # a stale save would have landed by now
+        assert [r["label"] for r in app.service.history(turn_ids[1])] == [third], "a stale label was saved"
+        assert cdp.evaluate("document.body.innerText.includes('was still loading')"), "no message"
 
         upload_and_analyse(cdp, video)
     newest = app.service.dialogues()[0]

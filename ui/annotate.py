@@ -18,6 +18,7 @@ from backend import registry
 from ui.results import results_table
 
 LABEL_ID, SAVE_ID, NEXT_ID, PREV_ID = "label-choice", "save-label", "next-turn", "prev-turn"
+LABEL_TURN_ID = "label-turn"
 
 HOTKEYS_JS = f"""
 <script>
@@ -62,16 +63,18 @@ class Annotate:
     def __init__(self, service: Service) -> None:
         self.service = service
 
-    def turn_state(self, doc: dict | None, index: int | None) -> tuple[str, str | None]:
-        """(history, the label to preselect: the human label, else the first model's in registry order)."""
+    def turn_state(self, doc: dict | None, index: int | None) -> tuple[str, str | None, int | None]:
+        """(history, the label to preselect: the human label, else the first model's in registry order,
+        and the id of the turn they belong to). The page sends that id back with each save: the label
+        picker and the id change together, so a save can tell which turn its label was shown for."""
         if not doc or index is None or not 0 <= index < len(doc["turns"]):
-            return "", None
+            return "", None, None
         turn = doc["turns"][index]
         rows = self.service.history(turn["turn_id"])
         if rows:
-            return history_html(rows), rows[-1]["label"]
+            return history_html(rows), rows[-1]["label"], turn["turn_id"]
         model_labels = [turn[spec.key]["label"] for spec in registry.MODELS if spec.key in turn]
-        return history_html(rows), next(iter(model_labels), None)
+        return history_html(rows), next(iter(model_labels), None), turn["turn_id"]
 
     def step(self, doc: dict | None, index: int | None, delta: int) -> int | None:
         if not doc or not doc["turns"]:
@@ -88,17 +91,30 @@ class Annotate:
         self,
         doc: dict | None,
         index: int | None,
+        shown_turn_id: float | None,
         label: str | None,
         note: str,
         name: str,
         profile: gr.OAuthProfile | None,
-    ) -> tuple[str, pd.DataFrame, str]:
-        """Save a label for the selected turn; (history, refreshed results table, cleared note)."""
-        if not doc or index is None:
+    ) -> tuple:
+        """Save `label` for the selected turn; (history, refreshed results table, cleared note).
+
+        `shown_turn_id` is the turn the label picker was showing when the save was sent: right after a
+        move to another turn the picker still holds the previous turn's label for a moment, and a save
+        then would put that label on the new turn, so it is refused with a warning, nothing is written
+        and the outputs are left as they are."""
+        if not doc or index is None or not 0 <= index < len(doc["turns"]):
             raise gr.Error("Analyse a video and select a turn before saving a label.")
         if not label:
             raise gr.Error("Pick a label first (keys 1-7).")
         turn = doc["turns"][index]
+        if shown_turn_id is None or int(shown_turn_id) != turn["turn_id"]:
+            # A warning, not an error: the panel stays as it is and fills in with the turn's own label.
+            gr.Warning(
+                f"Not saved: turn {turn['index']} was still loading, so the label shown was not its own; "
+                "check the label and save again."
+            )
+            return gr.skip(), gr.skip(), gr.skip()
         try:
             annotator = resolve_annotator(
                 name, profile.username if profile else None, self.service.settings.require_login
@@ -125,7 +141,8 @@ class Annotate:
         pred = doc["turns"][index].get(key)
         if pred is None:
             raise gr.Error(f"{registry.model_spec(key).title} has no label for this turn (not available).")
-        return (*self.save(doc, index, pred["label"], note, name, profile), pred["label"])
+        turn_id = doc["turns"][index]["turn_id"]  # the model's label of the selected turn, never stale
+        return (*self.save(doc, index, turn_id, pred["label"], note, name, profile), pred["label"])
 
     def accept_handler(self, key: str):
         """The click handler of the "Accept <model>'s label" button of model `key` (a plain function

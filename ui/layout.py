@@ -13,7 +13,7 @@ from backend.profiles import PROFILES, get_profile
 from backend import registry
 from backend.service import Service, public_document, resolve_annotator
 from backend.settings import Settings, get_settings, on_spaces
-from ui.annotate import HOTKEYS_JS, LABEL_ID, NEXT_ID, PREV_ID, SAVE_ID, Annotate
+from ui.annotate import HOTKEYS_JS, LABEL_ID, LABEL_TURN_ID, NEXT_ID, PREV_ID, SAVE_ID, Annotate
 from ui.callbacks import TRANSCRIPT_COLUMNS, Analysis, profile_status_html, user_error
 from ui.corrections import CORRECTION_COLUMNS, Corrections
 from ui.results import table_columns
@@ -176,6 +176,8 @@ def build_app(service: Service | None = None) -> gr.Blocks:
                         prev_turn = gr.Button("◀ previous (k)", elem_id=PREV_ID, size="sm")
                         next_turn = gr.Button("next (j) ▶", elem_id=NEXT_ID, size="sm")
                     label = gr.Radio(labels, label="Label (1-7)", elem_id=LABEL_ID)
+                    # The turn the label picker is showing; updated together with the picker.
+                    label_turn = gr.Number(visible=False, elem_id=LABEL_TURN_ID)
                     note = gr.Textbox(label="Note (optional)", max_lines=3)
                     if on_spaces():
                         gr.LoginButton()
@@ -213,7 +215,7 @@ def build_app(service: Service | None = None) -> gr.Blocks:
 
         views = [doc, player, status, notes, table, gate, timelines, turn, transcript]
         selected = [votes, face, teaching]
-        annotation = [history, label]
+        annotation = [history, label, label_turn]
         filters = [dialogue_filter, annotator_filter, label_filter]
         inference = {"concurrency_id": "inference", "concurrency_limit": INFERENCE_CONCURRENCY, **PRIVATE}
 
@@ -229,7 +231,7 @@ def build_app(service: Service | None = None) -> gr.Blocks:
         table.select(analysis.pick_row, None, turn, **PRIVATE)
         next_turn.click(annotate.next, [doc, turn], turn, **PRIVATE)
         prev_turn.click(annotate.previous, [doc, turn], turn, **PRIVATE)
-        save.click(annotate.save, [doc, turn, label, note, name], [history, table, note], **PRIVATE)
+        save.click(annotate.save, [doc, turn, label_turn, label, note, name], [history, table, note], **PRIVATE)
         for key, button in accepts.items():
             button.click(
                 annotate.accept_handler(key), [doc, turn, note, name], [history, table, note, label], **PRIVATE
