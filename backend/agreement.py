@@ -11,8 +11,8 @@ from itertools import combinations
 
 import numpy as np
 
+from backend.current_label import current_by_turn
 from backend.errors import InputError
-from backend.exports import by_turn
 
 
 def confusion(a: Sequence[str], b: Sequence[str], labels: Sequence[str]) -> list[list[int]]:
@@ -61,10 +61,12 @@ def fleiss_kappa(ratings: Sequence[Sequence[str]], labels: Sequence[str]) -> flo
 
 
 def latest_labels(annotations: Iterable[dict]) -> dict[str, dict[int, str]]:
-    """{annotator: {turn_id: that annotator's latest label}} from rows ordered oldest first."""
+    """{annotator: {turn_id: that annotator's latest label}} from rows ordered oldest first; an
+    adjudicator's final labels are not an annotator's independent judgement and are left out."""
     out: dict[str, dict[int, str]] = {}
     for row in annotations:
-        out.setdefault(row["annotator"], {})[row["turn_id"]] = row["label"]
+        if not row.get("adjudicated"):
+            out.setdefault(row["annotator"], {})[row["turn_id"]] = row["label"]
     return out
 
 
@@ -98,7 +100,7 @@ def agreement_report(annotations: Sequence[dict], labels: Sequence[str]) -> dict
             "n": sum(len(r) >= 2 for r in ratings),
             "kappa": fleiss_kappa(ratings, labels),
         }
-    human = {rows[-1]["turn_id"]: rows[-1]["label"] for rows in by_turn(annotations)}
+    human = {turn_id: row["label"] for turn_id, row in current_by_turn(annotations).items()}
     predicted: dict[str, dict[int, str]] = {}
     for row in annotations:
         for model, pred in row["predictions"].items():

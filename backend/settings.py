@@ -4,8 +4,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
+
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backend.profiles import PROFILES
 
@@ -45,6 +47,11 @@ class Settings(BaseSettings):
     max_turns: int = Field(default=200, ge=1)
     max_queued_analyses: int = Field(default=8, ge=0)
     require_login: bool = Field(default_factory=on_spaces)
+    # Names (or Hugging Face usernames), comma-separated in ERC_ANNOTATORS / ERC_ADJUDICATORS.
+    annotators: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    adjudicators: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Blind labelling: None means on when more than one annotator is configured (see `blind_mode`).
+    blind: bool | None = None
 
     @field_validator("profile")
     @classmethod
@@ -52,6 +59,18 @@ class Settings(BaseSettings):
         if value not in PROFILES:
             raise ValueError(f"ERC_PROFILE must be one of {', '.join(PROFILES)}, got {value!r}")
         return value
+
+    @field_validator("annotators", "adjudicators", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @property
+    def blind_mode(self) -> bool:
+        """Annotators see the models' suggestions and their own labels only (adjudicators see all)."""
+        return self.blind if self.blind is not None else len(set(self.annotators)) > 1
 
     @property
     def resolved_database_url(self) -> str:

@@ -69,7 +69,8 @@ def test_analyse_correct_export_restart(tmp_path, monkeypatch):
         turn_id = doc["turns"][1]["turn_id"]
 
         saved = app.client.predict(turn_id, "angry", "ann", "raised voice", api_name="/save_correction")
-        assert set(saved) == {"annotation_id", "turn_id", "label", "annotator", "note", "created_at"}
+        assert set(saved) == {"annotation_id", "turn_id", "label", "annotator", "note", "created_at", "adjudicated"}
+        assert saved["adjudicated"] is False
         assert (saved["turn_id"], saved["label"], saved["annotator"], saved["note"]) == (
             turn_id,
             "anger",

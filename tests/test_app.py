@@ -13,6 +13,7 @@ from tests.app_helpers import FarcerDouble, MisterEDouble, install
 from ui import charts
 from ui.annotate import HOTKEYS_JS, LABEL_ID, NEXT_ID, PREV_ID, SAVE_ID, Annotate
 from ui.callbacks import Analysis
+from ui.corrections import Corrections
 from ui.layout import build_app, launch_options
 from ui.results import model_status_html, predictions_vtt, results_table, teaching_html
 
@@ -108,7 +109,7 @@ def test_turn_views_and_stepping(doc, service):
     assert face is not None and face.ndim == 3 and "Turn 1" in view and votes.data
     assert analysis.turn_views(doc, 7) == (None, None, "")
     assert (annotate.next(doc, 2), annotate.previous(doc, 0), annotate.next(doc, 0)) == (2, 0, 1)
-    assert annotate.turn_state(doc, 1) == ("<p>No human label yet.</p>", "joy", doc["turns"][1]["turn_id"])
+    assert annotate.turn_state(doc, 1, "ann", None) == ("<p>No human label yet.</p>", "joy", doc["turns"][1]["turn_id"])
 
 
 def test_saving_needs_a_login_when_required(doc, service):
@@ -122,7 +123,7 @@ def test_saving_needs_a_login_when_required(doc, service):
     assert "<b>fear</b> by ann" in history and table.iloc[0]["human"] == "fear" and note == ""
     history, table, note, label = annotate.accept_handler("farcer")(doc, 1, "", "ann", None)
     assert label == doc["turns"][1]["farcer"]["label"] and table.iloc[1]["human"] == label
-    assert annotate.turn_state(doc, 1)[1] == label
+    assert annotate.turn_state(doc, 1, "ann", None)[1] == label
 
 
 def test_a_save_with_the_previous_turns_label_is_refused(doc, service):
@@ -137,6 +138,36 @@ def test_a_save_with_the_previous_turns_label_is_refused(doc, service):
     assert service.history(first) == [] and service.history(second) == []
     annotate.save(doc, 1, second, "anger", "", "ann", None)
     assert [r["label"] for r in service.history(second)] == ["anger"]
+
+
+def test_blind_mode_shows_annotators_their_own_labels_and_adjudicators_everyones(doc, service):
+    service.settings.annotators, service.settings.adjudicators = ["ann", "bob"], ["ada"]
+    assert service.settings.blind_mode, "on by default with more than one annotator"
+    annotate, first = Annotate(service), doc["turns"][0]["turn_id"]
+    model_label = doc["turns"][0]["mister_e"]["label"]
+    annotate.save(doc, 0, first, "anger", "", "ann", None)
+    history, shown, _ = annotate.turn_state(doc, 0, "bob", None)
+    assert "anger" not in history and "Blind labelling" in history
+    assert shown == model_label, "bob gets the model's suggestion, not ann's label"
+    history, table, _ = annotate.save(doc, 0, first, "fear", "", "bob", None)
+    assert "anger" not in history and table.iloc[0]["human"] == "fear"
+    assert annotate.turn_state(doc, 0, "ann", None)[1] == "anger"
+    assert Analysis(service).reopen(doc["dialogue_id"], "ann", None)[4].iloc[0]["human"] == "anger"
+    corrections = Corrections(service)
+    assert set(corrections.show(None, None, None, "bob", None)[0]["annotator"]) == {"bob"}
+    with pytest.raises(gr.Error, match="blind mode"):
+        corrections.show(None, None, None, "", None)
+
+    history, shown, _ = annotate.turn_state(doc, 0, "ada", None)
+    assert "anger</b> by ann" in history and "fear</b> by bob" in history and "Adjudicator" in history
+    assert shown == "fear", "a tie goes to the most recent label"
+    history, table, _ = annotate.save(doc, 0, first, "anger", "", "ada", None)
+    assert "anger</b> by ada (adjudicated)" in history and table.iloc[0]["human"] == "anger"
+    assert service.human_labels(doc["dialogue_id"])[first] == "anger"
+    assert annotate.turn_state(doc, 0, "bob", None)[1] == "fear", "bob still sees his own label"
+
+    service.settings.blind = False
+    assert "anger</b> by ann" in annotate.turn_state(doc, 0, "bob", None)[0]
 
 
 def test_page_wires_hotkeys_endpoints_and_limits(service):
@@ -158,12 +189,12 @@ def test_analyse_and_rerun_with_an_edited_transcript(service, dialogue, monkeypa
     install(monkeypatch, MisterEDouble(), FarcerDouble())
     analysis = Analysis(service)
     doc, player, status, notes, table, gate, timelines, picker, transcript = analysis.run(
-        *dialogue, "offline"
+        *dialogue, "offline", "ann", None
     )
     assert player.subtitles["path"].endswith(f"dialogue-{doc['dialogue_id']}.vtt") and len(table) == 3
     assert list(transcript.columns) == ["speaker", "start", "end", "text"] and picker.value == 0
     transcript.loc[1, "text"] = "Oh, hello <b>there</b>!"
-    edited = analysis.rerun(doc, transcript, "offline")[0]
+    edited = analysis.rerun(doc, transcript, "offline", "ann", None)[0]
     assert not edited["reused"] and edited["dialogue_id"] != doc["dialogue_id"]
     assert [t["text"] for t in edited["turns"]] == [
         "Hi & welcome.",
@@ -171,9 +202,9 @@ def test_analyse_and_rerun_with_an_edited_transcript(service, dialogue, monkeypa
         "How are you?",
     ]
     assert "&lt;b&gt;there" in teaching_html(edited, 1)
-    assert "Reopened from the database" in analysis.reopen(doc["dialogue_id"])[3]
+    assert "Reopened from the database" in analysis.reopen(doc["dialogue_id"], "ann", None)[3]
     with pytest.raises(gr.Error, match="no video was given"):
-        analysis.run(None, None, "offline")
+        analysis.run(None, None, "offline", "ann", None)
 
 
 def test_profile_status_before_any_analysis(service, monkeypatch):

@@ -13,7 +13,7 @@ import pandas as pd
 
 from backend.errors import InputError
 from backend.service import Service, resolve_annotator
-from ui.callbacks import user_error
+from ui.callbacks import user_error, viewer_name
 from backend import registry
 from ui.results import results_table
 
@@ -47,34 +47,62 @@ document.addEventListener("keydown", (event) => {{
 """
 
 
-def history_html(rows: list[dict]) -> str:
-    """A turn's labels, oldest first; the last one is current."""
+def role_html(service: Service, viewer: str) -> str:
+    """One line on what this viewer sees and what their saves mean."""
+    if service.is_adjudicator(viewer):
+        return "<p class='role'>Adjudicator: you see everyone's labels; your label is the turn's final one.</p>"
+    if service.settings.blind_mode:
+        return (
+            "<p class='role'>Blind labelling: you see the models' suggestions and your own labels only.</p>"
+        )
+    return ""
+
+
+def history_html(rows: list[dict], role: str = "") -> str:
+    """A turn's labels, oldest first (adjudicated ones marked), after the viewer's `role` line."""
     if not rows:
-        return "<p>No human label yet.</p>"
+        return role + "<p>No human label yet.</p>"
     items = "".join(
         f"<li>{html.escape(r['created_at'][:19].replace('T', ' '))} · <b>{html.escape(r['label'])}</b> by "
-        f"{html.escape(r['annotator'])}{' — ' + html.escape(r['note']) if r['note'] else ''}</li>"
+        f"{html.escape(r['annotator'])}{' (adjudicated)' if r.get('adjudicated') else ''}"
+        f"{' — ' + html.escape(r['note']) if r['note'] else ''}</li>"
         for r in rows
     )
-    return f"<ol class='history'>{items}</ol>"
+    return f"{role}<ol class='history'>{items}</ol>"
 
 
 class Annotate:
     def __init__(self, service: Service) -> None:
         self.service = service
 
-    def turn_state(self, doc: dict | None, index: int | None) -> tuple[str, str | None, int | None]:
-        """(history, the label to preselect: the human label, else the first model's in registry order,
-        and the id of the turn they belong to). The page sends that id back with each save: the label
-        picker and the id change together, so a save can tell which turn its label was shown for."""
+    def turn_state(
+        self, doc: dict | None, index: int | None, name: str | None, profile: gr.OAuthProfile | None
+    ) -> tuple[str, str | None, int | None]:
+        """(history, the label to preselect, and the id of the turn they belong to). The page sends
+        that id back with each save: the label picker and the id change together, so a save can tell
+        which turn its label was shown for.
+
+        The label preselected is the turn's human label as this viewer may see it (in blind mode their
+        own latest, else the current label), else the first model's in registry order."""
         if not doc or index is None or not 0 <= index < len(doc["turns"]):
             return "", None, None
+        viewer = viewer_name(name, profile)
         turn = doc["turns"][index]
-        rows = self.service.history(turn["turn_id"])
-        if rows:
-            return history_html(rows), rows[-1]["label"], turn["turn_id"]
+        rows = self.service.history(turn["turn_id"], viewer)
+        human = self.service.human_labels(doc["dialogue_id"], viewer).get(turn["turn_id"])
         model_labels = [turn[spec.key]["label"] for spec in registry.MODELS if spec.key in turn]
-        return history_html(rows), next(iter(model_labels), None), turn["turn_id"]
+        shown = human or next(iter(model_labels), None)
+        return history_html(rows, role_html(self.service, viewer)), shown, turn["turn_id"]
+
+    def viewer_changed(
+        self, doc: dict | None, index: int | None, name: str | None, profile: gr.OAuthProfile | None
+    ) -> tuple:
+        """After the name changes: the turn's panel and the table's human labels as this viewer sees them."""
+        if not doc:
+            return "", None, None, gr.skip()
+        viewer = viewer_name(name, profile)
+        table = results_table(doc, self.service.human_labels(doc["dialogue_id"], viewer))
+        return (*self.turn_state(doc, index, name, profile), table)
 
     def step(self, doc: dict | None, index: int | None, delta: int) -> int | None:
         if not doc or not doc["turns"]:
@@ -123,8 +151,9 @@ class Annotate:
         except InputError as exc:
             raise user_error(exc) from None
         gr.Info(f"Saved {label} for turn {turn['index']}.")
-        human = self.service.human_labels(doc["dialogue_id"])
-        return history_html(self.service.history(turn["turn_id"])), results_table(doc, human), ""
+        human = self.service.human_labels(doc["dialogue_id"], annotator)
+        rows = self.service.history(turn["turn_id"], annotator)
+        return history_html(rows, role_html(self.service, annotator)), results_table(doc, human), ""
 
     def accept(
         self,

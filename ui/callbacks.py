@@ -40,6 +40,11 @@ def user_error(exc: Exception) -> gr.Error:
     return gr.Error(html.escape(str(exc), quote=False))
 
 
+def viewer_name(typed_name: str | None, profile: gr.OAuthProfile | None) -> str:
+    """Who is looking at the page: the logged-in user, else the typed name ("" when none)."""
+    return profile.username if profile else (typed_name or "").strip()
+
+
 def profile_status_html(profile_name: str, service: Service) -> str:
     """Before any analysis: one line per model, ready or why not (the loaders' own messages)."""
     profile = get_profile(profile_name)
@@ -68,9 +73,10 @@ class Analysis:
         name = f"dialogue-{doc['dialogue_id']}.vtt"
         return self.service.served.text("subtitles", name, predictions_vtt(doc))
 
-    def views(self, doc: dict) -> tuple:
-        """(doc, player, status, warnings, table, gate chart, timelines, turn picker, transcript)."""
-        human = self.service.human_labels(doc["dialogue_id"])
+    def views(self, doc: dict, viewer: str) -> tuple:
+        """(doc, player, status, warnings, table, gate chart, timelines, turn picker, transcript); the
+        table's human labels are those `viewer` may see (blind mode)."""
+        human = self.service.human_labels(doc["dialogue_id"], viewer)
         video = self.service.served.video(doc["media"]["path"])
         player = gr.Video(value=str(video), subtitles=str(self.subtitle_file(doc)))
         picker = gr.Dropdown(choices=turn_choices(doc), value=0 if doc["turns"] else None)
@@ -86,17 +92,31 @@ class Analysis:
             transcript_frame(doc),
         )
 
-    def run(self, video: str | None, subtitles: str | None, profile: str, progress=gr.Progress()) -> tuple:
-        return self._analyze(video, subtitles, None, profile, progress)
+    def run(
+        self,
+        video: str | None,
+        subtitles: str | None,
+        profile: str,
+        name: str | None,
+        user: gr.OAuthProfile | None,
+        progress=gr.Progress(),
+    ) -> tuple:
+        return self._analyze(video, subtitles, None, profile, viewer_name(name, user), progress)
 
     def rerun(
-        self, doc: dict | None, transcript: pd.DataFrame, profile: str, progress=gr.Progress()
+        self,
+        doc: dict | None,
+        transcript: pd.DataFrame,
+        profile: str,
+        name: str | None,
+        user: gr.OAuthProfile | None,
+        progress=gr.Progress(),
     ) -> tuple:
         if not doc:
             raise gr.Error("Analyse a video first; then edit its transcript here and run again.")
-        return self._analyze(doc["media"]["path"], None, transcript, profile, progress)
+        return self._analyze(doc["media"]["path"], None, transcript, profile, viewer_name(name, user), progress)
 
-    def _analyze(self, video, subtitles, table, profile: str, progress) -> tuple:
+    def _analyze(self, video, subtitles, table, profile: str, viewer: str, progress) -> tuple:
         try:
             doc = self.service.analyze(
                 video,
@@ -107,22 +127,22 @@ class Analysis:
             )
         except (InputError, ModelUnavailableError, QueueFullError) as exc:
             raise user_error(exc) from None
-        return self.views(doc)
+        return self.views(doc, viewer)
 
-    def reopen(self, dialogue_id: int | None) -> tuple:
+    def reopen(self, dialogue_id: int | None, name: str | None, user: gr.OAuthProfile | None) -> tuple:
         if dialogue_id is None:
             raise gr.Error("Pick a stored analysis first.")
         try:
-            return self.views(self.service.reopen(dialogue_id))
+            return self.views(self.service.reopen(dialogue_id), viewer_name(name, user))
         except InputError as exc:
             raise user_error(exc) from None
 
-    def from_link(self, request: gr.Request) -> tuple:
+    def from_link(self, name: str | None, request: gr.Request, user: gr.OAuthProfile | None) -> tuple:
         """Open `?dialogue=<id>` when the page is loaded with it (a link to a stored analysis)."""
         dialogue_id = request.query_params.get("dialogue")
         if dialogue_id is None:
             return tuple(gr.skip() for _ in range(VIEW_COUNT))
-        return self.reopen(dialogue_id)
+        return self.reopen(dialogue_id, name, user)
 
     def stored(self) -> gr.Dropdown:
         """The picker of stored analyses, newest first."""

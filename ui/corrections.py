@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 from backend.errors import InputError
 from backend.service import Service
 from ui import charts
-from ui.callbacks import user_error
+from ui.callbacks import user_error, viewer_name
 
 CORRECTION_COLUMNS = ["time", "dialogue", "turn", "speaker", "text", "annotator", "label", "note", "current"]
 
@@ -88,12 +88,19 @@ class Corrections:
         return gr.Dropdown(choices=dialogues, value=None), gr.Dropdown(choices=annotators, value=None)
 
     def show(
-        self, dialogue_id: int | None, annotator: str | None, label: str | None
+        self,
+        dialogue_id: int | None,
+        annotator: str | None,
+        label: str | None,
+        name: str | None,
+        user: gr.OAuthProfile | None,
     ) -> tuple[pd.DataFrame, str, go.Figure | None, go.Figure | None]:
-        """(corrections, agreement report, first annotator pair's confusion, first model's confusion)."""
+        """(corrections, agreement report, first annotator pair's confusion, first model's confusion);
+        in blind mode an annotator sees their own labels only."""
+        viewer = viewer_name(name, user)
         try:
-            rows = self.service.annotations(dialogue_id, annotator, label)
-            report = self.service.agreement(dialogue_id, annotator, label)
+            rows = self.service.annotations(dialogue_id, annotator, label, viewer)
+            report = self.service.agreement(dialogue_id, annotator, label, viewer)
         except InputError as exc:
             raise user_error(exc) from None
         labels = report["labels"]
@@ -106,8 +113,16 @@ class Corrections:
             charts.confusion_chart(model["confusion"], labels, model["a"], "humans") if model else None,
         )
 
-    def export(self, fmt: str, dialogue_id: int | None, annotator: str | None, label: str | None) -> str:
+    def export(
+        self,
+        fmt: str,
+        dialogue_id: int | None,
+        annotator: str | None,
+        label: str | None,
+        name: str | None,
+        user: gr.OAuthProfile | None,
+    ) -> str:
         try:
-            return str(self.service.export(fmt, dialogue_id, annotator, label))
+            return str(self.service.export(fmt, dialogue_id, annotator, label, viewer_name(name, user)))
         except InputError as exc:
             raise user_error(exc) from None

@@ -219,14 +219,22 @@ def build_app(service: Service | None = None) -> gr.Blocks:
         filters = [dialogue_filter, annotator_filter, label_filter]
         inference = {"concurrency_id": "inference", "concurrency_limit": INFERENCE_CONCURRENCY, **PRIVATE}
 
-        run.click(analysis.run, [video, subtitles, profile], views, **inference).then(
+        run.click(analysis.run, [video, subtitles, profile, name], views, **inference).then(
             analysis.stored, None, stored, **PRIVATE
         )
-        rerun.click(analysis.rerun, [doc, transcript, profile], views, **inference)
-        reopen.click(analysis.reopen, stored, views, **PRIVATE)
+        rerun.click(analysis.rerun, [doc, transcript, profile, name], views, **inference)
+        reopen.click(analysis.reopen, [stored, name], views, **PRIVATE)
         profile.change(analysis.profile_status, profile, status, **PRIVATE)
         turn.change(analysis.turn_views, [doc, turn], selected, queue=False, **PRIVATE).then(
-            annotate.turn_state, [doc, turn], annotation, queue=False, **PRIVATE
+            annotate.turn_state, [doc, turn, name], annotation, queue=False, **PRIVATE
+        )
+        gr.on(
+            [name.blur, name.submit],
+            annotate.viewer_changed,
+            [doc, turn, name],
+            [*annotation, table],
+            queue=False,
+            **PRIVATE,
         )
         table.select(analysis.pick_row, None, turn, **PRIVATE)
         next_turn.click(annotate.next, [doc, turn], turn, **PRIVATE)
@@ -238,13 +246,13 @@ def build_app(service: Service | None = None) -> gr.Blocks:
             )
         refresh.click(
             corrections.show,
-            filters,
+            [*filters, name],
             [corrections_table, agreement, pair_confusion, model_confusion],
             **PRIVATE,
         )
-        export.click(corrections.export, [fmt, *filters], exported, **PRIVATE)
+        export.click(corrections.export, [fmt, *filters, name], exported, **PRIVATE)
         # Light events skip the queue: they answer at once, also in headless browsers (virtual time).
-        demo.load(analysis.from_link, None, views, queue=False, **PRIVATE)
+        demo.load(analysis.from_link, name, views, queue=False, **PRIVATE)
         demo.load(analysis.stored, None, stored, queue=False, **PRIVATE)
         demo.load(corrections.filters, None, [dialogue_filter, annotator_filter], queue=False, **PRIVATE)
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
