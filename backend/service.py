@@ -18,11 +18,11 @@ from backend import exports
 from backend.agreement import agreement_report
 from backend.analysis_queue import AnalysisQueue
 from backend.analyze import Progress, analyze, model_records, no_progress
-from backend.errors import InputError
+from backend.errors import InputError, ModelUnavailableError
 from backend.media import probe, sha256_file
 from backend.memory import return_freed_memory
 from backend.predictors import load_predictors
-from backend.profiles import get_profile
+from backend.profiles import PROFILES, get_profile
 from backend.served_files import ServedFiles
 from backend.settings import Settings, get_settings
 from backend.storage import Store, open_store
@@ -52,6 +52,23 @@ def resolve_annotator(typed_name: str | None, username: str | None, require_logi
     if not (typed_name or "").strip():
         raise InputError("annotator name is empty; enter your name or initials before saving a label")
     return typed_name.strip()
+
+
+def no_model_message(profile: str, reasons: Sequence[str]) -> str:
+    """Why a profile cannot analyse anything: each model's reason, and what to do."""
+    return (
+        f"the {profile!r} profile has no model available ({'; '.join(reasons)}); choose another profile,"
+        " or install its checkpoints"
+    )
+
+
+def profile_availability(settings: Settings) -> dict[str, str | None]:
+    """{profile: None when at least one of its models loads, else why none does}."""
+    out: dict[str, str | None] = {}
+    for name in PROFILES:
+        ready, reasons = load_predictors(get_profile(name), settings)
+        out[name] = None if ready else no_model_message(name, reasons)
+    return out
 
 
 def public_document(doc: dict) -> dict:
@@ -95,7 +112,9 @@ class Service:
             video, max_bytes=int(self.settings.max_upload_mb * 1e6), max_duration_s=self.settings.max_video_s
         )
         source = turn_source(subtitles, table)
-        predictors, _ = load_predictors(prof, self.settings)
+        predictors, reasons = load_predictors(prof, self.settings)
+        if not predictors:  # an analysis without predictions is never run, nor stored
+            raise ModelUnavailableError(no_model_message(prof.name, reasons))
         found = self.store.find_analysis(sha256_file(video), prof.name, model_records(predictors))
         if found is not None and found.get("turn_source") == source:
             progress(1.0, "reopened from the database")

@@ -7,6 +7,8 @@ import copy
 import gradio as gr
 import pytest
 
+from backend import predictors
+from backend.errors import ModelUnavailableError
 from backend.service import Service
 from backend.settings import Settings
 from tests.app_helpers import FarcerDouble, MisterEDouble, install
@@ -14,7 +16,7 @@ from ui import charts
 from ui.annotate import HOTKEYS_JS, LABEL_ID, NEXT_ID, PREV_ID, SAVE_ID, Annotate
 from ui.callbacks import Analysis
 from ui.corrections import Corrections
-from ui.layout import build_app, launch_options
+from ui.layout import build_app, launch_options, profile_choices
 from ui.results import model_status_html, predictions_vtt, results_table, teaching_html
 
 EVIL = "<img src=x onerror=alert(1)>"
@@ -205,6 +207,25 @@ def test_analyse_and_rerun_with_an_edited_transcript(service, dialogue, monkeypa
     assert "Reopened from the database" in analysis.reopen(doc["dialogue_id"], "ann", None)[3]
     with pytest.raises(gr.Error, match="no video was given"):
         analysis.run(None, None, "offline", "ann", None)
+
+
+def test_a_profile_without_models_is_marked_unavailable_and_never_stored(service, dialogue, monkeypatch):
+    mister_e, _ = install(monkeypatch, MisterEDouble(), None)
+
+    def only_offline(profile, settings):
+        if profile.name != "offline":
+            raise ModelUnavailableError("no mister-e version 'mister-e-paper'")
+        return mister_e
+
+    monkeypatch.setitem(predictors.PREDICTOR_LOADERS, "mister_e", only_offline)
+    picker = profile_choices(service)
+    assert picker["choices"] == [("offline", "offline"), ("paper (unavailable)", "paper")]
+    assert "'paper' profile has no model available" in picker["info"] and "mister-e-paper" in picker["info"]
+    with pytest.raises(ModelUnavailableError, match="'paper' profile has no model available"):
+        service.analyze(*dialogue, profile="paper")
+    with pytest.raises(gr.Error, match="no model available"):
+        Analysis(service).run(*dialogue, "paper", "ann", None)
+    assert service.dialogues() == [] and mister_e.calls == 0, "nothing ran, nothing was stored"
 
 
 def test_profile_status_before_any_analysis(service, monkeypatch):

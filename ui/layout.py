@@ -11,7 +11,7 @@ from backend.analysis_queue import QueueFullError
 from backend.errors import InputError, ModelUnavailableError
 from backend.profiles import PROFILES, get_profile
 from backend import registry
-from backend.service import Service, public_document, resolve_annotator
+from backend.service import Service, profile_availability, public_document, resolve_annotator
 from backend.settings import Settings, get_settings, on_spaces
 from ui.annotate import HOTKEYS_JS, LABEL_ID, LABEL_TURN_ID, NEXT_ID, PREV_ID, SAVE_ID, Annotate
 from ui.callbacks import TRANSCRIPT_COLUMNS, Analysis, profile_status_html, user_error
@@ -35,6 +35,15 @@ CSS = """
 THEME = gr.themes.Default(
     font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
 )
+
+
+def profile_choices(service: Service) -> dict:
+    """The profile picker's `choices` and `info`: a profile with no model available is marked
+    unavailable, with the reason (analysing with it is refused with the same message)."""
+    unavailable = {name: why for name, why in profile_availability(service.settings).items() if why}
+    choices = [(f"{name} (unavailable)" if name in unavailable else name, name) for name in PROFILES]
+    info = " ".join(f"Unavailable: {why}." for why in unavailable.values()) or None
+    return {"choices": choices, "info": info}
 
 
 def launch_options(settings: Settings | None = None) -> dict:
@@ -143,7 +152,7 @@ def build_app(service: Service | None = None) -> gr.Blocks:
                         file_types=[".srt", ".vtt", ".csv"],
                         type="filepath",
                     )
-                    profile = gr.Radio(list(PROFILES), value=settings.profile, label="Profile")
+                    profile = gr.Radio(**profile_choices(service), value=settings.profile, label="Profile")
                     run = gr.Button("Analyse", variant="primary")
                     with gr.Accordion("Stored analyses", open=False):
                         stored = gr.Dropdown(label="Reopen without recomputing", choices=[])
