@@ -79,6 +79,8 @@ def test_analyse_correct_export_restart(tmp_path, monkeypatch):
         )
         with pytest.raises(AppError, match="unknown emotion label 'bored'"):
             app.client.predict(turn_id, "bored", "ann", "", api_name="/save_correction")
+        with pytest.raises(AppError, match="unknown emotion label '<i>&'"):  # not HTML-escaped
+            app.client.predict(turn_id, "<i>&", "ann", "", api_name="/save_correction")
         with pytest.raises(AppError, match="turn 987654 does not exist"):
             app.client.predict(987654, "joy", "ann", "", api_name="/save_correction")
         with pytest.raises(AppError, match="unknown export format"):

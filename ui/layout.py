@@ -14,7 +14,7 @@ from backend import registry
 from backend.service import Service, profile_availability, public_document, resolve_annotator
 from backend.settings import Settings, get_settings, on_spaces
 from ui.annotate import HOTKEYS_JS, LABEL_ID, LABEL_TURN_ID, NEXT_ID, PREV_ID, SAVE_ID, Annotate
-from ui.callbacks import TRANSCRIPT_COLUMNS, Analysis, profile_status_html, user_error
+from ui.callbacks import TRANSCRIPT_COLUMNS, Analysis, profile_status_html
 from ui.corrections import CORRECTION_COLUMNS, Corrections
 from ui.results import table_columns
 
@@ -60,6 +60,11 @@ def launch_options(settings: Settings | None = None) -> dict:
     }
 
 
+def api_error(exc: Exception) -> gr.Error:
+    """An API error: the message as it is (clients get text, not a page that renders HTML)."""
+    return gr.Error(str(exc))
+
+
 def _api(service: Service, demo: gr.Blocks) -> None:
     """The named endpoints, on hidden components, each returning plain JSON or a file."""
 
@@ -76,7 +81,7 @@ def _api(service: Service, demo: gr.Blocks) -> None:
             )
             return public_document(doc)
         except (InputError, ModelUnavailableError, QueueFullError) as exc:
-            raise user_error(exc) from None
+            raise api_error(exc) from None
 
     def save_correction(
         turn_id: int,
@@ -96,14 +101,14 @@ def _api(service: Service, demo: gr.Blocks) -> None:
             )
             return service.save_correction(turn_id, label, name, note, request_id=request_id or None)
         except InputError as exc:
-            raise user_error(exc) from None
+            raise api_error(exc) from None
 
     def export_corrections(format: str) -> str:
         """All corrections as `meld_csv` or `jsonl`."""
         try:
             return str(service.export(format))
         except InputError as exc:
-            raise user_error(exc) from None
+            raise api_error(exc) from None
 
     with gr.Column(visible=False):
         video, subtitles, profile = gr.File(type="filepath"), gr.File(type="filepath"), gr.Textbox()
