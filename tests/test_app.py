@@ -14,7 +14,7 @@ from backend.settings import Settings
 from tests.app_helpers import FarcerDouble, MisterEDouble, install
 from ui import charts
 from ui.annotate import HOTKEYS_JS, LABEL_ID, NEXT_ID, PREV_ID, SAVE_ID, Annotate
-from ui.callbacks import Analysis
+from ui.callbacks import VIEW_COUNT, Analysis
 from ui.corrections import Corrections
 from ui.layout import build_app, launch_options, profile_choices
 from ui.results import model_status_html, predictions_vtt, results_table, teaching_html
@@ -185,6 +185,16 @@ def test_page_wires_hotkeys_endpoints_and_limits(service):
     options = launch_options(service.settings)
     assert options["max_file_size"] == 200_000_000 and options["head"] == HOTKEYS_JS
     assert options["allowed_paths"] == [str(service.settings.served_dir.resolve())]
+
+
+def test_an_analysis_draws_one_progress_bar(service):
+    """Analyse, run again, reopen and open-from-link fill nine outputs; progress and errors show once,
+    on the notes beside the player, and the other outputs keep what they show."""
+    config = build_app(service).get_config_file()
+    notes = next(c["id"] for c in config["components"] if c["props"].get("elem_id") == "analysis-notes")
+    filling = [d for d in config["dependencies"] if notes in d["outputs"]]
+    assert len(filling) == 4 and all(len(d["outputs"]) == VIEW_COUNT for d in filling)
+    assert all(d["show_progress_on"] == [notes] for d in filling)
 
 
 def test_analyse_and_rerun_with_an_edited_transcript(service, dialogue, monkeypatch):

@@ -231,13 +231,20 @@ def build_app(service: Service | None = None) -> gr.Blocks:
         selected = [votes, face, teaching]
         annotation = [history, label, label_turn]
         filters = [dialogue_filter, annotator_filter, label_filter]
-        inference = {"concurrency_id": "inference", "concurrency_limit": INFERENCE_CONCURRENCY, **PRIVATE}
+        # One progress bar (and one error mark) beside the player, not one over each of the outputs;
+        # the other outputs keep showing what they showed (also the edited transcript after an error).
+        inference = {
+            "concurrency_id": "inference",
+            "concurrency_limit": INFERENCE_CONCURRENCY,
+            "show_progress_on": notes,
+            **PRIVATE,
+        }
 
         run.click(analysis.run, [video, subtitles, profile, name], views, **inference).then(
             analysis.stored, None, stored, **PRIVATE
         )
         rerun.click(analysis.rerun, [doc, transcript, profile, name], views, **inference)
-        reopen.click(analysis.reopen, [stored, name], views, **PRIVATE)
+        reopen.click(analysis.reopen, [stored, name], views, show_progress_on=notes, **PRIVATE)
         profile.change(analysis.profile_status, profile, status, **PRIVATE)
         turn.change(analysis.turn_views, [doc, turn], selected, queue=False, **PRIVATE).then(
             annotate.turn_state, [doc, turn, name], annotation, queue=False, **PRIVATE
@@ -266,7 +273,7 @@ def build_app(service: Service | None = None) -> gr.Blocks:
         )
         export.click(corrections.export, [fmt, *filters, name], exported, **PRIVATE)
         # Light events skip the queue: they answer at once, also in headless browsers (virtual time).
-        demo.load(analysis.from_link, name, views, queue=False, **PRIVATE)
+        demo.load(analysis.from_link, name, views, queue=False, show_progress_on=notes, **PRIVATE)
         demo.load(analysis.stored, None, stored, queue=False, **PRIVATE)
         demo.load(corrections.filters, None, [dialogue_filter, annotator_filter], queue=False, **PRIVATE)
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
