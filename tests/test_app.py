@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import gradio as gr
 import pytest
@@ -187,6 +188,24 @@ def test_page_wires_hotkeys_endpoints_and_limits(service):
     assert options["allowed_paths"] == [str(service.settings.served_dir.resolve())]
 
 
+def test_a_link_opens_its_dialogue_and_turn_or_says_why_not(doc, service):
+    analysis, annotate = Analysis(service), Annotate(service)
+    link = lambda query: SimpleNamespace(query_params=query)  # noqa: E731
+    dialogue = str(doc["dialogue_id"])
+    opened = analysis.from_link("ann", link({"dialogue": dialogue, "turn": "2"}), None)
+    assert opened[0]["dialogue_id"] == doc["dialogue_id"] and opened[7].value == 2 and opened[9] == doc["dialogue_id"]
+    assert analysis.from_link("ann", link({"dialogue": dialogue}), None)[7].value == 0
+    annotate.save(doc, 1, doc["turns"][1]["turn_id"], "joy", "", "ann", None)
+    assert analysis.from_link("ann", link({"dialogue": dialogue}), None)[7].value == 1, "ann's last turn"
+    assert analysis.from_link("bob", link({"dialogue": dialogue}), None)[7].value == 0
+    assert analysis.from_link("ann", link({"dialogue": dialogue, "turn": "99"}), None)[7].value == 1
+    for bad, says in (("987654", "dialogue 987654 has no stored analysis"), ("abc", "must be a whole number")):
+        with pytest.warns(UserWarning, match=says):
+            views = analysis.from_link("ann", link({"dialogue": bad}), None)
+        assert says in views[3] and all(v == gr.skip() for i, v in enumerate(views) if i != 3)
+    assert analysis.from_link("ann", link({}), None) == (gr.skip(),) * VIEW_COUNT
+
+
 def test_an_analysis_draws_one_progress_bar(service):
     """Analyse, run again, reopen and open-from-link fill nine outputs; progress and errors show once,
     on the notes beside the player, and the other outputs keep what they show."""
@@ -200,11 +219,12 @@ def test_an_analysis_draws_one_progress_bar(service):
 def test_analyse_and_rerun_with_an_edited_transcript(service, dialogue, monkeypatch):
     install(monkeypatch, MisterEDouble(), FarcerDouble())
     analysis = Analysis(service)
-    doc, player, status, notes, table, gate, timelines, picker, transcript = analysis.run(
+    doc, player, status, notes, table, gate, timelines, picker, transcript, dialogue_id = analysis.run(
         *dialogue, "offline", "ann", None
     )
     assert player.subtitles["path"].endswith(f"dialogue-{doc['dialogue_id']}.vtt") and len(table) == 3
     assert list(transcript.columns) == ["speaker", "start", "end", "text"] and picker.value == 0
+    assert dialogue_id == doc["dialogue_id"]
     transcript.loc[1, "text"] = "Oh, hello <b>there</b>!"
     edited = analysis.rerun(doc, transcript, "offline", "ann", None)[0]
     assert not edited["reused"] and edited["dialogue_id"] != doc["dialogue_id"]

@@ -47,7 +47,7 @@ BUSY = (
     "[...document.querySelectorAll('[data-testid=status-tracker]')].some(e => !e.classList.contains('hide'))"
 )
 SELECTION = f"""({{
-  turn: document.querySelector('#turn-picker input').value,
+  turn: document.querySelector('#turn-picker input')?.value ?? '',
   label: document.querySelector('#label-choice input:checked')?.value ?? null,
   busy: {BUSY},
 }})"""
@@ -272,3 +272,39 @@ def test_hotkeys_label_turns_and_an_uploaded_video_is_analysed(chromium, served,
     newest = app.service.dialogues()[0]
     assert newest["dialogue_id"] != doc["dialogue_id"] and newest["source"] == "media"
     assert newest["media_sha256"] == sha256_file(video) and newest["turns"] == len(doc["turns"])
+
+
+def test_the_address_keeps_the_dialogue_and_turn_and_the_name_is_remembered(chromium, served, tmp_path):
+    app, doc, _ = served
+    turn_ids = [t["turn_id"] for t in doc["turns"]]
+    preselected = [t["mister_e"]["label"] for t in doc["turns"]]
+    with chromium_session(chromium, HEADLESS, free_port(), tmp_path / "chromium") as cdp:
+        cdp.call("Page.navigate", url=f"{app.url}/?dialogue={doc['dialogue_id']}")
+        shows(cdp, 0, preselected[0])
+        cdp.evaluate(f"{field('Your name')}.focus()")
+        cdp.call("Input.insertText", text=ANNOTATOR)
+        cdp.evaluate("document.activeElement.blur()")
+        label_with_keys(cdp, "j", 1, preselected[1], "3")
+        assert labelled(app, turn_ids[1]) == [(MELD7[2], ANNOTATOR)]
+        wait_until(lambda: cdp.evaluate("location.search").endswith("turn=1"), "turn=1 in the address")
+        assert cdp.evaluate("location.search") == f"?dialogue={doc['dialogue_id']}&turn=1"
+        press(cdp, "j")
+        wait_until(lambda: cdp.evaluate("location.search").endswith("turn=2"), "turn=2 in the address")
+
+        # A reload without the turn: the name comes back and the page opens on the last labelled turn.
+        cdp.call("Page.navigate", url=f"{app.url}/?dialogue={doc['dialogue_id']}")
+        shows(cdp, 1, MELD7[2])
+        assert cdp.evaluate(f"{field('Your name')}.value") == ANNOTATOR
+
+        cdp.call("Page.navigate", url=f"{app.url}/?dialogue=987654")
+        wait_until(
+            lambda: cdp.evaluate(
+                "document.querySelector('#analysis-notes')?.innerText.includes('could not be opened')"
+            ),
+            "the message about the link",
+        )
+        time.sleep(1.0)
+        badges = cdp.evaluate(
+            "[...document.querySelectorAll('span, div')].filter(e => e.innerText?.trim() === 'Error').length"
+        )
+        assert badges == 0, "error badges over the page's components"

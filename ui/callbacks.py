@@ -32,7 +32,8 @@ from ui.results import (
 )
 
 TRANSCRIPT_COLUMNS = ["speaker", "start", "end", "text"]
-VIEW_COUNT = 9  # the outputs of `Analysis.views`
+VIEW_COUNT = 10  # the outputs of `Analysis.views`
+NOTES_AT = 3  # the position of the notes (warnings) among them
 
 
 def user_error(exc: Exception) -> gr.Error:
@@ -73,13 +74,27 @@ class Analysis:
         name = f"dialogue-{doc['dialogue_id']}.vtt"
         return self.service.served.text("subtitles", name, predictions_vtt(doc))
 
-    def views(self, doc: dict, viewer: str) -> tuple:
-        """(doc, player, status, warnings, table, gate chart, timelines, turn picker, transcript); the
-        table's human labels are those `viewer` may see (blind mode)."""
+    def start_turn(self, doc: dict, viewer: str, wanted: str | None = None) -> int | None:
+        """The turn to open on: `wanted` (from the link) when it is one, else the last turn `viewer`
+        labelled in this dialogue, else the first."""
+        if not doc["turns"]:
+            return None
+        if wanted is not None and wanted.strip().isdecimal() and int(wanted) < len(doc["turns"]):
+            return int(wanted)
+        if viewer:
+            mine = self.service.annotations(doc["dialogue_id"], viewer)
+            if mine:
+                return mine[-1]["index"]
+        return 0
+
+    def views(self, doc: dict, viewer: str, wanted_turn: str | None = None) -> tuple:
+        """(doc, player, status, warnings, table, gate chart, timelines, turn picker, transcript, dialogue
+        id); the table's human labels are those `viewer` may see (blind mode); the picker opens on
+        `start_turn`."""
         human = self.service.human_labels(doc["dialogue_id"], viewer)
         video = self.service.served.video(doc["media"]["path"])
         player = gr.Video(value=str(video), subtitles=str(self.subtitle_file(doc)))
-        picker = gr.Dropdown(choices=turn_choices(doc), value=0 if doc["turns"] else None)
+        picker = gr.Dropdown(choices=turn_choices(doc), value=self.start_turn(doc, viewer, wanted_turn))
         return (
             doc,
             player,
@@ -90,6 +105,7 @@ class Analysis:
             charts.probability_timelines(doc),
             picker,
             transcript_frame(doc),
+            doc["dialogue_id"],
         )
 
     def run(
@@ -138,11 +154,21 @@ class Analysis:
             raise user_error(exc) from None
 
     def from_link(self, name: str | None, request: gr.Request, user: gr.OAuthProfile | None) -> tuple:
-        """Open `?dialogue=<id>` when the page is loaded with it (a link to a stored analysis)."""
+        """Open `?dialogue=<id>&turn=<index>` when the page is loaded with it (a link to a stored
+        analysis; without `turn`, the last turn this annotator labelled). A dialogue that cannot be
+        opened leaves the page as it is, with a message in the notes."""
         dialogue_id = request.query_params.get("dialogue")
         if dialogue_id is None:
             return tuple(gr.skip() for _ in range(VIEW_COUNT))
-        return self.reopen(dialogue_id, name, user)
+        try:
+            doc = self.service.reopen(dialogue_id)
+        except InputError as exc:
+            message = f"The link's dialogue could not be opened: {exc}."
+            gr.Warning(html.escape(message, quote=False))
+            views = [gr.skip() for _ in range(VIEW_COUNT)]
+            views[NOTES_AT] = f"<p class='warnings'>{html.escape(message)}</p>"
+            return tuple(views)
+        return self.views(doc, viewer_name(name, user), request.query_params.get("turn"))
 
     def stored(self) -> gr.Dropdown:
         """The picker of stored analyses, newest first."""

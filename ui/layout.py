@@ -37,6 +37,19 @@ THEME = gr.themes.Default(
 )
 
 
+# Runs in the page: puts ?dialogue=<id>&turn=<index> in the address without reloading.
+ADDRESS_JS = """(dialogue, turn) => {
+  const url = new URL(window.location.href);
+  if (dialogue === null || dialogue === undefined) return;
+  url.searchParams.set("dialogue", String(dialogue));
+  if (turn === null || turn === undefined) url.searchParams.delete("turn");
+  else url.searchParams.set("turn", String(turn));
+  window.history.replaceState(null, "", url);
+}"""
+
+
+SAME_VALUE_JS = "(value) => value ?? ''"  # copies a value between components, in the page
+
 def profile_choices(service: Service) -> dict:
     """The profile picker's `choices` and `info`: a profile with no model available is marked
     unavailable, with the reason (analysing with it is refused with the same message)."""
@@ -142,6 +155,8 @@ def build_app(service: Service | None = None) -> gr.Blocks:
 
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=UPLOAD_CACHE) as demo:
         doc = gr.State(None)
+        dialogue_id = gr.Number(visible=False, elem_id="dialogue-id")  # for the page's address
+        remembered_name = gr.BrowserState("", storage_key="erc-studio-annotator")
         gr.Markdown(
             "# ERC Studio\nUpload a video dialogue (and subtitles or a transcript if you have them). The "
             "turns are labelled by "
@@ -227,7 +242,7 @@ def build_app(service: Service | None = None) -> gr.Blocks:
 
         _api(service, demo)
 
-        views = [doc, player, status, notes, table, gate, timelines, turn, transcript]
+        views = [doc, player, status, notes, table, gate, timelines, turn, transcript, dialogue_id]
         selected = [votes, face, teaching]
         annotation = [history, label, label_turn]
         filters = [dialogue_filter, annotator_filter, label_filter]
@@ -273,7 +288,13 @@ def build_app(service: Service | None = None) -> gr.Blocks:
         )
         export.click(corrections.export, [fmt, *filters, name], exported, **PRIVATE)
         # Light events skip the queue: they answer at once, also in headless browsers (virtual time).
-        demo.load(analysis.from_link, name, views, queue=False, show_progress_on=notes, **PRIVATE)
+        # The name typed last time in this browser comes back first: the link opens at their last turn.
+        demo.load(None, remembered_name, name, js=SAME_VALUE_JS, **PRIVATE).then(
+            analysis.from_link, name, views, queue=False, show_progress_on=notes, **PRIVATE
+        )
+        name.change(None, name, remembered_name, js=SAME_VALUE_JS, **PRIVATE)
+        # The address follows the dialogue and turn shown, so a reload or a shared link opens them.
+        turn.change(None, [dialogue_id, turn], None, js=ADDRESS_JS, **PRIVATE)
         demo.load(analysis.stored, None, stored, queue=False, **PRIVATE)
         demo.load(corrections.filters, None, [dialogue_filter, annotator_filter], queue=False, **PRIVATE)
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
