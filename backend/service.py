@@ -140,6 +140,7 @@ class Service:
             return_freed_memory()
         media = self.store.add_media(video)
         doc["media"]["path"] = str(media.path)
+        doc["media"]["name"] = Path(video).name  # the uploaded file's name, to find the analysis by
         doc["turn_source"] = source
         saved = self.store.save_analysis(doc, media.sha256, source=source["kind"])
         turns = [{**t, "turn_id": turn_id} for t, turn_id in zip(doc["turns"], saved.turn_ids, strict=True)]

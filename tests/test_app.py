@@ -206,6 +206,23 @@ def test_a_link_opens_its_dialogue_and_turn_or_says_why_not(doc, service):
     assert analysis.from_link("ann", link({}), None) == (gr.skip(),) * VIEW_COUNT
 
 
+def test_stored_analyses_say_what_they_are(doc, service):
+    Annotate(service).save(doc, 1, doc["turns"][1]["turn_id"], "joy", "", "ann", None)
+    picker = Analysis(service).stored()
+    [(label, value)] = picker.choices
+    assert value == doc["dialogue_id"]
+    assert label.startswith("talk.mp4 · 0:06.0 · 1/3 turns labelled · offline · MiSTER-E test-1, FARCER test-1 · subtitles · #")
+    [entry] = service.dialogues()
+    assert (entry["file_name"], entry["turn_source"], entry["models"]) == (
+        "talk.mp4", "subtitles", {"mister_e": "test-1", "farcer": "test-1"}
+    )
+    component = next(
+        c for c in build_app(service).get_config_file()["components"]
+        if str(c["props"].get("label", "")).startswith("Reopen without recomputing")
+    )
+    assert component["props"]["filterable"] is True
+
+
 def test_an_analysis_draws_one_progress_bar(service):
     """Analyse, run again, reopen and open-from-link fill nine outputs; progress and errors show once,
     on the notes beside the player, and the other outputs keep what they show."""

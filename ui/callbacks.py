@@ -22,6 +22,7 @@ from backend import registry
 from backend.service import Service
 from ui import charts
 from ui.results import (
+    clock,
     face_crop,
     model_status_html,
     predictions_vtt,
@@ -59,6 +60,30 @@ def profile_status_html(profile_name: str, service: Service) -> str:
 def transcript_frame(doc: dict) -> pd.DataFrame:
     rows = [[t["speaker"], t["start"], t["end"], t["text"]] for t in doc["turns"]]
     return pd.DataFrame(rows, columns=TRANSCRIPT_COLUMNS)
+
+
+TURN_SOURCES = {"media": "turns by voice activity/ASR", "subtitles": "subtitles", "transcript": "transcript",
+                "table": "edited transcript"}
+
+
+def stored_label(d: dict) -> str:
+    """One stored analysis as the picker lists it: file, duration, turns labelled, profile, model
+    versions, turn source, id and date."""
+    specs = {slot: registry.find_spec(slot) for slot in d["models"]}
+    versions = ", ".join(
+        f"{spec.title if spec else slot} {version}" for (slot, version), spec in zip(d["models"].items(), specs.values())
+    )
+    return " · ".join(
+        [
+            d["file_name"] or f"video {d['media_sha256'][:10]}",
+            clock(d["duration_s"]),
+            f"{d['annotated_turns']}/{d['turns']} turns labelled",
+            d["profile"] or "?",
+            versions or "no model",
+            TURN_SOURCES.get(d["turn_source"] or d["source"], d["source"]),
+            f"#{d['dialogue_id']} {d['created_at'][:16].replace('T', ' ')}",
+        ]
+    )
 
 
 class Analysis:
@@ -171,17 +196,8 @@ class Analysis:
         return self.views(doc, viewer_name(name, user), request.query_params.get("turn"))
 
     def stored(self) -> gr.Dropdown:
-        """The picker of stored analyses, newest first."""
-        choices = [
-            (
-                f"#{d['dialogue_id']} · {d['created_at'][:16]} · {d['turns']} turns, "
-                f"{d['annotated_turns']} labelled"
-                f" · {d['media_sha256'][:10]}",
-                d["dialogue_id"],
-            )
-            for d in self.service.dialogues()
-        ]
-        return gr.Dropdown(choices=choices, value=None)
+        """The picker of stored analyses, newest first, searchable by anything its entries show."""
+        return gr.Dropdown(choices=[(stored_label(d), d["dialogue_id"]) for d in self.service.dialogues()], value=None)
 
     def turn_views(
         self, doc: dict | None, index: int | None

@@ -175,7 +175,11 @@ def build_app(service: Service | None = None) -> gr.Blocks:
                     profile = gr.Radio(**profile_choices(service), value=settings.profile, label="Profile")
                     run = gr.Button("Analyse", variant="primary")
                     with gr.Accordion("Stored analyses", open=False):
-                        stored = gr.Dropdown(label="Reopen without recomputing", choices=[])
+                        stored = gr.Dropdown(
+                            label="Reopen without recomputing (type to search: file, profile, version…)",
+                            choices=[],
+                            filterable=True,
+                        )
                         reopen = gr.Button("Reopen")
                     status = gr.HTML(profile_status_html(settings.profile, service), elem_id="model-status")
                 with gr.Column(scale=2):

@@ -204,7 +204,9 @@ class Store:
             return _document(session, row)
 
     def dialogues(self) -> list[dict]:
-        """Every stored dialogue, newest first, with turn and annotated-turn counts."""
+        """Every stored dialogue, newest first, with turn and annotated-turn counts and, from its analysis,
+        the uploaded file's name, the duration, the turn source's kind and the model versions ({slot:
+        version}); None (or {}) where the analysis did not record them."""
         n_turns = (
             select(TurnRow.dialogue_id, func.count().label("n")).group_by(TurnRow.dialogue_id).subquery()
         )
@@ -214,8 +216,15 @@ class Store:
             .group_by(TurnRow.dialogue_id)
             .subquery()
         )
+        document = AnalysisRow.document
+        facts = (
+            document["media"]["name"].as_string(),
+            document["media"]["duration_s"].as_float(),
+            document["turn_source"]["kind"].as_string(),
+            document["models"],
+        )
         query = (
-            select(DialogueRow, MediaRow.sha256, AnalysisRow.profile, n_turns.c.n, n_annotated.c.n)
+            select(DialogueRow, MediaRow.sha256, AnalysisRow.profile, n_turns.c.n, n_annotated.c.n, *facts)
             .join(MediaRow, DialogueRow.media_id == MediaRow.id)
             .outerjoin(AnalysisRow, AnalysisRow.dialogue_id == DialogueRow.id)
             .outerjoin(n_turns, n_turns.c.dialogue_id == DialogueRow.id)
@@ -233,8 +242,12 @@ class Store:
                     "turns": turns or 0,
                     "annotated_turns": annotated or 0,
                     "created_at": d.created_at.isoformat(),
+                    "file_name": name,
+                    "duration_s": duration,
+                    "turn_source": turn_source,
+                    "models": {slot: m.get("version") for slot, m in (models or {}).items()},
                 }
-                for d, sha, profile, turns, annotated in session.execute(query)
+                for d, sha, profile, turns, annotated, name, duration, turn_source, models in session.execute(query)
             ]
 
     def add_annotation(
