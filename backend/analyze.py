@@ -71,9 +71,9 @@ def find_turns(
             "by voice activity and have no text (one unknown speaker); upload subtitles (SRT/VTT) or a "
             "transcript CSV, or type the text into the transcript table and run again"
         )
-    turns, more = validate_turns(
-        turns, duration_s, settings.max_turns, source, require_text=source != "voice activity"
-    )
+    # Voice-activity turns have no text, and an edited table may keep some of them without it.
+    untyped = source in ("voice activity", "the transcript table")
+    turns, more = validate_turns(turns, duration_s, settings.max_turns, source, require_text=not untyped)
     return turns, warnings + more
 
 

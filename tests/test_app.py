@@ -251,6 +251,13 @@ def test_analyse_and_rerun_with_an_edited_transcript(service, dialogue, monkeypa
         "How are you?",
     ]
     assert "&lt;b&gt;there" in teaching_html(edited, 1)
+    transcript.loc[2, "text"] = None  # a turn still untyped, as after voice activity: allowed
+    partial = analysis.rerun(edited, transcript, "offline", "ann", None)[0]
+    assert [t["text"] for t in partial["turns"]][1:] == ["Oh, hello <b>there</b>!", ""]
+    assert "no text" in teaching_html(partial, 2) and partial["turns"][2]["mister_e"]["label"]
+    transcript.loc[2, "start"] = -1.0
+    with pytest.raises(gr.Error, match="table row 3: times cannot be negative"):
+        analysis.rerun(edited, transcript, "offline", "ann", None)
     assert "Reopened from the database" in analysis.reopen(doc["dialogue_id"], "ann", None)[3]
     with pytest.raises(gr.Error, match="no video was given"):
         analysis.run(None, None, "offline", "ann", None)
