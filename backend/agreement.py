@@ -6,6 +6,7 @@ every rating is the same label).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import combinations
 
@@ -83,10 +84,44 @@ def _pair(name_a: str, a: dict[int, str], name_b: str, b: dict[int, str], labels
     }
 
 
+def _agreement(a: dict[int, str], b: dict[int, str]) -> dict:
+    """{n: turns both labelled, agreement: the share of them with the same label (None when n is 0)}."""
+    shared = a.keys() & b.keys()
+    same = sum(a[t] == b[t] for t in shared)
+    return {"n": len(shared), "agreement": same / len(shared) if shared else None}
+
+
+def annotator_summaries(
+    annotations: Sequence[dict], per_annotator: dict[str, dict[int, str]], predicted: dict[str, dict[int, str]]
+) -> list[dict]:
+    """Per annotator: saves, turns labelled, agreement with the other annotators (pooled over every
+    turn shared with each of them) and with each model, on each annotator's latest labels."""
+    saves = Counter(r["annotator"] for r in annotations if not r.get("adjudicated"))
+    out = []
+    for name in sorted(per_annotator):
+        mine = per_annotator[name]
+        pooled = [
+            mine[t] == theirs[t]
+            for other, theirs in sorted(per_annotator.items())
+            if other != name
+            for t in mine.keys() & theirs.keys()
+        ]
+        out.append(
+            {
+                "annotator": name,
+                "saves": saves[name],
+                "turns": len(mine),
+                "others": {"n": len(pooled), "agreement": sum(pooled) / len(pooled) if pooled else None},
+                "models": {model: _agreement(mine, labels) for model, labels in sorted(predicted.items())},
+            }
+        )
+    return out
+
+
 def agreement_report(annotations: Sequence[dict], labels: Sequence[str]) -> dict:
     """Pairwise Cohen's kappa between annotators, Fleiss' kappa over all of them (when more than two),
     and each model against the humans' current label of every turn, with confusion matrices
-    (rows: the first rater, columns: the second)."""
+    (rows: the first rater, columns: the second); and a summary per annotator."""
     labels = list(labels)
     per_annotator = latest_labels(annotations)
     names = sorted(per_annotator)
@@ -113,4 +148,5 @@ def agreement_report(annotations: Sequence[dict], labels: Sequence[str]) -> dict
         "pairs": pairs,
         "fleiss": fleiss,
         "models": models,
+        "per_annotator": annotator_summaries(annotations, per_annotator, predicted),
     }

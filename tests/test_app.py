@@ -157,9 +157,9 @@ def test_blind_mode_shows_annotators_their_own_labels_and_adjudicators_everyones
     assert annotate.turn_state(doc, 0, "ann", None)[1] == "anger"
     assert Analysis(service).reopen(doc["dialogue_id"], "ann", None)[4].iloc[0]["human"] == "anger"
     corrections = Corrections(service)
-    assert set(corrections.show(None, None, None, "bob", None)[0]["annotator"]) == {"bob"}
+    assert set(corrections.show(None, None, None, None, None, "bob", None)[0]["annotator"]) == {"bob"}
     with pytest.raises(gr.Error, match="blind mode"):
-        corrections.show(None, None, None, "", None)
+        corrections.show(None, None, None, None, None, "", None)
 
     history, shown, _ = annotate.turn_state(doc, 0, "ada", None)
     assert "anger</b> by ann" in history and "fear</b> by bob" in history and "Adjudicator" in history
@@ -221,6 +221,25 @@ def test_stored_analyses_say_what_they_are(doc, service):
         if str(c["props"].get("label", "")).startswith("Reopen without recomputing")
     )
     assert component["props"]["filterable"] is True
+
+
+def test_corrections_choose_the_pair_and_model_and_summarise_each_annotator(doc, service):
+    corrections, annotate = Corrections(service), Annotate(service)
+    for index, annotator, label in [(0, "ann", "joy"), (0, "bob", "joy"), (0, "cy", "fear"), (1, "cy", "anger")]:
+        annotate.save(doc, index, doc["turns"][index]["turn_id"], label, "", annotator, None)
+    dialogues, annotators = corrections.filters(doc["dialogue_id"], "bob")
+    assert annotators.choices == [("ann", "ann"), ("bob", "bob"), ("cy", "cy")] and annotators.value == "bob"
+    assert dialogues.value == doc["dialogue_id"] and "talk.mp4" in dialogues.choices[0][0]
+    assert corrections.filters(None, "nobody")[1].value is None
+
+    table, report, pair_chart, model_chart, pairs, models = corrections.show(None, None, None, None, None, "ann", None)
+    assert pairs.choices == [(p, p) for p in ("ann vs bob", "ann vs cy", "bob vs cy")] and pairs.value == "ann vs bob"
+    assert models.value == "FARCER" and [m for m, _ in models.choices] == ["FARCER", "MiSTER-E"]
+    assert "ann (rows) vs bob" in pair_chart.layout.title.text
+    _, _, pair_chart, model_chart, pairs, models = corrections.show(None, None, None, "bob vs cy", "MiSTER-E", "ann", None)
+    assert "bob (rows) vs cy" in pair_chart.layout.title.text and model_chart.layout.title.text.startswith("MiSTER-E")
+    assert (pairs.value, models.value) == ("bob vs cy", "MiSTER-E")
+    assert "<h5>Per annotator" in report and "<td>cy</td><td>2</td><td>2</td><td>0.0% of 2</td>" in report
 
 
 def test_an_analysis_draws_one_progress_bar(service):

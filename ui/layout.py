@@ -237,6 +237,9 @@ def build_app(service: Service | None = None) -> gr.Blocks:
             corrections_table = gr.Dataframe(headers=CORRECTION_COLUMNS, interactive=False, wrap=True)
             agreement = gr.HTML()
             with gr.Row():
+                pair_pick = gr.Dropdown(label="Annotator pair for the matrix", choices=[])
+                model_pick = gr.Dropdown(label="Model for the matrix", choices=[])
+            with gr.Row():
                 pair_confusion = gr.Plot(label="Annotator pair")
                 model_confusion = gr.Plot(label="Model vs humans")
             with gr.Row():
@@ -259,10 +262,14 @@ def build_app(service: Service | None = None) -> gr.Blocks:
             **PRIVATE,
         }
 
+        # New annotators and dialogues appear in the Corrections filters as soon as they are saved.
+        refresh_filters = (corrections.filters, filters[:2], filters[:2])
         run.click(analysis.run, [video, subtitles, profile, name], views, **inference).then(
             analysis.stored, None, stored, **PRIVATE
-        )
-        rerun.click(analysis.rerun, [doc, transcript, profile, name], views, **inference)
+        ).then(*refresh_filters, **PRIVATE)
+        rerun.click(analysis.rerun, [doc, transcript, profile, name], views, **inference).then(
+            analysis.stored, None, stored, **PRIVATE
+        ).then(*refresh_filters, **PRIVATE)
         reopen.click(analysis.reopen, [stored, name], views, show_progress_on=notes, **PRIVATE)
         profile.change(analysis.profile_status, profile, status, **PRIVATE)
         turn.change(analysis.turn_views, [doc, turn], selected, queue=False, **PRIVATE).then(
@@ -279,15 +286,18 @@ def build_app(service: Service | None = None) -> gr.Blocks:
         table.select(analysis.pick_row, None, turn, **PRIVATE)
         next_turn.click(annotate.next, [doc, turn], turn, **PRIVATE)
         prev_turn.click(annotate.previous, [doc, turn], turn, **PRIVATE)
-        save.click(annotate.save, [doc, turn, label_turn, label, note, name], [history, table, note], **PRIVATE)
+        save.click(annotate.save, [doc, turn, label_turn, label, note, name], [history, table, note], **PRIVATE).then(
+            *refresh_filters, **PRIVATE
+        )
         for key, button in accepts.items():
             button.click(
                 annotate.accept_handler(key), [doc, turn, note, name], [history, table, note, label], **PRIVATE
-            )
-        refresh.click(
+            ).then(*refresh_filters, **PRIVATE)
+        gr.on(
+            [refresh.click, pair_pick.input, model_pick.input],
             corrections.show,
-            [*filters, name],
-            [corrections_table, agreement, pair_confusion, model_confusion],
+            [*filters, pair_pick, model_pick, name],
+            [corrections_table, agreement, pair_confusion, model_confusion, pair_pick, model_pick],
             **PRIVATE,
         )
         export.click(corrections.export, [fmt, *filters, name], exported, **PRIVATE)
