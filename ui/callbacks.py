@@ -189,7 +189,6 @@ class Analysis:
             doc = self.service.reopen(dialogue_id)
         except InputError as exc:
             message = f"The link's dialogue could not be opened: {exc}."
-            gr.Warning(html.escape(message, quote=False))
             views = [gr.skip() for _ in range(VIEW_COUNT)]
             views[NOTES_AT] = f"<p class='warnings'>{html.escape(message)}</p>"
             return tuple(views)
