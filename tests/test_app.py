@@ -108,9 +108,9 @@ def test_charts(doc, doc_without_farcer):
 
 def test_turn_views_and_stepping(doc, service):
     analysis, annotate = Analysis(service), Annotate(service)
-    votes, face, view = analysis.turn_views(doc, 1)
-    assert face is not None and face.ndim == 3 and "Turn 1" in view and votes.data
-    assert analysis.turn_views(doc, 7) == (None, None, "")
+    votes, face, view, span = analysis.turn_views(doc, 1)
+    assert face is not None and face.ndim == 3 and "Turn 1" in view and votes.data and span == [2.0, 3.4, 1]
+    assert analysis.turn_views(doc, 7) == (None, None, "", None)
     assert (annotate.next(doc, 2), annotate.previous(doc, 0), annotate.next(doc, 0)) == (2, 0, 1)
     assert annotate.turn_state(doc, 1, "ann", None) == ("<p>No human label yet.</p>", "joy", doc["turns"][1]["turn_id"])
 
@@ -239,6 +239,19 @@ def test_corrections_choose_the_pair_and_model_and_summarise_each_annotator(doc,
     assert "bob (rows) vs cy" in pair_chart.layout.title.text and model_chart.layout.title.text.startswith("MiSTER-E")
     assert (pairs.value, models.value) == ("bob vs cy", "MiSTER-E")
     assert "<h5>Per annotator" in report and "<td>cy</td><td>2</td><td>2</td><td>0.0% of 2</td>" in report
+
+
+def test_save_and_next_and_next_unlabelled(doc, service):
+    annotate, ids = Annotate(service), [t["turn_id"] for t in doc["turns"]]
+    *saved, turn = annotate.save_and_next(doc, 0, ids[0], "joy", "", "ann", None)
+    assert turn == 1 and [r["label"] for r in service.history(ids[0])] == ["joy"]
+    with pytest.warns(UserWarning, match="still loading"):
+        assert annotate.save_and_next(doc, 1, ids[0], "joy", "", "ann", None)[3] == gr.skip(), "refused: stays"
+    assert annotate.save_and_next(doc, 2, ids[2], "fear", "", "ann", None)[3] == 2, "the last turn stays"
+    assert annotate.next_unlabelled(doc, 2, "ann", None) == 1
+    assert annotate.next_unlabelled(doc, 0, "ann", None) == 1
+    annotate.save(doc, 1, ids[1], "anger", "", "ann", None)
+    assert annotate.next_unlabelled(doc, 0, "ann", None) == gr.skip(), "every turn is labelled: stays"
 
 
 def test_an_analysis_draws_one_progress_bar(service):

@@ -1,12 +1,14 @@
 """Gradio handlers of annotation: step through turns, pick and save labels, show a turn's history.
 
-Keyboard: 1-7 pick a label, j/k next/previous turn, Enter saves (not while typing in a field, not on a
-focused button, and a held key does not repeat).
+Keyboard (SHORTCUTS; not while typing in a field, not on a focused button, a held key does not repeat):
+1-7 pick a label, j/k next/previous turn, u the next unlabelled turn, Enter saves, Shift+Enter saves and
+goes to the next turn, Space plays the selected turn, ? shows the shortcuts.
 """
 
 from __future__ import annotations
 
 import html
+import json
 
 import gradio as gr
 import pandas as pd
@@ -18,10 +20,57 @@ from backend import registry
 from ui.results import results_table
 
 LABEL_ID, SAVE_ID, NEXT_ID, PREV_ID = "label-choice", "save-label", "next-turn", "prev-turn"
-LABEL_TURN_ID = "label-turn"
+LABEL_TURN_ID, SAVE_NEXT_ID, UNLABELLED_ID = "label-turn", "save-next", "next-unlabelled"
+PLAYER_ID, HELP_ID, TABLE_ID = "turn-player", "shortcuts-help", "results-table"
+SHORTCUTS = [
+    ("1-7", "pick a label"),
+    ("j / k", "next / previous turn"),
+    ("u", "next turn without a label"),
+    ("Enter", "save the label"),
+    ("Shift+Enter", "save the label and go to the next turn"),
+    ("Space", "play the selected turn"),
+    ("?", "show or hide these shortcuts (Esc hides them)"),
+]
+SAVED_TOAST_S = 2  # short, and the page shows only the newest toast (CSS in ui.layout)
+
+
+def shortcuts_html() -> str:
+    rows = "".join(f"<tr><td><kbd>{html.escape(k)}</kbd></td><td>{html.escape(what)}</td></tr>" for k, what in SHORTCUTS)
+    return f"<table class='shortcuts'>{rows}</table>"
+
 
 HOTKEYS_JS = f"""
 <script>
+const ercHelp = () => {{
+  let help = document.getElementById("{HELP_ID}");
+  if (!help) {{
+    help = document.createElement("div");
+    help.id = "{HELP_ID}";
+    help.setAttribute("role", "dialog");
+    help.innerHTML = "<h3>Keyboard shortcuts</h3>" + {json.dumps(shortcuts_html())};
+    help.hidden = true;
+    help.addEventListener("click", () => {{ help.hidden = true; }});
+    document.body.appendChild(help);
+  }}
+  return help;
+}};
+// Space plays the selected turn from its start and stops at its end (SEEK_JS keeps the turn's span).
+const ercPlayTurn = () => {{
+  const video = document.querySelector("#{PLAYER_ID} video");
+  if (!video || !window.ercTurnSpan) return false;
+  const [start, end] = window.ercTurnSpan;
+  video.currentTime = start;
+  video.ercStopAt = end;
+  video.play();
+  return true;
+}};
+document.addEventListener("timeupdate", (event) => {{
+  const video = event.target;
+  if (video.ercStopAt !== undefined && video.currentTime >= video.ercStopAt) {{
+    video.pause();
+    video.ercStopAt = undefined;
+  }}
+}}, true);
 document.addEventListener("keydown", (event) => {{
   const target = event.target;
   const field = ["INPUT", "TEXTAREA", "SELECT"].includes(target && target.tagName);
@@ -33,18 +82,53 @@ document.addEventListener("keydown", (event) => {{
     if (element) {{ element.click(); event.preventDefault(); }}
   }};
   const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
-  // Enter on a focused button or link keeps its own meaning (e.g. "Accept MiSTER-E's label").
-  const onControl = target && target.closest && target.closest("button, a[href]");
+  // Enter or Space on a focused button or link keeps its own meaning (e.g. "Accept MiSTER-E's label").
+  const onControl = target && target.closest && target.closest("button, a[href], video");
   if (/^[1-9]$/.test(key)) {{
     const options = document.querySelectorAll("#{LABEL_ID} input[type=radio]");
     const option = options[Number(key) - 1];
     if (option) {{ option.click(); event.preventDefault(); }}
   }} else if (key === "j") click("#{NEXT_ID}");
   else if (key === "k") click("#{PREV_ID}");
-  else if (key === "Enter" && !onControl) click("#{SAVE_ID}");
+  else if (key === "u") click("#{UNLABELLED_ID}");
+  else if (key === "?") {{ const help = ercHelp(); help.hidden = !help.hidden; event.preventDefault(); }}
+  else if (key === "Escape") ercHelp().hidden = true;
+  else if (key === " " && !onControl) {{ if (ercPlayTurn()) event.preventDefault(); }}
+  else if (key === "Enter" && !onControl) click(event.shiftKey ? "#{SAVE_NEXT_ID}" : "#{SAVE_ID}");
 }});
 </script>
 """
+
+
+# Runs in the page when a turn is selected (its span: [start, end, index]): the player pauses at the
+# turn's start, and the results table marks the turn's row and scrolls it into its own view (not the
+# page's). The table draws only the rows in view, so the mark is a style rule, not a class on a row.
+SELECTED_ROW_COLOUR = "#fff3c4"
+SEEK_JS = f"""(span) => {{
+  window.ercTurnSpan = span;
+  if (!span) return;
+  const video = document.querySelector("#{PLAYER_ID} video");
+  if (video) {{
+    video.pause();
+    video.ercStopAt = undefined;
+    video.currentTime = span[0];
+  }}
+  let style = document.getElementById("erc-selected-row");
+  if (!style) {{
+    style = document.createElement("style");
+    style.id = "erc-selected-row";
+    document.head.appendChild(style);
+  }}
+  const row = `#{TABLE_ID} .virtual-row[data-index="${{span[2]}}"]`;
+  style.textContent = `${{row}} > * {{ background: {SELECTED_ROW_COLOUR} !important; font-weight: 600; }}`;
+  const viewport = document.querySelector("#{TABLE_ID} .virtual-table-viewport");
+  const drawn = document.querySelector("#{TABLE_ID} .virtual-row");
+  if (viewport && drawn) {{
+    const height = drawn.offsetHeight, top = span[2] * height;
+    if (top < viewport.scrollTop || top + height > viewport.scrollTop + viewport.clientHeight)
+      viewport.scrollTop = Math.max(0, top - viewport.clientHeight / 2);
+  }}
+}}"""
 
 
 def role_html(service: Service, viewer: str) -> str:
@@ -104,6 +188,21 @@ class Annotate:
         table = results_table(doc, self.service.human_labels(doc["dialogue_id"], viewer))
         return (*self.turn_state(doc, index, name, profile), table)
 
+    def next_unlabelled(
+        self, doc: dict | None, index: int | None, name: str | None, profile: gr.OAuthProfile | None
+    ) -> int | None:
+        """The next turn after `index` (wrapping around) without a label this viewer can see."""
+        if not doc or not doc["turns"]:
+            return gr.skip()
+        labelled = self.service.human_labels(doc["dialogue_id"], viewer_name(name, profile))
+        count, here = len(doc["turns"]), index or 0
+        for step in range(1, count + 1):
+            turn = doc["turns"][(here + step) % count]
+            if turn["turn_id"] not in labelled:
+                return turn["index"]
+        gr.Info("Every turn has a label.", duration=SAVED_TOAST_S)
+        return gr.skip()
+
     def step(self, doc: dict | None, index: int | None, delta: int) -> int | None:
         if not doc or not doc["turns"]:
             return None
@@ -150,10 +249,25 @@ class Annotate:
             self.service.save_correction(turn["turn_id"], label, annotator, note)
         except InputError as exc:
             raise user_error(exc) from None
-        gr.Info(f"Saved {label} for turn {turn['index']}.")
+        gr.Info(f"Saved {label} for turn {turn['index']}.", duration=SAVED_TOAST_S)
         human = self.service.human_labels(doc["dialogue_id"], annotator)
         rows = self.service.history(turn["turn_id"], annotator)
         return history_html(rows, role_html(self.service, annotator)), results_table(doc, human), ""
+
+    def save_and_next(
+        self,
+        doc: dict | None,
+        index: int | None,
+        shown_turn_id: float | None,
+        label: str | None,
+        note: str,
+        name: str,
+        profile: gr.OAuthProfile | None,
+    ) -> tuple:
+        """`save`, then the next turn for the picker (unless the save was refused)."""
+        saved = self.save(doc, index, shown_turn_id, label, note, name, profile)
+        refused = saved[0] == gr.skip()
+        return (*saved, gr.skip() if refused else self.next(doc, index))
 
     def accept(
         self,

@@ -200,11 +200,14 @@ class Analysis:
 
     def turn_views(
         self, doc: dict | None, index: int | None
-    ) -> tuple[go.Figure | None, np.ndarray | None, str]:
-        """For the selected turn: the votes chart, the speaker's face crop and the teaching view."""
+    ) -> tuple[go.Figure | None, np.ndarray | None, str, list | None]:
+        """For the selected turn: the votes chart, the speaker's face crop, the teaching view and its
+        span [start, end, index] (the page seeks the player there and marks the table's row)."""
         if not doc or index is None or not 0 <= index < len(doc["turns"]):
-            return None, None, ""
-        return charts.turn_distributions(doc, index), face_crop(doc, index), teaching_html(doc, index)
+            return None, None, "", None
+        turn = doc["turns"][index]
+        span = [turn["start"], turn["end"], index] if turn["start"] is not None else None
+        return charts.turn_distributions(doc, index), face_crop(doc, index), teaching_html(doc, index), span
 
     def pick_row(self, evt: gr.SelectData) -> int:
         """A click in the results table selects that row's turn."""

@@ -13,10 +13,23 @@ from backend.profiles import PROFILES, get_profile
 from backend import registry
 from backend.service import Service, profile_availability, public_document, resolve_annotator
 from backend.settings import Settings, get_settings, on_spaces
-from ui.annotate import HOTKEYS_JS, LABEL_ID, LABEL_TURN_ID, NEXT_ID, PREV_ID, SAVE_ID, Annotate
+from ui.annotate import (
+    HOTKEYS_JS,
+    LABEL_ID,
+    LABEL_TURN_ID,
+    NEXT_ID,
+    PLAYER_ID,
+    PREV_ID,
+    SAVE_ID,
+    SAVE_NEXT_ID,
+    SEEK_JS,
+    TABLE_ID,
+    UNLABELLED_ID,
+    Annotate,
+)
 from ui.callbacks import TRANSCRIPT_COLUMNS, Analysis, profile_status_html
 from ui.corrections import CORRECTION_COLUMNS, Corrections
-from ui.results import table_columns
+from ui.results import TABLE_TEXT_CHARS, table_columns, table_widths
 
 TITLE = "ERC Studio — emotion recognition in conversations"
 # Analyses reach the service at once: its bounded queue runs one at a time (a model run uses all the
@@ -26,10 +39,20 @@ DEFAULT_CONCURRENCY = 8  # everything else (saving, exports) runs side by side
 # Gradio's uploads and its copies of served files: deleted every 10 min once 2 h old, and at shutdown.
 UPLOAD_CACHE = (600, 7200)
 PRIVATE = {"api_visibility": "private"}
-CSS = """
-.image-slot { background: #ffe08a; border-radius: 3px; padding: 0 2px; font-weight: bold; }
-.prompt { white-space: pre-wrap; max-height: 24em; overflow: auto; font-size: 0.85em; }
-.teaching table, .teach { border-collapse: collapse; } .teach td, .teach th { padding: 2px 8px; }
+CSS = f"""
+.image-slot {{ background: #ffe08a; border-radius: 3px; padding: 0 2px; font-weight: bold; }}
+.prompt {{ white-space: pre-wrap; max-height: 24em; overflow: auto; font-size: 0.85em; }}
+.teaching table, .teach {{ border-collapse: collapse; }} .teach td, .teach th {{ padding: 2px 8px; }}
+/* Headers of the results table never break inside a word ("MiSTER -E"). */
+#{TABLE_ID} th {{ white-space: nowrap; }}
+#{TABLE_ID} .body-cell, #{TABLE_ID} th {{ font-size: 13px; }}
+/* Toasts: only the newest shows, at the bottom, so they do not pile up over the charts. */
+.toast-wrap {{ top: auto !important; bottom: var(--size-3); }}
+.toast-wrap > :not(:last-child) {{ display: none; }}
+#shortcuts-help {{ position: fixed; top: 15%; left: 50%; transform: translateX(-50%); z-index: 1000;
+  background: white; color: black; border: 1px solid #888; border-radius: 8px; padding: 1em 1.5em;
+  box-shadow: 0 8px 30px rgba(0, 0, 0, .3); }}
+#shortcuts-help td {{ padding: 2px 10px; }}
 """
 # System fonts only: the default theme would fetch web fonts from Google when the page opens.
 THEME = gr.themes.Default(
@@ -164,8 +187,10 @@ def build_app(service: Service | None = None) -> gr.Blocks:
             + "; correct the labels below."
         )
         with gr.Tab("Analyse and annotate"):
-            with gr.Row():
-                with gr.Column(scale=1):
+            # Upload | the player | the labelling panel, side by side: the selected turn is labelled
+            # while its video is in view.
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=260):
                     video = gr.Video(label="Video dialogue", sources=["upload"])
                     subtitles = gr.File(
                         label="Subtitles (SRT/VTT) or transcript CSV (optional)",
@@ -182,35 +207,22 @@ def build_app(service: Service | None = None) -> gr.Blocks:
                         )
                         reopen = gr.Button("Reopen")
                     status = gr.HTML(profile_status_html(settings.profile, service), elem_id="model-status")
-                with gr.Column(scale=2):
-                    player = gr.Video(label="Video with the predictions as subtitles", interactive=False)
+                with gr.Column(scale=2, min_width=400):
+                    player = gr.Video(
+                        label="Video with the predictions as subtitles", interactive=False, elem_id=PLAYER_ID
+                    )
                     notes = gr.HTML(elem_id="analysis-notes")
-            table = gr.Dataframe(
-                headers=table_columns(),
-                label="Turns (click a row to select it)",
-                interactive=False,
-                wrap=True,
-                elem_id="results-table",
-            )
-            with gr.Row():
-                gate = gr.Plot(label="Weights per turn")
-                timelines = gr.Plot(label="Label probabilities over turns")
-            with gr.Accordion("Transcript: edit it and run again", open=False):
-                transcript = gr.Dataframe(headers=TRANSCRIPT_COLUMNS, interactive=True, label="Transcript")
-                rerun = gr.Button("Run again with this transcript")
-            gr.Markdown(
-                "## Selected turn\nKeys: **1-7** pick a label, **j**/**k** next/previous turn, "
-                "**Enter** saves."
-            )
-            with gr.Row():
-                with gr.Column(scale=1):
-                    turn = gr.Dropdown(label="Turn", choices=[], elem_id="turn-picker")
+                with gr.Column(scale=1, min_width=300, elem_id="labelling-panel"):
+                    turn = gr.Dropdown(label="Selected turn", choices=[], elem_id="turn-picker")
                     with gr.Row():
                         prev_turn = gr.Button("◀ previous (k)", elem_id=PREV_ID, size="sm")
                         next_turn = gr.Button("next (j) ▶", elem_id=NEXT_ID, size="sm")
+                        unlabelled = gr.Button("unlabelled (u) ▶▶", elem_id=UNLABELLED_ID, size="sm")
                     label = gr.Radio(labels, label="Label (1-7)", elem_id=LABEL_ID)
                     # The turn the label picker is showing; updated together with the picker.
                     label_turn = gr.Number(visible=False, elem_id=LABEL_TURN_ID)
+                    # The selected turn's [start, end, index]: the page seeks the player to it.
+                    span = gr.JSON(visible=False)
                     note = gr.Textbox(label="Note (optional)", max_lines=3)
                     if on_spaces():
                         gr.LoginButton()
@@ -218,15 +230,33 @@ def build_app(service: Service | None = None) -> gr.Blocks:
                     if settings.require_login:
                         gr.Markdown("Saving labels needs a Hugging Face login.")
                     with gr.Row():
-                        save = gr.Button("Save label (Enter)", variant="primary", elem_id=SAVE_ID)
+                        save = gr.Button("Save (Enter)", variant="primary", elem_id=SAVE_ID, size="sm")
+                        save_next = gr.Button("Save, next (Shift+Enter)", elem_id=SAVE_NEXT_ID, size="sm")
+                    with gr.Row():
                         accepts = {
                             spec.key: gr.Button(f"Accept {spec.title}'s label", size="sm") for spec in registry.MODELS
                         }
                     history = gr.HTML(label="History")
-                with gr.Column(scale=1):
-                    face = gr.Image(label="Speaker's face crop (what the models saw)", interactive=False, height=220)
-                    votes = gr.Plot(label="Each model's distribution for this turn")
+                    gr.Markdown("Press **?** for the keyboard shortcuts.")
+            table = gr.Dataframe(
+                headers=table_columns(),
+                label="Turns (click a row to select it; click a cell for its full text)",
+                interactive=False,
+                wrap=False,
+                max_chars=TABLE_TEXT_CHARS,
+                column_widths=table_widths(),
+                elem_id=TABLE_ID,
+            )
+            with gr.Row():
+                face = gr.Image(label="Speaker's face crop (what the models saw)", interactive=False, height=220)
+                votes = gr.Plot(label="Each model's distribution for this turn")
             teaching = gr.HTML(elem_id="teaching-view")
+            with gr.Row():
+                gate = gr.Plot(label="Weights per turn")
+                timelines = gr.Plot(label="Label probabilities over turns")
+            with gr.Accordion("Transcript: edit it and run again", open=False):
+                transcript = gr.Dataframe(headers=TRANSCRIPT_COLUMNS, interactive=True, label="Transcript")
+                rerun = gr.Button("Run again with this transcript")
 
         with gr.Tab("Corrections"):
             with gr.Row():
@@ -250,7 +280,7 @@ def build_app(service: Service | None = None) -> gr.Blocks:
         _api(service, demo)
 
         views = [doc, player, status, notes, table, gate, timelines, turn, transcript, dialogue_id]
-        selected = [votes, face, teaching]
+        selected = [votes, face, teaching, span]
         annotation = [history, label, label_turn]
         filters = [dialogue_filter, annotator_filter, label_filter]
         # One progress bar (and one error mark) beside the player, not one over each of the outputs;
@@ -283,12 +313,17 @@ def build_app(service: Service | None = None) -> gr.Blocks:
             queue=False,
             **PRIVATE,
         )
+        span.change(None, span, None, js=SEEK_JS, **PRIVATE)
         table.select(analysis.pick_row, None, turn, **PRIVATE)
+        unlabelled.click(annotate.next_unlabelled, [doc, turn, name], turn, **PRIVATE)
         next_turn.click(annotate.next, [doc, turn], turn, **PRIVATE)
         prev_turn.click(annotate.previous, [doc, turn], turn, **PRIVATE)
         save.click(annotate.save, [doc, turn, label_turn, label, note, name], [history, table, note], **PRIVATE).then(
             *refresh_filters, **PRIVATE
         )
+        save_next.click(
+            annotate.save_and_next, [doc, turn, label_turn, label, note, name], [history, table, note, turn], **PRIVATE
+        ).then(*refresh_filters, **PRIVATE)
         for key, button in accepts.items():
             button.click(
                 annotate.accept_handler(key), [doc, turn, note, name], [history, table, note, label], **PRIVATE
