@@ -16,8 +16,9 @@ CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"
 
 
 def on_spaces() -> bool:
-    """True when running inside a Hugging Face Space."""
-    return bool(os.environ.get("SPACE_ID"))
+    """True inside a Hugging Face Space, or with ERC_SPACES_PREVIEW=1 to try Spaces mode locally (the
+    login button, login required; gradio then signs in with the local Hugging Face token)."""
+    return bool(os.environ.get("SPACE_ID")) or os.environ.get("ERC_SPACES_PREVIEW", "") in ("1", "true")
 
 
 def _default_data_dir() -> Path:

@@ -13,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import gradio
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -155,3 +156,32 @@ def test_app_py_starts_offline_and_sends_nothing_out(tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
     assert "OUTBOUND" not in log.read_text(), log.read_text()[-3000:]
+
+
+def test_spaces_mode_starts_or_says_what_to_install(tmp_path):
+    """Spaces mode (tried locally with ERC_SPACES_PREVIEW=1) serves the page with the Hugging Face login,
+    or, without gradio's OAuth extra, exits at once saying which requirement to add."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "ERC_DATA_DIR": str(tmp_path / "data")}
+    env["ERC_SPACES_PREVIEW"] = "1"
+    env.pop("SPACE_ID", None)
+    proc = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        config = None
+        start = time.perf_counter()
+        while config is None and time.perf_counter() - start < START_WAIT_S and proc.poll() is None:
+            try:
+                config = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5))
+            except OSError:
+                time.sleep(0.2)
+        if config is None:
+            output = proc.communicate(timeout=60)[0]
+            assert proc.returncode == 1 and "Traceback" not in output, output[-3000:]
+            assert f"install gradio[oauth] (requirements.txt: gradio[oauth]=={gradio.__version__})" in output
+        else:
+            assert any(c["type"] == "loginbutton" for c in config["components"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -17,7 +17,7 @@ from ui import charts
 from ui.annotate import HOTKEYS_JS, LABEL_ID, NEXT_ID, PREV_ID, SAVE_ID, Annotate
 from ui.callbacks import VIEW_COUNT, Analysis
 from ui.corrections import Corrections
-from ui.layout import build_app, launch_options, profile_choices
+from ui.layout import build_app, launch_options, profile_choices, spaces_problem
 from ui.results import model_status_html, predictions_vtt, results_table, teaching_html
 
 EVIL = "<img src=x onerror=alert(1)>"
@@ -254,13 +254,34 @@ def test_save_and_next_and_next_unlabelled(doc, service):
     assert annotate.next_unlabelled(doc, 0, "ann", None) == gr.skip(), "every turn is labelled: stays"
 
 
+def test_the_example_dialogue_is_generated_and_analysed(service, models):
+    views = Analysis(service).example("offline", "ann", None)
+    doc = views[0]
+    assert [t["text"] for t in doc["turns"]] == ["Hi & welcome.", "Oh, hello!", "How are you?"]
+    assert doc["media"]["name"] == "example-dialogue.mp4" and doc["media"]["duration_s"] == pytest.approx(6.0, abs=0.1)
+    assert Analysis(service).example("offline", "ann", None)[0]["reused"], "the second try reopens it"
+
+
+def test_spaces_mode_needs_the_oauth_extra(monkeypatch):
+    import importlib.util
+
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv("ERC_SPACES_PREVIEW", raising=False)
+    assert spaces_problem() is None
+    monkeypatch.setenv("ERC_SPACES_PREVIEW", "1")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "authlib" else object())
+    assert "needs authlib: install gradio[oauth] (requirements.txt: gradio[oauth]==" in spaces_problem()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert spaces_problem() is None
+
+
 def test_an_analysis_draws_one_progress_bar(service):
-    """Analyse, run again, reopen and open-from-link fill nine outputs; progress and errors show once,
+    """Analyse, the example, run again, reopen and open-from-link fill the views; progress and errors show once,
     on the notes beside the player, and the other outputs keep what they show."""
     config = build_app(service).get_config_file()
     notes = next(c["id"] for c in config["components"] if c["props"].get("elem_id") == "analysis-notes")
     filling = [d for d in config["dependencies"] if notes in d["outputs"]]
-    assert len(filling) == 4 and all(len(d["outputs"]) == VIEW_COUNT for d in filling)
+    assert len(filling) == 5 and all(len(d["outputs"]) == VIEW_COUNT for d in filling)
     assert all(d["show_progress_on"] == [notes] for d in filling)
 
 

@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 
 from backend.analysis_queue import QueueFullError
 from backend.errors import InputError, ModelUnavailableError
+from backend.example import write_example
 from backend.predictors import model_status
 from backend.profiles import get_profile
 from backend import registry
@@ -169,6 +170,16 @@ class Analysis:
         except (InputError, ModelUnavailableError, QueueFullError) as exc:
             raise user_error(exc) from None
         return self.views(doc, viewer)
+
+    def example(
+        self, profile: str, name: str | None, user: gr.OAuthProfile | None, progress=gr.Progress()
+    ) -> tuple:
+        """Analyse the generated example dialogue (backend.example), written once into the data dir."""
+        folder = self.service.settings.data_dir / "example"
+        video, subtitles = folder / "example-dialogue.mp4", folder / "example-dialogue.srt"
+        if not (video.is_file() and subtitles.is_file()):
+            video, subtitles = write_example(folder)
+        return self._analyze(str(video), str(subtitles), None, profile, viewer_name(name, user), progress)
 
     def reopen(self, dialogue_id: int | None, name: str | None, user: gr.OAuthProfile | None) -> tuple:
         if dialogue_id is None:

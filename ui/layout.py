@@ -5,6 +5,8 @@ Named endpoints: /analyze, /save_correction, /export_corrections. The page's own
 
 from __future__ import annotations
 
+import importlib.util
+
 import gradio as gr
 
 from backend.analysis_queue import QueueFullError
@@ -80,6 +82,20 @@ def profile_choices(service: Service) -> dict:
     choices = [(f"{name} (unavailable)" if name in unavailable else name, name) for name in PROFILES]
     info = " ".join(f"Unavailable: {why}." for why in unavailable.values()) or None
     return {"choices": choices, "info": info}
+
+
+def spaces_problem() -> str | None:
+    """Why the app cannot start in Spaces mode (its Hugging Face login needs gradio's OAuth extra),
+    or None."""
+    if not on_spaces():
+        return None
+    missing = [name for name in ("authlib", "itsdangerous") if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return (
+        f"Spaces mode (SPACE_ID or ERC_SPACES_PREVIEW is set) signs annotators in with Hugging Face, which"
+        f" needs {' and '.join(missing)}: install gradio[oauth] (requirements.txt: gradio[oauth]=={gr.__version__})"
+    )
 
 
 def launch_options(settings: Settings | None = None) -> dict:
@@ -199,6 +215,7 @@ def build_app(service: Service | None = None) -> gr.Blocks:
                     )
                     profile = gr.Radio(**profile_choices(service), value=settings.profile, label="Profile")
                     run = gr.Button("Analyse", variant="primary")
+                    example = gr.Button("Try an example (a generated 6 s dialogue)", size="sm")
                     with gr.Accordion("Stored analyses", open=False):
                         stored = gr.Dropdown(
                             label="Reopen without recomputing (type to search: file, profile, version…)",
@@ -295,6 +312,9 @@ def build_app(service: Service | None = None) -> gr.Blocks:
         # New annotators and dialogues appear in the Corrections filters as soon as they are saved.
         refresh_filters = (corrections.filters, filters[:2], filters[:2])
         run.click(analysis.run, [video, subtitles, profile, name], views, **inference).then(
+            analysis.stored, None, stored, **PRIVATE
+        ).then(*refresh_filters, **PRIVATE)
+        example.click(analysis.example, [profile, name], views, **inference).then(
             analysis.stored, None, stored, **PRIVATE
         ).then(*refresh_filters, **PRIVATE)
         rerun.click(analysis.rerun, [doc, transcript, profile, name], views, **inference).then(
