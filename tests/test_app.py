@@ -155,6 +155,8 @@ def test_blind_mode_shows_annotators_their_own_labels_and_adjudicators_everyones
     history, table, _ = annotate.save(doc, 0, first, "fear", "", "bob", None)
     assert "anger" not in history and table.iloc[0]["human"] == "fear"
     assert annotate.turn_state(doc, 0, "ann", None)[1] == "anger"
+    history, shown, turn_id, table = annotate.viewer_changed(doc, 0, "ann", None)  # the name typed
+    assert (shown, turn_id, table.iloc[0]["human"]) == ("anger", first, "anger") and "fear" not in history
     assert Analysis(service).reopen(doc["dialogue_id"], "ann", None)[4].iloc[0]["human"] == "anger"
     corrections = Corrections(service)
     assert set(corrections.show(None, None, None, None, None, "bob", None)[0]["annotator"]) == {"bob"}
