@@ -6,13 +6,14 @@ every rating is the same label).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import combinations
 
 import numpy as np
 
+from backend.current_label import current_by_turn
 from backend.errors import InputError
-from backend.exports import by_turn
 
 
 def confusion(a: Sequence[str], b: Sequence[str], labels: Sequence[str]) -> list[list[int]]:
@@ -61,10 +62,12 @@ def fleiss_kappa(ratings: Sequence[Sequence[str]], labels: Sequence[str]) -> flo
 
 
 def latest_labels(annotations: Iterable[dict]) -> dict[str, dict[int, str]]:
-    """{annotator: {turn_id: that annotator's latest label}} from rows ordered oldest first."""
+    """{annotator: {turn_id: that annotator's latest label}} from rows ordered oldest first; an
+    adjudicator's final labels are not an annotator's independent judgement and are left out."""
     out: dict[str, dict[int, str]] = {}
     for row in annotations:
-        out.setdefault(row["annotator"], {})[row["turn_id"]] = row["label"]
+        if not row.get("adjudicated"):
+            out.setdefault(row["annotator"], {})[row["turn_id"]] = row["label"]
     return out
 
 
@@ -81,10 +84,44 @@ def _pair(name_a: str, a: dict[int, str], name_b: str, b: dict[int, str], labels
     }
 
 
+def _agreement(a: dict[int, str], b: dict[int, str]) -> dict:
+    """{n: turns both labelled, agreement: the share of them with the same label (None when n is 0)}."""
+    shared = a.keys() & b.keys()
+    same = sum(a[t] == b[t] for t in shared)
+    return {"n": len(shared), "agreement": same / len(shared) if shared else None}
+
+
+def annotator_summaries(
+    annotations: Sequence[dict], per_annotator: dict[str, dict[int, str]], predicted: dict[str, dict[int, str]]
+) -> list[dict]:
+    """Per annotator: saves, turns labelled, agreement with the other annotators (pooled over every
+    turn shared with each of them) and with each model, on each annotator's latest labels."""
+    saves = Counter(r["annotator"] for r in annotations if not r.get("adjudicated"))
+    out = []
+    for name in sorted(per_annotator):
+        mine = per_annotator[name]
+        pooled = [
+            mine[t] == theirs[t]
+            for other, theirs in sorted(per_annotator.items())
+            if other != name
+            for t in mine.keys() & theirs.keys()
+        ]
+        out.append(
+            {
+                "annotator": name,
+                "saves": saves[name],
+                "turns": len(mine),
+                "others": {"n": len(pooled), "agreement": sum(pooled) / len(pooled) if pooled else None},
+                "models": {model: _agreement(mine, labels) for model, labels in sorted(predicted.items())},
+            }
+        )
+    return out
+
+
 def agreement_report(annotations: Sequence[dict], labels: Sequence[str]) -> dict:
     """Pairwise Cohen's kappa between annotators, Fleiss' kappa over all of them (when more than two),
     and each model against the humans' current label of every turn, with confusion matrices
-    (rows: the first rater, columns: the second)."""
+    (rows: the first rater, columns: the second); and a summary per annotator."""
     labels = list(labels)
     per_annotator = latest_labels(annotations)
     names = sorted(per_annotator)
@@ -98,7 +135,7 @@ def agreement_report(annotations: Sequence[dict], labels: Sequence[str]) -> dict
             "n": sum(len(r) >= 2 for r in ratings),
             "kappa": fleiss_kappa(ratings, labels),
         }
-    human = {rows[-1]["turn_id"]: rows[-1]["label"] for rows in by_turn(annotations)}
+    human = {turn_id: row["label"] for turn_id, row in current_by_turn(annotations).items()}
     predicted: dict[str, dict[int, str]] = {}
     for row in annotations:
         for model, pred in row["predictions"].items():
@@ -111,4 +148,5 @@ def agreement_report(annotations: Sequence[dict], labels: Sequence[str]) -> dict
         "pairs": pairs,
         "fleiss": fleiss,
         "models": models,
+        "per_annotator": annotator_summaries(annotations, per_annotator, predicted),
     }

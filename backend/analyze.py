@@ -1,6 +1,7 @@
 """Video dialogue -> turns -> per-turn audio and faces -> both models -> `erc.analysis/1` JSON.
 
-    python -m backend.analyze VIDEO [--subtitles FILE | --transcript CSV] [--profile NAME] [--out FILE]
+    python -m backend.analyze VIDEO [--subtitles FILE | --transcript CSV [--dialogue ID]] [--profile NAME]
+        [--out FILE]
 """
 from __future__ import annotations
 
@@ -71,7 +72,9 @@ def find_turns(
         )
     else:
         found = _recognised_turns(video, audio, profile, settings, activity)
-    turns, more = validate_turns(found.turns, duration_s, settings.max_turns, found.source)
+    # An edited table may keep turns without text (the text parts of the models skip them).
+    untyped = found.source == "the transcript table"
+    turns, more = validate_turns(found.turns, duration_s, settings.max_turns, found.source, require_text=not untyped)
     if len(turns) != len(found.turns):  # validation dropped turns: the faces no longer line up
         found.faces, found.uncertain = None, []
     found.turns, found.warnings = turns, found.warnings + more
@@ -138,6 +141,11 @@ def analyze(
     prof = get_profile(profile or settings.profile)
     video = Path(video)
     timings: dict[str, float] = {}
+    # The inputs are checked before the models load, so a wrong path or file is reported at once.
+    info = probe(video, max_bytes=int(settings.max_upload_mb * 1e6), max_duration_s=settings.max_video_s)
+    for given in (subtitles, transcript):
+        if given is not None and not Path(given).is_file():
+            raise InputError(f"{Path(given).name}: file not found ({given}); check the path")
 
     progress(0.0, "loading models")
     t = time.perf_counter()
@@ -146,7 +154,6 @@ def analyze(
 
     start = time.perf_counter()
     progress(0.1, "decoding")
-    info = probe(video, max_bytes=int(settings.max_upload_mb * 1e6), max_duration_s=settings.max_video_s)
     sha = sha256_file(video)
     audio = load_audio(video, SAMPLE_RATE, settings.max_video_s) if info.has_audio else None
     if audio is None:
@@ -228,12 +235,21 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--subtitles", type=Path, help="SRT or WebVTT file; 'Name: text' sets the speaker")
     source.add_argument("--transcript", type=Path, help="MELD CSV or speaker,start,end,text CSV")
+    parser.add_argument(
+        "--dialogue", type=int, metavar="ID", help="the Dialogue_ID to analyse when the MELD CSV holds several"
+    )
     parser.add_argument("--profile", choices=PROFILES, default=None)
     parser.add_argument("--explain", action="store_true", help="include FARCER's prompt for each turn")
     parser.add_argument("--out", type=Path, help="write the JSON here instead of printing it")
     args = parser.parse_args(argv)
+    if args.dialogue is not None and args.transcript is None:
+        parser.error("--dialogue needs --transcript (a MELD CSV)")
     try:
-        doc = analyze(args.video, subtitles=args.subtitles, transcript=args.transcript,
+        transcript, table = args.transcript, None
+        if args.dialogue is not None:  # one dialogue of the CSV, handed over as a turn table
+            turns = read_turns(args.transcript, args.dialogue)
+            transcript, table = None, [[t.speaker, t.start, t.end, t.text] for t in turns]
+        doc = analyze(args.video, subtitles=args.subtitles, transcript=transcript, table=table,
                       profile=args.profile, explain=args.explain)
     except (InputError, ModelUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)

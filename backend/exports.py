@@ -1,7 +1,8 @@
 """Corrections out of the store: MELD-format CSV (one row per turn) and JSONL (everything, with history).
 
-Both take the rows of `Store.annotations` (oldest first). A turn's exported label is its latest
-annotation among the rows given, so a filtered export (one annotator, one video) keeps its meaning.
+Both take the rows of `Store.annotations` (oldest first). A turn's exported label is its current label
+(backend.current_label) among the rows given, so a filtered export (one annotator, one video) keeps its
+meaning.
 Text cells of the CSV are neutralised against spreadsheet formula injection.
 """
 
@@ -11,6 +12,8 @@ import csv
 import io
 import json
 from collections.abc import Iterable
+
+from backend.current_label import current_annotation
 
 MELD_HEADER = (
     "Sr No.",
@@ -38,7 +41,7 @@ SENTIMENT = {
 FORMATS = ("meld_csv", "jsonl")
 # A spreadsheet runs a cell starting with one of these as a formula (OWASP, CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-_HISTORY_KEYS = ("annotation_id", "label", "annotator", "note", "created_at", "is_current")
+_HISTORY_KEYS = ("annotation_id", "label", "annotator", "note", "created_at", "adjudicated", "is_current")
 
 
 def meld_time(seconds: float | None) -> str:
@@ -67,13 +70,13 @@ def by_turn(annotations: Iterable[dict]) -> list[list[dict]]:
 
 
 def meld_csv(annotations: Iterable[dict]) -> str:
-    """One MELD row per annotated turn with its latest label; unknown fields are empty."""
+    """One MELD row per annotated turn with its current label; unknown fields are empty."""
     out = io.StringIO()
     # CRLF as in MELD's own files (and RFC 4180); it also makes the writer quote a cell holding a bare CR.
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(MELD_HEADER)
     for number, rows in enumerate(by_turn(annotations), start=1):
-        turn, label = rows[-1], rows[-1]["label"]
+        turn, label = rows[-1], current_annotation(rows)["label"]
         writer.writerow(
             [
                 number,
@@ -96,7 +99,7 @@ def jsonl(annotations: Iterable[dict]) -> str:
     """One JSON object per annotated turn: the turn, the models' predictions, its label and history."""
     lines = []
     for rows in by_turn(annotations):
-        turn = rows[-1]
+        turn, current = rows[-1], current_annotation(rows)
         record = {
             "dialogue_id": turn["dialogue_id"],
             "media_sha256": turn["media_sha256"],
@@ -106,8 +109,8 @@ def jsonl(annotations: Iterable[dict]) -> str:
             "start": turn["start"],
             "end": turn["end"],
             "text": turn["text"],
-            "label": turn["label"],
-            "annotator": turn["annotator"],
+            "label": current["label"],
+            "annotator": current["annotator"],
             "predictions": turn["predictions"],
             "history": [{k: r[k] for k in _HISTORY_KEYS} for r in rows],
         }

@@ -18,11 +18,11 @@ from backend import exports
 from backend.agreement import agreement_report
 from backend.analysis_queue import AnalysisQueue
 from backend.analyze import Progress, analyze, model_records, no_progress
-from backend.errors import InputError
+from backend.errors import InputError, ModelUnavailableError
 from backend.media import probe, sha256_file
 from backend.memory import return_freed_memory
 from backend.predictors import load_predictors
-from backend.profiles import get_profile
+from backend.profiles import PROFILES, get_profile
 from backend.served_files import ServedFiles
 from backend.settings import Settings, get_settings
 from backend.storage import Store, open_store
@@ -52,6 +52,23 @@ def resolve_annotator(typed_name: str | None, username: str | None, require_logi
     if not (typed_name or "").strip():
         raise InputError("annotator name is empty; enter your name or initials before saving a label")
     return typed_name.strip()
+
+
+def no_model_message(profile: str, reasons: Sequence[str]) -> str:
+    """Why a profile cannot analyse anything: each model's reason, and what to do."""
+    return (
+        f"the {profile!r} profile has no model available ({'; '.join(reasons)}); choose another profile,"
+        " or install its checkpoints"
+    )
+
+
+def profile_availability(settings: Settings) -> dict[str, str | None]:
+    """{profile: None when at least one of its models loads, else why none does}."""
+    out: dict[str, str | None] = {}
+    for name in PROFILES:
+        ready, reasons = load_predictors(get_profile(name), settings)
+        out[name] = None if ready else no_model_message(name, reasons)
+    return out
 
 
 def public_document(doc: dict) -> dict:
@@ -95,7 +112,9 @@ class Service:
             video, max_bytes=int(self.settings.max_upload_mb * 1e6), max_duration_s=self.settings.max_video_s
         )
         source = turn_source(subtitles, table)
-        predictors, _ = load_predictors(prof, self.settings)
+        predictors, reasons = load_predictors(prof, self.settings)
+        if not predictors:  # an analysis without predictions is never run, nor stored
+            raise ModelUnavailableError(no_model_message(prof.name, reasons))
         found = self.store.find_analysis(sha256_file(video), prof.name, model_records(predictors))
         if found is not None and found.get("turn_source") == source:
             progress(1.0, "reopened from the database")
@@ -121,6 +140,7 @@ class Service:
             return_freed_memory()
         media = self.store.add_media(video)
         doc["media"]["path"] = str(media.path)
+        doc["media"]["name"] = Path(video).name  # the uploaded file's name, to find the analysis by
         doc["turn_source"] = source
         saved = self.store.save_analysis(doc, media.sha256, source=source["kind"])
         turns = [{**t, "turn_id": turn_id} for t, turn_id in zip(doc["turns"], saved.turn_ids, strict=True)]
@@ -137,40 +157,82 @@ class Service:
     def dialogues(self) -> list[dict]:
         return self.store.dialogues()
 
-    def human_labels(self, dialogue_id: int) -> dict[int, str]:
-        return self.store.current_labels(dialogue_id)
+    def is_adjudicator(self, name: str | None) -> bool:
+        """Whether `name` is one of the configured adjudicators (ERC_ADJUDICATORS)."""
+        return bool(name) and name.strip() in self.settings.adjudicators
 
-    def history(self, turn_id: int) -> list[dict]:
-        return self.store.history(turn_id)
+    def sees_everyone(self, viewer: str | None) -> bool:
+        """Whether `viewer` may see everyone's labels: always, except to annotators in blind mode."""
+        return not self.settings.blind_mode or self.is_adjudicator(viewer)
+
+    def human_labels(self, dialogue_id: int, viewer: str | None = None) -> dict[int, str]:
+        """{turn_id: label}: the current labels, or in blind mode (viewer not an adjudicator) the
+        viewer's own latest labels. `viewer` None means a trusted caller that sees everything."""
+        if viewer is None or self.sees_everyone(viewer):
+            return self.store.current_labels(dialogue_id)
+        return self.store.current_labels(dialogue_id, annotator=viewer) if viewer.strip() else {}
+
+    def history(self, turn_id: int, viewer: str | None = None) -> list[dict]:
+        """A turn's annotations, oldest first; in blind mode only the viewer's own (as `human_labels`)."""
+        rows = self.store.history(turn_id)
+        if viewer is None or self.sees_everyone(viewer):
+            return rows
+        return [r for r in rows if r["annotator"] == viewer.strip()]
 
     def save_correction(
         self, turn_id: int, label: str, annotator: str, note: str | None = "", request_id: str | None = None
     ) -> dict:
-        """`{annotation_id, turn_id, label, annotator, note, created_at}`; bad input writes nothing. A
-        repeated `request_id` returns the first save instead of storing another (idempotent retries)."""
-        return self.store.add_annotation(turn_id, label, annotator, note, request_id=request_id)
+        """`{annotation_id, turn_id, label, annotator, note, created_at, adjudicated}`; bad input writes
+        nothing. An adjudicator's save is adjudicated (the turn's final label). A repeated `request_id`
+        returns the first save instead of storing another (idempotent retries)."""
+        return self.store.add_annotation(
+            turn_id, label, annotator, note, request_id=request_id, adjudicated=self.is_adjudicator(annotator)
+        )
 
     def annotations(
-        self, dialogue_id: int | None = None, annotator: str | None = None, label: str | None = None
+        self,
+        dialogue_id: int | None = None,
+        annotator: str | None = None,
+        label: str | None = None,
+        viewer: str | None = None,
     ) -> list[dict]:
+        """Filtered annotations (Store.annotations); in blind mode only the viewer's own."""
+        if viewer is not None and not self.sees_everyone(viewer):
+            if not viewer.strip():
+                raise InputError(
+                    "blind mode: enter your name on the annotation tab to see your own labels; everyone's"
+                    " labels are shown to adjudicators only"
+                )
+            if annotator and annotator.strip() != viewer.strip():
+                raise InputError("blind mode: you can see your own labels only; choose your own name")
+            annotator = viewer
         return self.store.annotations(
             dialogue_id=dialogue_id, annotator=annotator or None, label=label or None
         )
 
     def agreement(
-        self, dialogue_id: int | None = None, annotator: str | None = None, label: str | None = None
+        self,
+        dialogue_id: int | None = None,
+        annotator: str | None = None,
+        label: str | None = None,
+        viewer: str | None = None,
     ) -> dict:
-        rows = self.annotations(dialogue_id, annotator, label)
+        rows = self.annotations(dialogue_id, annotator, label, viewer)
         return agreement_report(rows, get_profile(self.settings.profile).labels)
 
     def export(
-        self, fmt: str, dialogue_id: int | None = None, annotator: str | None = None, label: str | None = None
+        self,
+        fmt: str,
+        dialogue_id: int | None = None,
+        annotator: str | None = None,
+        label: str | None = None,
+        viewer: str | None = None,
     ) -> Path:
         """Write the (filtered) corrections as `meld_csv` or `jsonl` into the served folder (under a
         name nobody can guess); the file's path."""
         if fmt not in exports.FORMATS:
             raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(exports.FORMATS)}")
-        rows = self.annotations(dialogue_id, annotator, label)
+        rows = self.annotations(dialogue_id, annotator, label, viewer)
         text = exports.meld_csv(rows) if fmt == "meld_csv" else exports.jsonl(rows)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         name = f"corrections-{stamp}-{secrets.token_hex(8)}.{'csv' if fmt == 'meld_csv' else 'jsonl'}"

@@ -4,8 +4,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
+
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backend.profiles import PROFILES
 
@@ -14,8 +16,9 @@ CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"
 
 
 def on_spaces() -> bool:
-    """True when running inside a Hugging Face Space."""
-    return bool(os.environ.get("SPACE_ID"))
+    """True inside a Hugging Face Space, or with ERC_SPACES_PREVIEW=1 to try Spaces mode locally (the
+    login button, login required; gradio then signs in with the local Hugging Face token)."""
+    return bool(os.environ.get("SPACE_ID")) or os.environ.get("ERC_SPACES_PREVIEW", "") in ("1", "true")
 
 
 def _default_data_dir() -> Path:
@@ -50,6 +53,11 @@ class Settings(BaseSettings):
     # packaged English-only Whisper tiny.en and any other language with the packaged multilingual
     # Whisper base; the paper profile's Whisper small takes the language as it is.
     asr_language: str = "en"
+    # Names (or Hugging Face usernames), comma-separated in ERC_ANNOTATORS / ERC_ADJUDICATORS.
+    annotators: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    adjudicators: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Blind labelling: None means on when more than one annotator is configured (see `blind_mode`).
+    blind: bool | None = None
 
     @field_validator("profile")
     @classmethod
@@ -57,6 +65,18 @@ class Settings(BaseSettings):
         if value not in PROFILES:
             raise ValueError(f"ERC_PROFILE must be one of {', '.join(PROFILES)}, got {value!r}")
         return value
+
+    @field_validator("annotators", "adjudicators", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @property
+    def blind_mode(self) -> bool:
+        """Annotators see the models' suggestions and their own labels only (adjudicators see all)."""
+        return self.blind if self.blind is not None else len(set(self.annotators)) > 1
 
     @property
     def resolved_database_url(self) -> str:

@@ -171,7 +171,7 @@ def read_meld_csv(path: str | Path, dialogue_id: int | None = None) -> list[Turn
     return _parse_meld(decode_text(_read_bytes(path), path.name), path.name, dialogue_id)
 
 
-def _row_turn(row: dict, where: str, labels: Sequence[str]) -> Turn:
+def _row_turn(row: dict, where: str, labels: Sequence[str], require_text: bool = True) -> Turn:
     """A turn from a row with speaker, start, end, text and an optional label."""
     times = [_seconds(row.get(key), where) for key in ("start", "end")]
     raw_label = _cell(row.get("label"))
@@ -182,7 +182,7 @@ def _row_turn(row: dict, where: str, labels: Sequence[str]) -> Turn:
         text=clean_text(_cell(row.get("text"))),
         label=normalize_label(raw_label, tuple(labels), where=where) if raw_label else None,
     )
-    _check_turn(turn, where)
+    _check_turn(turn, where, require_text)
     return turn
 
 
@@ -233,11 +233,12 @@ def _table_rows(rows: Any) -> list[dict]:
 
 
 def turns_from_table(rows: Any, labels: Sequence[str] = MELD7) -> list[Turn]:
-    """Turns from the UI's editable table (DataFrame, dicts or lists); blank rows are skipped."""
+    """Turns from the UI's editable table (DataFrame, dicts or lists); blank rows are skipped. A row
+    may lack text (say voice-activity turns only partly typed in): the models' text parts skip it."""
     turns = []
     for number, row in enumerate(_table_rows(rows), start=1):
         if any(_cell(v) for v in row.values()):
-            turns.append(_row_turn(row, f"table row {number}", labels))
+            turns.append(_row_turn(row, f"table row {number}", labels, require_text=False))
     return turns
 
 

@@ -9,21 +9,9 @@ from pathlib import Path
 from backend import predictors
 from backend.dialogue import Turn
 from backend.predictors import TurnInputs
-from backend.synthetic_media import make_dialogue_video
+from backend.example import EXAMPLE_SRT, write_example
 
-TURNS = [(0.3, 1.5), (2.0, 3.4), (4.0, 5.2)]
-SRT = """1
-00:00:00,300 --> 00:00:01,500
-Rachel: Hi & welcome.
-
-2
-00:00:02,000 --> 00:00:03,400
-Ross: Oh, hello!
-
-3
-00:00:04,000 --> 00:00:05,200
-Rachel: How are you?
-"""
+SRT = EXAMPLE_SRT  # the subtitles of the app's example dialogue (backend.example)
 
 
 def peaked(labels: tuple[str, ...], k: int, top: float = 0.55) -> dict[str, float]:
@@ -109,8 +97,5 @@ def install(monkeypatch, mister_e: MisterEDouble | None = None, farcer: FarcerDo
 
 
 def write_dialogue(folder: Path) -> tuple[Path, Path]:
-    """A 6 s, 3-turn, two-speaker video and its SRT."""
-    video = make_dialogue_video(folder / "talk.mp4", TURNS, size=(320, 180), duration_s=6.0)
-    subtitles = folder / "talk.srt"
-    subtitles.write_text(SRT, encoding="utf-8")
-    return video, subtitles
+    """A 6 s, 3-turn, two-speaker video and its SRT (the app's example, smaller)."""
+    return write_example(folder, name="talk", size=(320, 180))

@@ -90,6 +90,13 @@ def test_report_uses_each_annotators_latest_label_and_compares_models_with_human
     # humans' current labels: turn 1 joy (bob, latest row), turn 2 fear (cy), turn 3 neutral
     assert (model["a"], model["n"], model["agreement"]) == ("mister-e", 3, pytest.approx(2 / 3))
     assert model["confusion"][MELD7.index("joy")][MELD7.index("fear")] == 1
+    ann, bob, cy = report["per_annotator"]
+    assert (ann["annotator"], ann["saves"], ann["turns"]) == ("ann", 3, 2)
+    # ann shares turn 1 with bob (same), turn 2 with bob (differs) and with cy (same)
+    assert ann["others"] == {"n": 3, "agreement": pytest.approx(2 / 3)}
+    assert ann["models"] == {"mister-e": {"n": 2, "agreement": 0.5}}
+    assert cy["others"] == {"n": 2, "agreement": 0.5} and cy["models"]["mister-e"]["agreement"] == 0.5
+    assert bob["models"]["mister-e"] == {"n": 2, "agreement": 0.5}
 
 
 def test_report_with_one_annotator_has_no_pairs():

@@ -13,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import gradio
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -69,7 +70,8 @@ def test_analyse_correct_export_restart(tmp_path, monkeypatch):
         turn_id = doc["turns"][1]["turn_id"]
 
         saved = app.client.predict(turn_id, "angry", "ann", "raised voice", api_name="/save_correction")
-        assert set(saved) == {"annotation_id", "turn_id", "label", "annotator", "note", "created_at"}
+        assert set(saved) == {"annotation_id", "turn_id", "label", "annotator", "note", "created_at", "adjudicated"}
+        assert saved["adjudicated"] is False
         assert (saved["turn_id"], saved["label"], saved["annotator"], saved["note"]) == (
             turn_id,
             "anger",
@@ -78,6 +80,8 @@ def test_analyse_correct_export_restart(tmp_path, monkeypatch):
         )
         with pytest.raises(AppError, match="unknown emotion label 'bored'"):
             app.client.predict(turn_id, "bored", "ann", "", api_name="/save_correction")
+        with pytest.raises(AppError, match="unknown emotion label '<i>&'"):  # not HTML-escaped
+            app.client.predict(turn_id, "<i>&", "ann", "", api_name="/save_correction")
         with pytest.raises(AppError, match="turn 987654 does not exist"):
             app.client.predict(987654, "joy", "ann", "", api_name="/save_correction")
         with pytest.raises(AppError, match="unknown export format"):
@@ -152,3 +156,32 @@ def test_app_py_starts_offline_and_sends_nothing_out(tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
     assert "OUTBOUND" not in log.read_text(), log.read_text()[-3000:]
+
+
+def test_spaces_mode_starts_or_says_what_to_install(tmp_path):
+    """Spaces mode (tried locally with ERC_SPACES_PREVIEW=1) serves the page with the Hugging Face login,
+    or, without gradio's OAuth extra, exits at once saying which requirement to add."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "ERC_DATA_DIR": str(tmp_path / "data")}
+    env["ERC_SPACES_PREVIEW"] = "1"
+    env.pop("SPACE_ID", None)
+    proc = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        config = None
+        start = time.perf_counter()
+        while config is None and time.perf_counter() - start < START_WAIT_S and proc.poll() is None:
+            try:
+                config = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5))
+            except OSError:
+                time.sleep(0.2)
+        if config is None:
+            output = proc.communicate(timeout=60)[0]
+            assert proc.returncode == 1 and "Traceback" not in output, output[-3000:]
+            assert f"install gradio[oauth] (requirements.txt: gradio[oauth]=={gradio.__version__})" in output
+        else:
+            assert any(c["type"] == "loginbutton" for c in config["components"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -40,17 +40,38 @@ HEADLESS = [
 SNAPSHOT = [*HEADLESS, "--virtual-time-budget=20000"]
 ANNOTATOR = "Kim Tester"
 # key -> (DOM code, Windows virtual key code), as a US keyboard sends them.
-KEYS = {"j": ("KeyJ", 74), "k": ("KeyK", 75), "Enter": ("Enter", 13)} | {
-    str(n): (f"Digit{n}", 48 + n) for n in range(1, 8)
-}
+KEYS = {
+    "j": ("KeyJ", 74),
+    "k": ("KeyK", 75),
+    "u": ("KeyU", 85),
+    "Enter": ("Enter", 13),
+    " ": ("Space", 32),
+    "?": ("Slash", 191),
+    "Escape": ("Escape", 27),
+} | {str(n): (f"Digit{n}", 48 + n) for n in range(1, 8)}
+SHIFT = 8  # CDP's modifier bit
 BUSY = (
     "[...document.querySelectorAll('[data-testid=status-tracker]')].some(e => !e.classList.contains('hide'))"
 )
 SELECTION = f"""({{
-  turn: document.querySelector('#turn-picker input').value,
+  turn: document.querySelector('#turn-picker input')?.value ?? '',
   label: document.querySelector('#label-choice input:checked')?.value ?? null,
   busy: {BUSY},
 }})"""
+
+# Watches the turn picker and presses "Save label" the moment turn 1 is selected (what an annotator's
+# Enter right after `j` does); records the turn it pressed on.
+SAVE_ON_NEXT_TURN = """(() => {
+  window.savedOnTurn = null;
+  const tick = () => {
+    const turn = document.querySelector('#turn-picker input').value;
+    if (turn.startsWith('1 · ')) {
+      document.querySelector('#save-label').click();
+      window.savedOnTurn = turn.split(' ')[0];
+    } else setTimeout(tick, 2);
+  };
+  tick();
+})()"""
 
 
 @pytest.fixture
@@ -96,12 +117,13 @@ def wait_until(check: Callable[[], T], what: str, limit_s: float = 30) -> T:
     return value
 
 
-def press(cdp: CDP, key: str, held: bool = False) -> None:
+def press(cdp: CDP, key: str, held: bool = False, shift: bool = False) -> None:
     """A trusted key press (down, then up) through the browser's input pipeline; `held` sends it as
-    the auto-repeat of a key held down."""
+    the auto-repeat of a key held down, `shift` with Shift down ("?" is Shift+Slash)."""
     code, virtual = KEYS[key]
-    event = {"key": key, "code": code, "windowsVirtualKeyCode": virtual}
-    text = "\r" if key == "Enter" else key
+    modifiers = SHIFT if shift or key == "?" else 0
+    event = {"key": key, "code": code, "windowsVirtualKeyCode": virtual, "modifiers": modifiers}
+    text = {"Enter": "\r", "Escape": ""}.get(key, key)
     cdp.call("Input.dispatchKeyEvent", type="keyDown", text=text, autoRepeat=held, **event)
     cdp.call("Input.dispatchKeyEvent", type="keyUp", **event)
 
@@ -244,7 +266,119 @@ def test_hotkeys_label_turns_and_an_uploaded_video_is_analysed(chromium, served,
         time.sleep(1.0)
         assert [r["label"] for r in app.service.history(turn_ids[0])] == [second, farcer_label]
 
+        # Save the moment turn 1 is selected, before its label reaches the picker (which still shows
+        # turn 0's label): that save must not put turn 0's label on turn 1.
+        cdp.evaluate(SAVE_ON_NEXT_TURN)
+        press(cdp, "j")
+        assert wait_until(lambda: cdp.evaluate("window.savedOnTurn"), "the save on the new turn") == "1"
+        shows(cdp, 1, third)
+        time.sleep(1.0)  # a stale save would have landed by now
+        assert [r["label"] for r in app.service.history(turn_ids[1])] == [third], "a stale label was saved"
+        assert cdp.evaluate("document.body.innerText.includes('was still loading')"), "no message"
+
         upload_and_analyse(cdp, video)
     newest = app.service.dialogues()[0]
     assert newest["dialogue_id"] != doc["dialogue_id"] and newest["source"] == "media"
     assert newest["media_sha256"] == sha256_file(video) and newest["turns"] == len(doc["turns"])
+
+
+def test_the_address_keeps_the_dialogue_and_turn_and_the_name_is_remembered(chromium, served, tmp_path):
+    app, doc, _ = served
+    turn_ids = [t["turn_id"] for t in doc["turns"]]
+    preselected = [t["mister_e"]["label"] for t in doc["turns"]]
+    with chromium_session(chromium, HEADLESS, free_port(), tmp_path / "chromium") as cdp:
+        cdp.call("Page.navigate", url=f"{app.url}/?dialogue={doc['dialogue_id']}")
+        shows(cdp, 0, preselected[0])
+        cdp.evaluate(f"{field('Your name')}.focus()")
+        cdp.call("Input.insertText", text=ANNOTATOR)
+        cdp.evaluate("document.activeElement.blur()")
+        label_with_keys(cdp, "j", 1, preselected[1], "3")
+        assert labelled(app, turn_ids[1]) == [(MELD7[2], ANNOTATOR)]
+        wait_until(lambda: cdp.evaluate("location.search").endswith("turn=1"), "turn=1 in the address")
+        assert cdp.evaluate("location.search") == f"?dialogue={doc['dialogue_id']}&turn=1"
+        press(cdp, "j")
+        wait_until(lambda: cdp.evaluate("location.search").endswith("turn=2"), "turn=2 in the address")
+
+        # A reload without the turn: the name comes back and the page opens on the last labelled turn.
+        cdp.call("Page.navigate", url=f"{app.url}/?dialogue={doc['dialogue_id']}")
+        shows(cdp, 1, MELD7[2])
+        assert cdp.evaluate(f"{field('Your name')}.value") == ANNOTATOR
+
+        cdp.call("Page.navigate", url=f"{app.url}/?dialogue=987654")
+        wait_until(
+            lambda: cdp.evaluate(
+                "document.querySelector('#analysis-notes')?.innerText.includes('could not be opened')"
+            ),
+            "the message about the link",
+        )
+        time.sleep(1.0)
+        badges = cdp.evaluate(
+            "[...document.querySelectorAll('span, div')].filter(e => e.innerText?.trim() === 'Error').length"
+        )
+        assert badges == 0, "error badges over the page's components"
+
+
+PLAYER = "document.querySelector('#turn-player video')"
+TOASTS = (
+    "[...document.querySelectorAll('.toast-wrap > *')].filter(e => getComputedStyle(e).display !== 'none').length"
+)
+# Any part of the results table that scrolls sideways (its content wider than its box).
+SIDEWAYS = (
+    "[...document.querySelectorAll('#results-table *')].filter(e => e.scrollWidth > e.clientWidth + 1"
+    " && ['auto', 'scroll'].includes(getComputedStyle(e).overflowX)).length"
+)
+
+
+def test_keyboard_flow_player_and_table_follow_the_selected_turn(chromium, served, tmp_path):
+    app, doc, _ = served
+    turn_ids = [t["turn_id"] for t in doc["turns"]]
+    preselected = [t["mister_e"]["label"] for t in doc["turns"]]
+    flags = [*HEADLESS, "--window-size=1400,1000", "--autoplay-policy=no-user-gesture-required"]
+    with chromium_session(chromium, flags, free_port(), tmp_path / "chromium") as cdp:
+        cdp.call("Page.navigate", url=f"{app.url}/?dialogue={doc['dialogue_id']}")
+        shows(cdp, 0, preselected[0])
+        assert cdp.evaluate(SIDEWAYS) == 0, "the results table scrolls sideways at 1400 px"
+        heights = cdp.evaluate(
+            "[...document.querySelectorAll('#results-table th')].map(th => th.getBoundingClientRect().height)"
+        )
+        assert len(set(round(h) for h in heights)) == 1, f"a header wraps: {heights}"
+        cdp.evaluate(f"{field('Your name')}.focus()")
+        cdp.call("Input.insertText", text=ANNOTATOR)
+        cdp.evaluate("document.activeElement.blur()")
+
+        # Shift+Enter saves and moves on; the player seeks to the new turn; the table marks its row.
+        press(cdp, "2")
+        press(cdp, "Enter", shift=True)
+        shows(cdp, 1, preselected[1])
+        assert labelled(app, turn_ids[0]) == [(MELD7[1], ANNOTATOR)]
+        wait_until(lambda: abs(cdp.evaluate(f"{PLAYER}.currentTime") - 2.0) < 0.05, "the player at turn 1")
+        marked = (
+            "[...document.querySelectorAll('#results-table .virtual-row')].filter(r => getComputedStyle("
+            "r.querySelector('.body-cell')).backgroundColor === 'rgb(255, 243, 196)').map(r => r.dataset.index)"
+        )
+        wait_until(lambda: cdp.evaluate(marked) == ["1"], "turn 1's row marked in the table, and no other")
+
+        # u: the next turn without a label (turn 2); Space plays it and stops at its end.
+        press(cdp, "u")
+        shows(cdp, 2, preselected[2])
+        wait_until(lambda: abs(cdp.evaluate(f"{PLAYER}.currentTime") - 4.0) < 0.05, "the player at turn 2")
+        press(cdp, " ")
+        wait_until(lambda: cdp.evaluate(f"{PLAYER}.currentTime") > 4.2, "the turn playing")
+        wait_until(lambda: cdp.evaluate(f"{PLAYER}.paused"), "the player stopping at the turn's end", 20)
+        assert 5.1 <= cdp.evaluate(f"{PLAYER}.currentTime") < 5.8
+
+        press(cdp, "?")
+        help_text = wait_until(
+            lambda: cdp.evaluate("document.querySelector('#shortcuts-help:not([hidden])')?.innerText"), "the help"
+        )
+        assert "Shift+Enter" in help_text and "next turn without a label" in help_text
+        press(cdp, "Escape")
+        assert cdp.evaluate("document.querySelector('#shortcuts-help').hidden")
+
+        shown = []
+        for count, digit in enumerate(("3", "4", "5"), start=1):  # saves in a row: toasts do not pile up
+            press(cdp, digit)
+            press(cdp, "Enter")
+            wait_until(lambda: len(app.service.history(turn_ids[2])) == count, f"save {count} of turn 2")
+            shown.append(wait_until(lambda: cdp.evaluate(TOASTS), "a toast"))
+        assert shown == [1, 1, 1], "toasts piled up"

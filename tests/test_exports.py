@@ -33,6 +33,7 @@ def row(
         "annotator": annotator,
         "note": note,
         "created_at": f"2025-01-01T00:00:0{annotation_id}+00:00",
+        "adjudicated": False,
         "is_current": is_current,
         "dialogue_id": dialogue_id,
         "media_sha256": "ab" * 32,

@@ -210,12 +210,32 @@ def test_annotations_are_appended_and_the_latest_is_current(store, saved, monkey
         "annotator": "ann",
         "note": "too loud",
         "created_at": "2025-01-01T00:00:00+00:00",
+        "adjudicated": False,
     }
     assert tied["created_at"] == first["created_at"] and tied["annotation_id"] > first["annotation_id"]
     assert [a["label"] for a in store.history(t0)] == ["fear", "anger", "joy"]
     assert store.history(t2) == []
     assert store.current_labels(dialogue_id) == {t0: "joy", t1: "sadness"}
     assert store.dialogues()[0]["annotated_turns"] == 2
+
+
+def test_the_current_label_is_the_majority_unless_adjudicated(store, saved):
+    _, (dialogue_id, (t0, t1, t2)) = saved
+    store.add_annotation(t0, "joy", "ann")
+    store.add_annotation(t0, "anger", "ann")  # ann's latest counts: anger
+    store.add_annotation(t0, "anger", "bob")
+    store.add_annotation(t0, "fear", "cy")
+    store.add_annotation(t1, "joy", "ann")
+    store.add_annotation(t1, "fear", "bob")  # a tie: the most recent
+    store.add_annotation(t2, "fear", "ann")
+    store.add_annotation(t2, "fear", "bob")
+    store.add_annotation(t2, "sadness", "ada", adjudicated=True)
+    store.add_annotation(t2, "fear", "cy")  # after the adjudication, still outvoted by it
+    assert store.current_labels(dialogue_id) == {t0: "anger", t1: "fear", t2: "sadness"}
+    assert store.current_labels(dialogue_id, annotator="ann") == {t0: "anger", t1: "joy", t2: "fear"}
+    current = [(r["annotator"], r["label"]) for r in store.annotations(dialogue_id=dialogue_id) if r["is_current"]]
+    assert current == [("bob", "anger"), ("bob", "fear"), ("ada", "sadness")]
+    assert [r["adjudicated"] for r in store.history(t2)] == [False, False, True, False]
 
 
 def test_annotation_listing_carries_turn_context(store, saved, video, tmp_path):
@@ -466,7 +486,7 @@ def test_a_first_release_database_migrates_and_keeps_its_labels(tmp_path, sqlite
             engine.dispose()
 
     assert shape(sqlite_url) == shape(fresh_url)
-    assert counts(sqlite_url)["schema_version"] == SCHEMA_VERSION == 2
+    assert counts(sqlite_url)["schema_version"] == SCHEMA_VERSION == 3
 
 
 # A copy into the media store, killed while it writes (the source blocks after its first chunk).

@@ -88,5 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     return getattr(_task_module(args.task), args.action)(args) or 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """`main` for the command line: a user error (bad data, options or checkpoints; a missing model)
+    prints `error: <message>` and exits with 2, as argparse does for bad options, without a traceback.
+    `main` itself raises them, for callers that handle them."""
+    from backend.errors import InputError, ModelUnavailableError
+
+    try:
+        return main(argv)
+    except (InputError, ModelUnavailableError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli())

@@ -5,18 +5,33 @@ Named endpoints: /analyze, /save_correction, /export_corrections. The page's own
 
 from __future__ import annotations
 
+import importlib.util
+
 import gradio as gr
 
 from backend.analysis_queue import QueueFullError
 from backend.errors import InputError, ModelUnavailableError
 from backend.profiles import PROFILES, get_profile
 from backend import registry
-from backend.service import Service, public_document, resolve_annotator
+from backend.service import Service, profile_availability, public_document, resolve_annotator
 from backend.settings import Settings, get_settings, on_spaces
-from ui.annotate import HOTKEYS_JS, LABEL_ID, NEXT_ID, PREV_ID, SAVE_ID, Annotate
-from ui.callbacks import TRANSCRIPT_COLUMNS, Analysis, profile_status_html, user_error
+from ui.annotate import (
+    HOTKEYS_JS,
+    LABEL_ID,
+    LABEL_TURN_ID,
+    NEXT_ID,
+    PLAYER_ID,
+    PREV_ID,
+    SAVE_ID,
+    SAVE_NEXT_ID,
+    SEEK_JS,
+    TABLE_ID,
+    UNLABELLED_ID,
+    Annotate,
+)
+from ui.callbacks import TRANSCRIPT_COLUMNS, Analysis, profile_status_html
 from ui.corrections import CORRECTION_COLUMNS, Corrections
-from ui.results import table_columns
+from ui.results import TABLE_TEXT_CHARS, table_columns, table_widths
 
 TITLE = "ERC Studio — emotion recognition in conversations"
 # Analyses reach the service at once: its bounded queue runs one at a time (a model run uses all the
@@ -26,15 +41,61 @@ DEFAULT_CONCURRENCY = 8  # everything else (saving, exports) runs side by side
 # Gradio's uploads and its copies of served files: deleted every 10 min once 2 h old, and at shutdown.
 UPLOAD_CACHE = (600, 7200)
 PRIVATE = {"api_visibility": "private"}
-CSS = """
-.image-slot { background: #ffe08a; border-radius: 3px; padding: 0 2px; font-weight: bold; }
-.prompt { white-space: pre-wrap; max-height: 24em; overflow: auto; font-size: 0.85em; }
-.teaching table, .teach { border-collapse: collapse; } .teach td, .teach th { padding: 2px 8px; }
+CSS = f"""
+.image-slot {{ background: #ffe08a; border-radius: 3px; padding: 0 2px; font-weight: bold; }}
+.prompt {{ white-space: pre-wrap; max-height: 24em; overflow: auto; font-size: 0.85em; }}
+.teaching table, .teach {{ border-collapse: collapse; }} .teach td, .teach th {{ padding: 2px 8px; }}
+/* Headers of the results table never break inside a word ("MiSTER -E"). */
+#{TABLE_ID} th {{ white-space: nowrap; }}
+#{TABLE_ID} .body-cell, #{TABLE_ID} th {{ font-size: 13px; }}
+/* Toasts: only the newest shows, at the bottom, so they do not pile up over the charts. */
+.toast-wrap {{ top: auto !important; bottom: var(--size-3); }}
+.toast-wrap > :not(:last-child) {{ display: none; }}
+#shortcuts-help {{ position: fixed; top: 15%; left: 50%; transform: translateX(-50%); z-index: 1000;
+  background: white; color: black; border: 1px solid #888; border-radius: 8px; padding: 1em 1.5em;
+  box-shadow: 0 8px 30px rgba(0, 0, 0, .3); }}
+#shortcuts-help td {{ padding: 2px 10px; }}
 """
 # System fonts only: the default theme would fetch web fonts from Google when the page opens.
 THEME = gr.themes.Default(
     font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
 )
+
+
+# Runs in the page: puts ?dialogue=<id>&turn=<index> in the address without reloading.
+ADDRESS_JS = """(dialogue, turn) => {
+  const url = new URL(window.location.href);
+  if (dialogue === null || dialogue === undefined) return;
+  url.searchParams.set("dialogue", String(dialogue));
+  if (turn === null || turn === undefined) url.searchParams.delete("turn");
+  else url.searchParams.set("turn", String(turn));
+  window.history.replaceState(null, "", url);
+}"""
+
+
+SAME_VALUE_JS = "(value) => value ?? ''"  # copies a value between components, in the page
+
+def profile_choices(service: Service) -> dict:
+    """The profile picker's `choices` and `info`: a profile with no model available is marked
+    unavailable, with the reason (analysing with it is refused with the same message)."""
+    unavailable = {name: why for name, why in profile_availability(service.settings).items() if why}
+    choices = [(f"{name} (unavailable)" if name in unavailable else name, name) for name in PROFILES]
+    info = " ".join(f"Unavailable: {why}." for why in unavailable.values()) or None
+    return {"choices": choices, "info": info}
+
+
+def spaces_problem() -> str | None:
+    """Why the app cannot start in Spaces mode (its Hugging Face login needs gradio's OAuth extra),
+    or None."""
+    if not on_spaces():
+        return None
+    missing = [name for name in ("authlib", "itsdangerous") if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return (
+        f"Spaces mode (SPACE_ID or ERC_SPACES_PREVIEW is set) signs annotators in with Hugging Face, which"
+        f" needs {' and '.join(missing)}: install gradio[oauth] (requirements.txt: gradio[oauth]=={gr.__version__})"
+    )
 
 
 def launch_options(settings: Settings | None = None) -> dict:
@@ -49,6 +110,11 @@ def launch_options(settings: Settings | None = None) -> dict:
         "theme": THEME,
         "ssr_mode": False,
     }
+
+
+def api_error(exc: Exception) -> gr.Error:
+    """An API error: the message as it is (clients get text, not a page that renders HTML)."""
+    return gr.Error(str(exc))
 
 
 def _api(service: Service, demo: gr.Blocks) -> None:
@@ -67,7 +133,7 @@ def _api(service: Service, demo: gr.Blocks) -> None:
             )
             return public_document(doc)
         except (InputError, ModelUnavailableError, QueueFullError) as exc:
-            raise user_error(exc) from None
+            raise api_error(exc) from None
 
     def save_correction(
         turn_id: int,
@@ -87,14 +153,14 @@ def _api(service: Service, demo: gr.Blocks) -> None:
             )
             return service.save_correction(turn_id, label, name, note, request_id=request_id or None)
         except InputError as exc:
-            raise user_error(exc) from None
+            raise api_error(exc) from None
 
     def export_corrections(format: str) -> str:
         """All corrections as `meld_csv` or `jsonl`."""
         try:
             return str(service.export(format))
         except InputError as exc:
-            raise user_error(exc) from None
+            raise api_error(exc) from None
 
     with gr.Column(visible=False):
         video, subtitles, profile = gr.File(type="filepath"), gr.File(type="filepath"), gr.Textbox()
@@ -128,6 +194,8 @@ def build_app(service: Service | None = None) -> gr.Blocks:
 
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=UPLOAD_CACHE) as demo:
         doc = gr.State(None)
+        dialogue_id = gr.Number(visible=False, elem_id="dialogue-id")  # for the page's address
+        remembered_name = gr.BrowserState("", storage_key="erc-studio-annotator")
         gr.Markdown(
             "# ERC Studio\nUpload a video dialogue (and subtitles or a transcript if you have them). The "
             "turns are labelled by "
@@ -135,47 +203,43 @@ def build_app(service: Service | None = None) -> gr.Blocks:
             + "; correct the labels below."
         )
         with gr.Tab("Analyse and annotate"):
-            with gr.Row():
-                with gr.Column(scale=1):
+            # Upload | the player | the labelling panel, side by side: the selected turn is labelled
+            # while its video is in view.
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=260):
                     video = gr.Video(label="Video dialogue", sources=["upload"])
                     subtitles = gr.File(
                         label="Subtitles (SRT/VTT) or transcript CSV (optional)",
                         file_types=[".srt", ".vtt", ".csv"],
                         type="filepath",
                     )
-                    profile = gr.Radio(list(PROFILES), value=settings.profile, label="Profile")
+                    profile = gr.Radio(**profile_choices(service), value=settings.profile, label="Profile")
                     run = gr.Button("Analyse", variant="primary")
+                    example = gr.Button("Try an example (a generated 6 s dialogue)", size="sm")
                     with gr.Accordion("Stored analyses", open=False):
-                        stored = gr.Dropdown(label="Reopen without recomputing", choices=[])
+                        stored = gr.Dropdown(
+                            label="Reopen without recomputing (type to search: file, profile, version…)",
+                            choices=[],
+                            filterable=True,
+                        )
                         reopen = gr.Button("Reopen")
                     status = gr.HTML(profile_status_html(settings.profile, service), elem_id="model-status")
-                with gr.Column(scale=2):
-                    player = gr.Video(label="Video with the predictions as subtitles", interactive=False)
+                with gr.Column(scale=2, min_width=400):
+                    player = gr.Video(
+                        label="Video with the predictions as subtitles", interactive=False, elem_id=PLAYER_ID
+                    )
                     notes = gr.HTML(elem_id="analysis-notes")
-            table = gr.Dataframe(
-                headers=table_columns(),
-                label="Turns (click a row to select it)",
-                interactive=False,
-                wrap=True,
-                elem_id="results-table",
-            )
-            with gr.Row():
-                gate = gr.Plot(label="Weights per turn")
-                timelines = gr.Plot(label="Label probabilities over turns")
-            with gr.Accordion("Transcript: edit it and run again", open=False):
-                transcript = gr.Dataframe(headers=TRANSCRIPT_COLUMNS, interactive=True, label="Transcript")
-                rerun = gr.Button("Run again with this transcript")
-            gr.Markdown(
-                "## Selected turn\nKeys: **1-7** pick a label, **j**/**k** next/previous turn, "
-                "**Enter** saves."
-            )
-            with gr.Row():
-                with gr.Column(scale=1):
-                    turn = gr.Dropdown(label="Turn", choices=[], elem_id="turn-picker")
+                with gr.Column(scale=1, min_width=300, elem_id="labelling-panel"):
+                    turn = gr.Dropdown(label="Selected turn", choices=[], elem_id="turn-picker")
                     with gr.Row():
                         prev_turn = gr.Button("◀ previous (k)", elem_id=PREV_ID, size="sm")
                         next_turn = gr.Button("next (j) ▶", elem_id=NEXT_ID, size="sm")
+                        unlabelled = gr.Button("unlabelled (u) ▶▶", elem_id=UNLABELLED_ID, size="sm")
                     label = gr.Radio(labels, label="Label (1-7)", elem_id=LABEL_ID)
+                    # The turn the label picker is showing; updated together with the picker.
+                    label_turn = gr.Number(visible=False, elem_id=LABEL_TURN_ID)
+                    # The selected turn's [start, end, index]: the page seeks the player to it.
+                    span = gr.JSON(visible=False)
                     note = gr.Textbox(label="Note (optional)", max_lines=3)
                     if on_spaces():
                         gr.LoginButton()
@@ -183,15 +247,33 @@ def build_app(service: Service | None = None) -> gr.Blocks:
                     if settings.require_login:
                         gr.Markdown("Saving labels needs a Hugging Face login.")
                     with gr.Row():
-                        save = gr.Button("Save label (Enter)", variant="primary", elem_id=SAVE_ID)
+                        save = gr.Button("Save (Enter)", variant="primary", elem_id=SAVE_ID, size="sm")
+                        save_next = gr.Button("Save, next (Shift+Enter)", elem_id=SAVE_NEXT_ID, size="sm")
+                    with gr.Row():
                         accepts = {
                             spec.key: gr.Button(f"Accept {spec.title}'s label", size="sm") for spec in registry.MODELS
                         }
                     history = gr.HTML(label="History")
-                with gr.Column(scale=1):
-                    face = gr.Image(label="Speaker's face crop (what the models saw)", interactive=False, height=220)
-                    votes = gr.Plot(label="Each model's distribution for this turn")
+                    gr.Markdown("Press **?** for the keyboard shortcuts.")
+            table = gr.Dataframe(
+                headers=table_columns(),
+                label="Turns (click a row to select it; click a cell for its full text)",
+                interactive=False,
+                wrap=False,
+                max_chars=TABLE_TEXT_CHARS,
+                column_widths=table_widths(),
+                elem_id=TABLE_ID,
+            )
+            with gr.Row():
+                face = gr.Image(label="Speaker's face crop (what the models saw)", interactive=False, height=220)
+                votes = gr.Plot(label="Each model's distribution for this turn")
             teaching = gr.HTML(elem_id="teaching-view")
+            with gr.Row():
+                gate = gr.Plot(label="Weights per turn")
+                timelines = gr.Plot(label="Label probabilities over turns")
+            with gr.Accordion("Transcript: edit it and run again", open=False):
+                transcript = gr.Dataframe(headers=TRANSCRIPT_COLUMNS, interactive=True, label="Transcript")
+                rerun = gr.Button("Run again with this transcript")
 
         with gr.Tab("Corrections"):
             with gr.Row():
@@ -202,6 +284,9 @@ def build_app(service: Service | None = None) -> gr.Blocks:
             corrections_table = gr.Dataframe(headers=CORRECTION_COLUMNS, interactive=False, wrap=True)
             agreement = gr.HTML()
             with gr.Row():
+                pair_pick = gr.Dropdown(label="Annotator pair for the matrix", choices=[])
+                model_pick = gr.Dropdown(label="Model for the matrix", choices=[])
+            with gr.Row():
                 pair_confusion = gr.Plot(label="Annotator pair")
                 model_confusion = gr.Plot(label="Model vs humans")
             with gr.Row():
@@ -211,38 +296,74 @@ def build_app(service: Service | None = None) -> gr.Blocks:
 
         _api(service, demo)
 
-        views = [doc, player, status, notes, table, gate, timelines, turn, transcript]
-        selected = [votes, face, teaching]
-        annotation = [history, label]
+        views = [doc, player, status, notes, table, gate, timelines, turn, transcript, dialogue_id]
+        selected = [votes, face, teaching, span]
+        annotation = [history, label, label_turn]
         filters = [dialogue_filter, annotator_filter, label_filter]
-        inference = {"concurrency_id": "inference", "concurrency_limit": INFERENCE_CONCURRENCY, **PRIVATE}
+        # One progress bar (and one error mark) beside the player, not one over each of the outputs;
+        # the other outputs keep showing what they showed (also the edited transcript after an error).
+        inference = {
+            "concurrency_id": "inference",
+            "concurrency_limit": INFERENCE_CONCURRENCY,
+            "show_progress_on": notes,
+            **PRIVATE,
+        }
 
-        run.click(analysis.run, [video, subtitles, profile], views, **inference).then(
+        # New annotators and dialogues appear in the Corrections filters as soon as they are saved.
+        refresh_filters = (corrections.filters, filters[:2], filters[:2])
+        run.click(analysis.run, [video, subtitles, profile, name], views, **inference).then(
             analysis.stored, None, stored, **PRIVATE
-        )
-        rerun.click(analysis.rerun, [doc, transcript, profile], views, **inference)
-        reopen.click(analysis.reopen, stored, views, **PRIVATE)
+        ).then(*refresh_filters, **PRIVATE)
+        example.click(analysis.example, [profile, name], views, **inference).then(
+            analysis.stored, None, stored, **PRIVATE
+        ).then(*refresh_filters, **PRIVATE)
+        rerun.click(analysis.rerun, [doc, transcript, profile, name], views, **inference).then(
+            analysis.stored, None, stored, **PRIVATE
+        ).then(*refresh_filters, **PRIVATE)
+        reopen.click(analysis.reopen, [stored, name], views, show_progress_on=notes, **PRIVATE)
         profile.change(analysis.profile_status, profile, status, **PRIVATE)
         turn.change(analysis.turn_views, [doc, turn], selected, queue=False, **PRIVATE).then(
-            annotate.turn_state, [doc, turn], annotation, queue=False, **PRIVATE
+            annotate.turn_state, [doc, turn, name], annotation, queue=False, **PRIVATE
         )
+        gr.on(
+            [name.blur, name.submit],
+            annotate.viewer_changed,
+            [doc, turn, name],
+            [*annotation, table],
+            queue=False,
+            **PRIVATE,
+        )
+        span.change(None, span, None, js=SEEK_JS, **PRIVATE)
         table.select(analysis.pick_row, None, turn, **PRIVATE)
+        unlabelled.click(annotate.next_unlabelled, [doc, turn, name], turn, **PRIVATE)
         next_turn.click(annotate.next, [doc, turn], turn, **PRIVATE)
         prev_turn.click(annotate.previous, [doc, turn], turn, **PRIVATE)
-        save.click(annotate.save, [doc, turn, label, note, name], [history, table, note], **PRIVATE)
+        save.click(annotate.save, [doc, turn, label_turn, label, note, name], [history, table, note], **PRIVATE).then(
+            *refresh_filters, **PRIVATE
+        )
+        save_next.click(
+            annotate.save_and_next, [doc, turn, label_turn, label, note, name], [history, table, note, turn], **PRIVATE
+        ).then(*refresh_filters, **PRIVATE)
         for key, button in accepts.items():
             button.click(
                 annotate.accept_handler(key), [doc, turn, note, name], [history, table, note, label], **PRIVATE
-            )
-        refresh.click(
+            ).then(*refresh_filters, **PRIVATE)
+        gr.on(
+            [refresh.click, pair_pick.input, model_pick.input],
             corrections.show,
-            filters,
-            [corrections_table, agreement, pair_confusion, model_confusion],
+            [*filters, pair_pick, model_pick, name],
+            [corrections_table, agreement, pair_confusion, model_confusion, pair_pick, model_pick],
             **PRIVATE,
         )
-        export.click(corrections.export, [fmt, *filters], exported, **PRIVATE)
+        export.click(corrections.export, [fmt, *filters, name], exported, **PRIVATE)
         # Light events skip the queue: they answer at once, also in headless browsers (virtual time).
-        demo.load(analysis.from_link, None, views, queue=False, **PRIVATE)
+        # The name typed last time in this browser comes back first: the link opens at their last turn.
+        demo.load(None, remembered_name, name, js=SAME_VALUE_JS, **PRIVATE).then(
+            analysis.from_link, name, views, queue=False, show_progress_on=notes, **PRIVATE
+        )
+        name.change(None, name, remembered_name, js=SAME_VALUE_JS, **PRIVATE)
+        # The address follows the dialogue and turn shown, so a reload or a shared link opens them.
+        turn.change(None, [dialogue_id, turn], None, js=ADDRESS_JS, **PRIVATE)
         demo.load(analysis.stored, None, stored, queue=False, **PRIVATE)
         demo.load(corrections.filters, None, [dialogue_filter, annotator_filter], queue=False, **PRIVATE)
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)

@@ -13,6 +13,19 @@ from backend import registry
 from backend.registry import ModelSpec, TurnField
 
 
+TABLE_TEXT_CHARS = 60  # longer turn text is cut in the table; clicking the cell shows all of it
+
+
+def table_widths() -> list[str]:
+    """Column widths of the results table, in `table_columns` order: fixed for the short columns, so
+    that every column fits a 1400 px page and the text takes the rest."""
+    widths = ["36px", "124px", "84px", "auto"]
+    for spec in registry.MODELS:
+        widths += ["84px", "124px"]
+        widths += ["172px" for f in spec.fields if f.kind == "weights"]
+    return [*widths, "56px", "72px"]
+
+
 def table_columns() -> list[str]:
     """The results table's columns: the turn, then each model's label, confidence and weights fields,
     then whether the models agree and the human label."""

@@ -90,7 +90,16 @@ def _v2_annotation_request_ids(conn: Connection) -> None:
     conn.execute(text("CREATE UNIQUE INDEX ux_annotations_request_id ON annotations (request_id)"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_create_all, _v2_annotation_request_ids]
+def _v3_adjudicated_annotations(conn: Connection) -> None:
+    # Whether an adjudicator saved the annotation; every earlier annotation was an annotator's.
+    conn.execute(text("ALTER TABLE annotations ADD COLUMN adjudicated BOOLEAN NOT NULL DEFAULT false"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _v1_create_all,
+    _v2_annotation_request_ids,
+    _v3_adjudicated_annotations,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, Float, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Dialect, Float, ForeignKey, Index, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -104,7 +104,7 @@ class PredictionRow(Base):
 
 
 class AnnotationRow(Base):
-    """Append-only: a correction is a new row, and a turn's label is its latest row."""
+    """Append-only: a correction is a new row; a turn's label follows backend.current_label."""
 
     __tablename__ = "annotations"
     __table_args__ = (
@@ -120,6 +120,8 @@ class AnnotationRow(Base):
     created_at: Mapped[datetime]
     # The client's id for this save (schema v2): a retry with the same id returns this row.
     request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_MAX))
+    # Saved by an adjudicator (schema v3): the turn's final label, over the annotators' majority.
+    adjudicated: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class AnalysisRow(Base):

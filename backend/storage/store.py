@@ -18,6 +18,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from backend.current_label import current_by_turn
 from backend.errors import InputError
 from backend.labels import normalize_label
 from backend.schema import validate_analysis
@@ -40,6 +41,7 @@ from backend.storage.models import (
 
 Row = TypeVar("Row", MediaRow, ModelVersionRow)
 ID_MAX = 2**31 - 1  # ids are INTEGER columns: 32-bit on PostgreSQL, the narrower of the two backends
+_OLDEST_FIRST = (AnnotationRow.created_at, AnnotationRow.id)  # a turn's annotations, as saved
 _REQUEST_ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{REQUEST_ID_MAX}}}")
 
 
@@ -202,7 +204,9 @@ class Store:
             return _document(session, row)
 
     def dialogues(self) -> list[dict]:
-        """Every stored dialogue, newest first, with turn and annotated-turn counts."""
+        """Every stored dialogue, newest first, with turn and annotated-turn counts and, from its analysis,
+        the uploaded file's name, the duration, the turn source's kind and the model versions ({slot:
+        version}); None (or {}) where the analysis did not record them."""
         n_turns = (
             select(TurnRow.dialogue_id, func.count().label("n")).group_by(TurnRow.dialogue_id).subquery()
         )
@@ -212,8 +216,15 @@ class Store:
             .group_by(TurnRow.dialogue_id)
             .subquery()
         )
+        document = AnalysisRow.document
+        facts = (
+            document["media"]["name"].as_string(),
+            document["media"]["duration_s"].as_float(),
+            document["turn_source"]["kind"].as_string(),
+            document["models"],
+        )
         query = (
-            select(DialogueRow, MediaRow.sha256, AnalysisRow.profile, n_turns.c.n, n_annotated.c.n)
+            select(DialogueRow, MediaRow.sha256, AnalysisRow.profile, n_turns.c.n, n_annotated.c.n, *facts)
             .join(MediaRow, DialogueRow.media_id == MediaRow.id)
             .outerjoin(AnalysisRow, AnalysisRow.dialogue_id == DialogueRow.id)
             .outerjoin(n_turns, n_turns.c.dialogue_id == DialogueRow.id)
@@ -231,8 +242,12 @@ class Store:
                     "turns": turns or 0,
                     "annotated_turns": annotated or 0,
                     "created_at": d.created_at.isoformat(),
+                    "file_name": name,
+                    "duration_s": duration,
+                    "turn_source": turn_source,
+                    "models": {slot: m.get("version") for slot, m in (models or {}).items()},
                 }
-                for d, sha, profile, turns, annotated in session.execute(query)
+                for d, sha, profile, turns, annotated, name, duration, turn_source, models in session.execute(query)
             ]
 
     def add_annotation(
@@ -242,8 +257,10 @@ class Store:
         annotator: str,
         note: str | None = "",
         request_id: str | None = None,
+        adjudicated: bool = False,
     ) -> dict:
-        """Append a label for a turn; it becomes the turn's current label. Invalid input writes nothing.
+        """Append a label for a turn (an adjudicator's when `adjudicated`); the turn's current label
+        follows backend.current_label. Invalid input writes nothing.
 
         With a `request_id` (the client's id for this save) the save is idempotent: sending it again,
         say after the reply was lost, returns the first save's row instead of storing another.
@@ -269,6 +286,7 @@ class Store:
                 note=note,
                 created_at=utc_now(),
                 request_id=request_id,
+                adjudicated=bool(adjudicated),
             )
             earlier = None if request_id is None else _by_request_id(session, request_id)
             if earlier is None:
@@ -282,7 +300,7 @@ class Store:
         return _annotation(row) if earlier is None else _replayed(earlier, row)
 
     def history(self, turn_id: int) -> list[dict]:
-        """Every annotation of a turn, oldest first; the last one is the current label."""
+        """Every annotation of a turn, oldest first (its current label: backend.current_label)."""
         turn_id = _as_id(turn_id, "turn id")
         with self._read() as session:
             if session.get(TurnRow, turn_id) is None:
@@ -290,18 +308,25 @@ class Store:
             rows = session.scalars(
                 select(AnnotationRow)
                 .where(AnnotationRow.turn_id == turn_id)
-                .order_by(AnnotationRow.created_at, AnnotationRow.id)
+                .order_by(*_OLDEST_FIRST)
             )
             return [_annotation(r) for r in rows]
 
-    def current_labels(self, dialogue_id: int) -> dict[int, str]:
-        """{turn_id: label} for the annotated turns of a dialogue (turns without annotations are absent)."""
+    def current_labels(self, dialogue_id: int, annotator: str | None = None) -> dict[int, str]:
+        """{turn_id: label} for the annotated turns of a dialogue (turns without annotations are absent):
+        the current label (backend.current_label), or with `annotator` that annotator's latest."""
         dialogue_id = _as_id(dialogue_id, "dialogue id")
         with self._read() as session:
             if session.get(DialogueRow, dialogue_id) is None:
                 raise InputError(f"dialogue {dialogue_id} does not exist; pick one from the list")
-            latest = _latest_annotations(TurnRow.dialogue_id == dialogue_id)
-            return {turn_id: label for _, turn_id, label in session.execute(latest)}
+            query = select(AnnotationRow).join(TurnRow, AnnotationRow.turn_id == TurnRow.id)
+            query = query.where(TurnRow.dialogue_id == dialogue_id)
+            if annotator is not None:
+                query = query.where(AnnotationRow.annotator == annotator.strip())
+            rows = [_annotation(a) for a in session.scalars(query.order_by(*_OLDEST_FIRST))]
+        if annotator is not None:
+            return {r["turn_id"]: r["label"] for r in rows}  # oldest first: the latest one stays
+        return {turn_id: row["label"] for turn_id, row in current_by_turn(rows).items()}
 
     def annotations(
         self,
@@ -313,7 +338,8 @@ class Store:
         """Annotations, oldest first, with their turn's text, speaker, times and model predictions.
 
         Filters combine with AND; `label` matches the stored (canonical) label exactly. Each row's
-        `is_current` says whether it is its turn's latest annotation.
+        `is_current` says whether it decides its turn's label (backend.current_label), among all of
+        the turn's annotations, filtered or not.
         """
         filters = []
         if media_sha256 is not None:
@@ -327,8 +353,10 @@ class Store:
         query = _in_context(select(AnnotationRow, TurnRow, MediaRow.sha256)).where(*filters)
         turn_ids = _in_context(select(AnnotationRow.turn_id)).where(*filters)
         with self._read() as session:
-            rows = session.execute(query.order_by(AnnotationRow.created_at, AnnotationRow.id)).all()
-            current = {a_id for a_id, _, _ in session.execute(_latest_annotations(TurnRow.id.in_(turn_ids)))}
+            rows = session.execute(query.order_by(*_OLDEST_FIRST)).all()
+            of_turns = select(AnnotationRow).where(AnnotationRow.turn_id.in_(turn_ids)).order_by(*_OLDEST_FIRST)
+            everyone = [_annotation(a) for a in session.scalars(of_turns)]
+            current = {row["annotation_id"] for row in current_by_turn(everyone).values()}
             predictions = _predictions(session, turn_ids)
         return [
             {
@@ -407,25 +435,6 @@ def _in_context(query: Select) -> Select:
     )
 
 
-def _latest_annotations(turn_filter: Any) -> Select:
-    """(annotation_id, turn_id, label) of the latest annotation of each turn matching `turn_filter`."""
-    rank = (
-        func.row_number()
-        .over(
-            partition_by=AnnotationRow.turn_id,
-            order_by=(AnnotationRow.created_at.desc(), AnnotationRow.id.desc()),
-        )
-        .label("rank")
-    )
-    ranked = (
-        select(AnnotationRow.id, AnnotationRow.turn_id, AnnotationRow.label, rank)
-        .join(TurnRow, AnnotationRow.turn_id == TurnRow.id)
-        .where(turn_filter)
-        .subquery()
-    )
-    return select(ranked.c.id, ranked.c.turn_id, ranked.c.label).where(ranked.c.rank == 1)
-
-
 def _predictions(session: Session, turn_ids: Select) -> dict[int, dict[str, dict]]:
     """{turn_id: {model name: {version, label, probs, ...extras}}}."""
     query = (
@@ -446,7 +455,7 @@ def _by_request_id(session: Session, request_id: str) -> AnnotationRow | None:
 
 def _replayed(earlier: AnnotationRow, retry: AnnotationRow) -> dict:
     """The first save of a request id, if `retry` asks for the same save."""
-    fields = ("turn_id", "label", "annotator", "note")
+    fields = ("turn_id", "label", "annotator", "note", "adjudicated")
     if any(getattr(earlier, f) != getattr(retry, f) for f in fields):
         raise InputError(
             f"request id {retry.request_id!r} was already used for another save (turn {earlier.turn_id},"
@@ -463,6 +472,7 @@ def _annotation(row: AnnotationRow) -> dict:
         "annotator": row.annotator,
         "note": row.note,
         "created_at": row.created_at.isoformat(),
+        "adjudicated": bool(row.adjudicated),
     }
 
 
