@@ -3,8 +3,10 @@ names the speaker, and a change of speaking face splits a turn even where the pa
 
 A pause alone cannot tell a quick reply (0.25-0.4 s between speakers) from the pause between two
 sentences of one speaker (~0.4 s), so words are first cut into short segments at every gap of
-SEGMENT_PAUSE_S, the speaking face of each segment is found, and turns are then formed at the usual
-pauses plus wherever two neighbouring segments have different, clearly seen speakers.
+SEGMENT_PAUSE_S, the speaking face of each segment is found, and turns are then formed wherever two
+neighbouring segments have different, clearly seen speakers. One clearly seen speaker's segments stay
+one turn across pauses shorter than SAME_SPEAKER_PAUSE_S (a comma or a breath); where the speaker of
+either side is doubtful, the usual pause rule of speech recognition alone (TURN_PAUSE_S) applies.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from backend.asr import TURN_PAUSE_S, Word, words_to_turns
 from backend.dialogue import Turn
 from backend.faces import FaceResult, attribute_speakers, cluster_speakers
 
-SEGMENT_PAUSE_S = 0.2
+SAME_SPEAKER_PAUSE_S = 1.0
+SEGMENT_PAUSE_S = 0.12  # the VAD closes a 0.25 s gap between two speakers to ~0.19 s
 UNKNOWN_SPEAKER = "SPEAKER_?"  # a turn with no visible face
 
 
@@ -45,13 +48,13 @@ def speaker_turns(
     seg_faces = attribute_speakers(video, [(s.start, s.end) for s in segments], activity)
     seg_speakers = cluster_speakers(seg_faces)
     doubtful = set(seg_speakers.uncertain)
-    boundaries = [
-        (a.end + b.start) / 2
-        for i, (a, b) in enumerate(zip(segments, segments[1:]))
-        if i not in doubtful and i + 1 not in doubtful
-        and seg_speakers.labels[i] != seg_speakers.labels[i + 1]
-    ]
-    turns = words_to_turns(words, regions, boundaries, pause_s=TURN_PAUSE_S)
+    boundaries = []
+    for i, (a, b) in enumerate(zip(segments, segments[1:])):
+        doubtful_pair = i in doubtful or i + 1 in doubtful
+        changed = seg_speakers.labels[i] != seg_speakers.labels[i + 1]
+        if (changed and not doubtful_pair) or (doubtful_pair and b.start - a.end >= TURN_PAUSE_S):
+            boundaries.append((a.end + b.start) / 2)
+    turns = words_to_turns(words, regions, boundaries, pause_s=SAME_SPEAKER_PAUSE_S)
     named, faces, uncertain = [], [], []
     for t, turn in enumerate(turns):
         inside = [i for i, s in enumerate(segments) if _overlap((s.start, s.end), (turn.start, turn.end)) > 0]

@@ -6,6 +6,7 @@ import pytest
 from backend.analyze import analyze, main
 from backend.errors import InputError
 from backend.schema import validate_analysis
+from backend.speakers import SAME_SPEAKER_PAUSE_S
 from backend.synthetic_media import head_boxes, make_dialogue_video, make_silent_video
 
 TURNS = [(0.3, 1.5), (2.0, 3.4), (4.0, 5.2)]
@@ -57,7 +58,7 @@ def test_subtitled_video(dialogue, data_dir):
         assert all(key in turn for turn in doc["turns"]), f"{key} did not label every turn"
 
 
-def _expected_turns(truth, pause_s: float = 0.5) -> list[tuple[int, float, float]]:
+def _expected_turns(truth, pause_s: float = SAME_SPEAKER_PAUSE_S) -> list[tuple[int, float, float]]:
     """(speaker, start, end) of the truth's lines, one speaker's lines merged across short pauses."""
     turns: list[list] = []
     for line in truth:
