@@ -5,6 +5,12 @@ import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+if os.environ.get("SPACE_ID"):  # a Space installs requirements.txt only: add requirements-nodeps.txt once
+    from backend.nodeps import ensure_nodeps
+
+    if report := ensure_nodeps():
+        print(report, file=sys.stderr)
+
 from ui.layout import build_app, launch_options, spaces_problem  # noqa: E402
 
 if problem := spaces_problem():
