@@ -18,6 +18,7 @@ from backend import exports
 from backend.agreement import agreement_report
 from backend.analysis_queue import AnalysisQueue
 from backend.analyze import Progress, analyze, model_records, no_progress
+from backend.corpus_export import write_corpus_zip
 from backend.errors import InputError, ModelUnavailableError
 from backend.media import probe, sha256_file
 from backend.memory import return_freed_memory
@@ -228,12 +229,18 @@ class Service:
         label: str | None = None,
         viewer: str | None = None,
     ) -> Path:
-        """Write the (filtered) corrections as `meld_csv` or `jsonl` into the served folder (under a
-        name nobody can guess); the file's path."""
+        """Write the (filtered) corrections as `meld_csv`, `jsonl` or `corpus` (a zip of the generic
+        corpus CSV with each turn's audio clip and face crop, backend.corpus_export) into the served
+        folder (under a name nobody can guess); the file's path."""
         if fmt not in exports.FORMATS:
             raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(exports.FORMATS)}")
         rows = self.annotations(dialogue_id, annotator, label, viewer)
-        text = exports.meld_csv(rows) if fmt == "meld_csv" else exports.jsonl(rows)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        name = f"corrections-{stamp}-{secrets.token_hex(8)}.{'csv' if fmt == 'meld_csv' else 'jsonl'}"
-        return self.served.text("exports", name, text).resolve()
+        name = f"corrections-{stamp}-{secrets.token_hex(8)}"
+        if fmt == "corpus":
+            turns = exports.by_turn(rows)
+            return self.served.written(
+                "exports", f"{name}.zip", lambda path: write_corpus_zip(path, turns, self.reopen)
+            ).resolve()
+        text = exports.meld_csv(rows) if fmt == "meld_csv" else exports.jsonl(rows)
+        return self.served.text("exports", f"{name}.{'csv' if fmt == 'meld_csv' else 'jsonl'}", text).resolve()

@@ -9,6 +9,7 @@ import importlib.util
 
 import gradio as gr
 
+from backend import exports
 from backend.analysis_queue import QueueFullError
 from backend.errors import InputError, ModelUnavailableError
 from backend.profiles import PROFILES, get_profile
@@ -156,7 +157,7 @@ def _api(service: Service, demo: gr.Blocks) -> None:
             raise api_error(exc) from None
 
     def export_corrections(format: str) -> str:
-        """All corrections as `meld_csv` or `jsonl`."""
+        """All corrections as `meld_csv`, `jsonl` or `corpus` (a zip that `python -m training` reads)."""
         try:
             return str(service.export(format))
         except InputError as exc:
@@ -290,7 +291,7 @@ def build_app(service: Service | None = None) -> gr.Blocks:
                 pair_confusion = gr.Plot(label="Annotator pair")
                 model_confusion = gr.Plot(label="Model vs humans")
             with gr.Row():
-                fmt = gr.Radio(["meld_csv", "jsonl"], value="meld_csv", label="Export format")
+                fmt = gr.Radio(list(exports.FORMATS), value="meld_csv", label="Export format")
                 export = gr.Button("Export")
                 exported = gr.File(label="Export file")
 
