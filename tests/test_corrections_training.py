@@ -87,3 +87,28 @@ def test_bad_corrections_sources_say_what_to_give(tmp_path):
         load_corrections(str(tmp_path / "bad.zip"), MELD7)
     with pytest.raises(InputError, match="must be positive"):
         load_corrections(str(tmp_path / "bad.zip"), MELD7, weight=0)
+
+
+def test_retrain_compares_the_candidate_with_the_active_version(tmp_path, data_dir):
+    import json
+
+    from backend.model_store import open_model_store
+    from backend.settings import get_settings
+
+    corpus = write_csv_corpus(tmp_path / "corpus", audio=False, dialogues={"train": 3, "validation": 1})
+    corrected = write_csv_corpus(tmp_path / "corrected", audio=False, dialogues={"train": 4})
+    common = ["--corpus", "csv", "--data", corpus, "--cache", tmp_path / "cache", *TINY]
+    assert run("train", "mister-e", *common) == 0
+    store = open_model_store(get_settings())
+    [first] = [v for v in store.versions("mister-e") if not v.builtin]
+    store.activate("mister-e", first.version)
+
+    report = tmp_path / "report.json"
+    assert run("retrain", "mister-e", "--report", report, *common, "--corrections", corrected, "--epochs", "3") == 0
+    result = json.loads(report.read_text())
+    assert result["active_version"] == first.version and result["version"] != first.version
+    assert result["version"] in {v.version for v in store.versions("mister-e")}
+    comparison = result["comparison"]
+    assert set(comparison) == {"corpus validation", "held-out corrections"}
+    assert comparison["corpus validation"]["candidate"]["n"] == comparison["corpus validation"]["active"]["n"] == 4
+    assert comparison["held-out corrections"]["active"]["n"] == 4

@@ -1,5 +1,7 @@
 """`python -m training {train,evaluate} TASK ...` — one entry point for every trainable model;
-`python -m training versions [--model NAME]` lists the model store's versions.
+`python -m training versions [--model NAME]` lists the model store's versions;
+`python -m training retrain TASK --report FILE TRAIN-ARGS...` trains on corrections and compares the
+candidate with the active version (training/retrain.py; the app's retraining job runs it).
 
 Each task module exposes `add_train_args`, `train`, `add_evaluate_args` and `evaluate`.
 """
@@ -76,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("--model", help="only this model (e.g. mister-e, farcer, face-encoder)")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["retrain"]:
+        from training.retrain import main as retrain
+
+        return retrain(argv[1:])
     for action in ("train", "evaluate"):
         tasks = actions.add_parser(action).add_subparsers(dest="task", required=True)
         for task in TASKS:
