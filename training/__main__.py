@@ -33,30 +33,10 @@ def _task_module(task: str):
 
 def versions(model: str | None = None, as_json: bool = False) -> int:
     """Print every version (built-in and trained) with creation time, data and validation metrics."""
-    from backend.model_store import open_model_store
-    from backend.registry import find_spec
+    from backend.model_versions import version_rows
     from backend.settings import get_settings
 
-    settings = get_settings()
-    store = open_model_store(settings)
-    rows = []
-    for info in store.versions(model):
-        # Served models have an active version: the one activated, else the profile's built-in folder.
-        spec = find_spec(info.model)
-        active = spec and (store.active_version(info.model) or spec.checkpoints.get(settings.profile))
-        rows.append(
-            {
-                "model": info.model,
-                "version": info.version,
-                "name": info.name,
-                "created_at": info.created_at,
-                "builtin": info.builtin,
-                "active": bool(active) and active in (info.version, info.name),  # as store.find matches it
-                "validation": info.validation,
-                "data": {k: v for k, v in info.data.items() if k in ("corpus", "data", "command")},
-                "path": str(info.path),
-            }
-        )
+    rows = version_rows(get_settings(), model)
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -65,7 +45,7 @@ def versions(model: str | None = None, as_json: bool = False) -> int:
         return 0
     for row in rows:
         flags = ", ".join(f for f, on in (("built-in", row["builtin"]), ("active", row["active"])) if on)
-        val = " ".join(f"{k}={v}" for k, v in row["validation"].items()) or "-"
+        val = " ".join(f"{k}={v}" for k, v in row["metrics"].items()) or "-"
         print(f"{row['model']:<15} {row['version']}  {row['name']:<14} {row['created_at'][:19]}  val {val}"
               + (f"  [{flags}]" if flags else ""))
     return 0

@@ -459,6 +459,11 @@ def _plan(args: argparse.Namespace) -> _Plan:
     wanted = args.modalities or MODALITIES
     if not (args.speech_corpus and "speech" in wanted):
         chosen = choose_modalities(args.corpus, primary + corrected, args.modalities)
+        validation = split(primary, "validation") + (corrections.validation if corrections else [])
+        if corrections and "speech" in chosen and not any(t.audio for d in validation for t in d.turns):
+            _say("notice: only the corrections have speech and none of them is held out for validation; "
+                 "the speech expert is skipped")
+            chosen = tuple(m for m in chosen if m != "speech")
         return _Plan(labels, primary, None, chosen, corrections)
     speech_corpus = _load(args.speech_corpus, args.speech_data, labels)
     choose_modalities(args.speech_corpus, speech_corpus, ("speech",))
