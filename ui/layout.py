@@ -1,6 +1,7 @@
 """The page and its public API: Analyse (compare both models per turn, annotate) and Corrections.
 
-Named endpoints: /analyze, /save_correction, /export_corrections. The page's own events are private.
+Named endpoints: /analyze, /save_correction, /export_corrections, /model_versions, /retrain, /job_status,
+/cancel_job, /activate_model. The page's own events are private.
 """
 
 from __future__ import annotations
@@ -162,6 +163,49 @@ def _api(service: Service, demo: gr.Blocks) -> None:
             return str(service.export(format))
         except InputError as exc:
             raise api_error(exc) from None
+
+    def model_versions() -> list[dict]:
+        """[{model, version, name, created_at, builtin, active, metrics, data}] for every model version."""
+        return service.model_versions()
+
+    def retrain(model: str, options: dict | None, request_profile: gr.OAuthProfile | None) -> dict:
+        """{job_id}: retrain `model` (mister-e or farcer) from the corrections in the background; `options`
+        may set corrections_weight, epochs, max_steps, seed. Refused while another job runs."""
+        try:
+            return service.retrain(model, options or None, request_profile.username if request_profile else None)
+        except (InputError, ModelUnavailableError) as exc:
+            raise api_error(exc) from None
+
+    def job_status(job_id: str) -> dict:
+        """{job_id, model, state, progress, eta_s, message, version, metrics, started_at} of a retraining job."""
+        try:
+            return service.job_status(job_id)
+        except InputError as exc:
+            raise api_error(exc) from None
+
+    def cancel_job(job_id: str, request_profile: gr.OAuthProfile | None) -> dict:
+        """Stop a running retraining job; its status."""
+        try:
+            return service.cancel_job(job_id, request_profile.username if request_profile else None)
+        except InputError as exc:
+            raise api_error(exc) from None
+
+    def activate_model(model: str, version: str, request_profile: gr.OAuthProfile | None) -> dict:
+        """{model, version}: new analyses use this version from now on."""
+        try:
+            return service.activate_model(model, version, request_profile.username if request_profile else None)
+        except (InputError, ModelUnavailableError) as exc:
+            raise api_error(exc) from None
+
+    with gr.Column(visible=False):
+        model, version, job_id, options = gr.Textbox(), gr.Textbox(), gr.Textbox(), gr.JSON()
+        versions, job, activated = gr.JSON(), gr.JSON(), gr.JSON()
+        listing, retraining, checking, cancelling, activating = (gr.Button() for _ in range(5))
+    listing.click(model_versions, None, versions, api_name="model_versions")
+    retraining.click(retrain, [model, options], job, api_name="retrain")
+    checking.click(job_status, job_id, job, api_name="job_status")
+    cancelling.click(cancel_job, job_id, job, api_name="cancel_job")
+    activating.click(activate_model, [model, version], activated, api_name="activate_model")
 
     with gr.Column(visible=False):
         video, subtitles, profile = gr.File(type="filepath"), gr.File(type="filepath"), gr.Textbox()
