@@ -33,6 +33,7 @@ from ui.annotate import (
 )
 from ui.callbacks import TRANSCRIPT_COLUMNS, Analysis, profile_status_html
 from ui.corrections import CORRECTION_COLUMNS, Corrections
+from ui.models import POLL_S, VERSION_COLUMNS, Models, model_names
 from ui.results import TABLE_TEXT_CHARS, table_columns, table_widths
 
 TITLE = "ERC Studio — emotion recognition in conversations"
@@ -235,6 +236,7 @@ def build_app(service: Service | None = None) -> gr.Blocks:
     service = service or Service.open()
     settings = service.settings
     analysis, annotate, corrections = Analysis(service), Annotate(service), Corrections(service)
+    models = Models(service)
     labels = list(get_profile(settings.profile).labels)
 
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=UPLOAD_CACHE) as demo:
@@ -339,6 +341,30 @@ def build_app(service: Service | None = None) -> gr.Blocks:
                 export = gr.Button("Export")
                 exported = gr.File(label="Export file")
 
+        with gr.Tab("Models"):
+            gr.Markdown(
+                "Every version of each model; **Retrain from corrections** trains a candidate on the corpus "
+                "plus the saved corrections in the background (one job at a time), then compares it with the "
+                "active version. **Activate** switches the version new analyses use."
+                + (" Retraining and activating need a Hugging Face login as one of the model managers."
+                   if settings.require_login else "")
+            )
+            versions_view = gr.Dataframe(headers=VERSION_COLUMNS, interactive=False, wrap=True, label="Versions")
+            with gr.Row():
+                retrain_model = gr.Radio(model_names(), value=model_names()[0], label="Model")
+                weight = gr.Number(value=1.0, minimum=0.1, label="Corrections weight (times per epoch)")
+                epochs = gr.Number(value=None, precision=0, label="Epochs (MiSTER-E) or steps (FARCER); empty: as set up")
+            with gr.Row():
+                retrain_button = gr.Button("Retrain from corrections", variant="primary")
+                cancel_button = gr.Button("Cancel the job")
+            job_state = gr.Textbox(visible=False)
+            job_view = gr.HTML()
+            with gr.Row():
+                version_pick = gr.Dropdown(label="Version", choices=[])
+                activate_button = gr.Button("Activate")
+            activated_note = gr.HTML()
+            job_timer = gr.Timer(POLL_S, active=False)
+
         _api(service, demo)
 
         views = [doc, player, status, notes, table, gate, timelines, turn, transcript, dialogue_id]
@@ -411,5 +437,14 @@ def build_app(service: Service | None = None) -> gr.Blocks:
         turn.change(None, [dialogue_id, turn], None, js=ADDRESS_JS, **PRIVATE)
         demo.load(analysis.stored, None, stored, queue=False, **PRIVATE)
         demo.load(corrections.filters, None, [dialogue_filter, annotator_filter], queue=False, **PRIVATE)
+        # A running job is found again after a reload; the timer polls it until it ends.
+        demo.load(models.versions, None, [versions_view, version_pick], queue=False, **PRIVATE)
+        demo.load(models.latest, None, [job_state, job_view, job_timer], queue=False, **PRIVATE)
+        job_timer.tick(models.poll, job_state, [job_view, job_timer, versions_view, version_pick], **PRIVATE)
+        retrain_button.click(models.start, [retrain_model, weight, epochs], [job_state, job_view, job_timer], **PRIVATE)
+        cancel_button.click(models.cancel, job_state, [job_view, job_timer], **PRIVATE)
+        activate_button.click(
+            models.activate, version_pick, [activated_note, versions_view, version_pick], **PRIVATE
+        ).then(analysis.profile_status, profile, status, **PRIVATE)
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
     return demo
