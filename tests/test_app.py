@@ -257,6 +257,18 @@ def test_save_and_next_and_next_unlabelled(doc, service):
     assert annotate.next_unlabelled(doc, 0, "ann", None) == gr.skip(), "every turn is labelled: stays"
 
 
+def test_next_turn_where_a_label_teaches_most(doc, service):
+    from backend.label_order import teaching_order
+
+    annotate, ids = Annotate(service), [t["turn_id"] for t in doc["turns"]]
+    best, *rest = teaching_order(doc, set())
+    assert annotate.next_teaching(doc, None, "ann", None) == best
+    assert annotate.next_teaching(doc, best, "ann", None) == rest[0], "never the selected turn"
+    annotate.save(doc, best, ids[best], "joy", "", "ann", None)
+    assert annotate.next_teaching(doc, None, "ann", None) == rest[0], "labelled turns are skipped"
+    assert "#next-teaching" in HOTKEYS_JS and '"m"' in HOTKEYS_JS
+
+
 def test_the_example_dialogue_is_generated_and_analysed(service, models):
     views = Analysis(service).example("offline", "ann", None)
     doc = views[0]

@@ -28,6 +28,7 @@ from ui.annotate import (
     SAVE_NEXT_ID,
     SEEK_JS,
     TABLE_ID,
+    TEACHING_ID,
     UNLABELLED_ID,
     Annotate,
 )
@@ -282,6 +283,7 @@ def build_app(service: Service | None = None) -> gr.Blocks:
                         prev_turn = gr.Button("◀ previous (k)", elem_id=PREV_ID, size="sm")
                         next_turn = gr.Button("next (j) ▶", elem_id=NEXT_ID, size="sm")
                         unlabelled = gr.Button("unlabelled (u) ▶▶", elem_id=UNLABELLED_ID, size="sm")
+                        teaching_next = gr.Button("teaches most (m) ▶▶", elem_id=TEACHING_ID, size="sm")
                     label = gr.Radio(labels, label="Label (1-7)", elem_id=LABEL_ID)
                     # The turn the label picker is showing; updated together with the picker.
                     label_turn = gr.Number(visible=False, elem_id=LABEL_TURN_ID)
@@ -407,6 +409,7 @@ def build_app(service: Service | None = None) -> gr.Blocks:
         span.change(None, span, None, js=SEEK_JS, **PRIVATE)
         table.select(analysis.pick_row, None, turn, **PRIVATE)
         unlabelled.click(annotate.next_unlabelled, [doc, turn, name], turn, **PRIVATE)
+        teaching_next.click(annotate.next_teaching, [doc, turn, name], turn, **PRIVATE)
         next_turn.click(annotate.next, [doc, turn], turn, **PRIVATE)
         prev_turn.click(annotate.previous, [doc, turn], turn, **PRIVATE)
         save.click(annotate.save, [doc, turn, label_turn, label, note, name], [history, table, note], **PRIVATE).then(
