@@ -112,3 +112,24 @@ def test_retrain_compares_the_candidate_with_the_active_version(tmp_path, data_d
     assert set(comparison) == {"corpus validation", "held-out corrections"}
     assert comparison["corpus validation"]["candidate"]["n"] == comparison["corpus validation"]["active"]["n"] == 4
     assert comparison["held-out corrections"]["active"]["n"] == 4
+
+
+def test_init_continues_from_a_version_without_retraining_stage_1(tmp_path, data_dir):
+    from backend.model_store import open_model_store
+    from backend.settings import get_settings
+
+    corpus = write_csv_corpus(tmp_path / "corpus", audio=False, dialogues={"train": 3, "validation": 1})
+    corrected = write_csv_corpus(tmp_path / "corrected", audio=False, dialogues={"train": 4})
+    common = ["--corpus", "csv", "--data", corpus, "--cache", tmp_path / "cache", *TINY]
+    assert run("train", "mister-e", *common) == 0
+    store = open_model_store(get_settings())
+    [first] = [v for v in store.versions("mister-e") if not v.builtin]
+    store.activate("mister-e", first.version)
+    assert run("train", "mister-e", *common, "--corrections", corrected, "--init", "active") == 0
+    [second] = [v for v in store.versions("mister-e") if not v.builtin and v.version != first.version]
+    before, after = store.find("mister-e", first.version), store.find("mister-e", second.version)
+    assert after.components["text"]["version"] == before.components["text"]["version"], "stage 1 reused"
+    assert "--init active" in after.data["command"] and after.data["data"]["corrections"]["turns"] == 16
+    with pytest.raises(InputError, match="reads text but this run has text, speech"):
+        run("train", "mister-e", "--corpus", "csv", "--data", write_csv_corpus(tmp_path / "with-audio"),
+            "--cache", tmp_path / "cache", *TINY, "--init", first.version)

@@ -53,7 +53,7 @@ def test_the_learning_loop_through_the_api(tmp_path, data_dir, monkeypatch):
     held_out = _video(tmp_path, "held-out", HELD_OUT, 6.5)  # another video: other media, other turns
 
     app = RunningApp(data_dir, retrain_corpus="csv", retrain_data=corpus,
-                     retrain_args={"mister-e": " ".join([*tiny, "--epochs", "4"])})
+                     retrain_args={"mister-e": " ".join([*tiny, "--epochs", "10", "--lr", "3e-3", "--init", "active"])})
     try:
         api = app.client
         named = set(api.view_api(print_info=False, return_format="dict")["named_endpoints"])
@@ -73,7 +73,7 @@ def test_the_learning_loop_through_the_api(tmp_path, data_dir, monkeypatch):
         with zipfile.ZipFile(api.predict("corpus", api_name="/export_corrections")) as archive:
             assert sum(n.startswith("audio/") for n in archive.namelist()) == 3
 
-        job = api.predict("mister-e", {"corrections_weight": 6}, api_name="/retrain")
+        job = api.predict("mister-e", {"corrections_weight": 20}, api_name="/retrain")
         with pytest.raises(AppError, match="a retraining job is running"):
             api.predict("mister-e", None, api_name="/retrain")
         deadline, status = time.monotonic() + JOB_WAIT_S, None

@@ -51,6 +51,7 @@ from models.losses import mister_e_loss
 from models.mister_e import EXPERTS, MisterE, MisterEConfig
 from training.corpora.registry import corpus_labels, load_corpus, split
 from training.corrections import Corrections, add_corrections_args, card_section, load_corrections
+from training.mister_e_init import add_init_args, copy_encoders, initial_model, resolve_init
 from training.metrics import classification_report, unweighted_average_recall
 from training.outputs import checkpoint_output
 from training.pseudo_pairs import SpeechBank, Stage2Dialogue, drop_modalities, drop_speech
@@ -397,6 +398,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         "--cache", type=Path, default=None, help="embedding cache folder (default in ERC cache dir)"
     )
     add_corrections_args(parser)
+    add_init_args(parser)
 
 
 def _command(prefix: str, args: argparse.Namespace, skip: tuple[str, ...] = ()) -> str:
@@ -589,7 +591,8 @@ def _train_stage2(folder: Path, args: argparse.Namespace, plan: _Plan, command: 
 
     torch.manual_seed(args.seed)
     sizes = {"n_labels": len(plan.labels), "speech_dim": _encoder_dim(speech), "text_dim": _encoder_dim(text)}
-    model = MisterE(PRESETS[args.preset](**sizes))
+    model = initial_model(resolve_init(args.init, plan.labels, plan.modalities, args.stage)) if args.init else (
+        MisterE(PRESETS[args.preset](**sizes)))
     started = time.perf_counter()
     result = fit_stage2(
         model, train_epoch, data.val_views, plan.labels, cfg, lambda: _save_weights(model, folder)
@@ -629,8 +632,11 @@ def train(args: argparse.Namespace) -> int:
         _train_stage1(args.out, args, plan, command)
         print(f"stage-1 encoders in {args.out}; train stage 2 with --stage 2 --out {args.out}")
         return 0
+    init = resolve_init(args.init, plan.labels, plan.modalities, args.stage) if args.init else None
     with checkpoint_output(args.out, MODEL) as pending:
-        if args.stage == "both":
+        if init is not None:
+            copy_encoders(init, pending.folder)
+        elif args.stage == "both":
             _train_stage1(pending.folder, args, plan, command)
         checkpoint = _train_stage2(pending.folder, args, plan, command)
     metrics = checkpoint.metrics
