@@ -361,3 +361,21 @@ def test_corrections_train_with_their_faces_and_validate_apart(trained, tmp_path
     assert views["corrections"]["n"] == 3 and views["corpus"]["n"] + 3 == checkpoint.metrics["val"]["n"]
     card = (out / "MODEL_CARD.md").read_text()
     assert "**Corrections** from" in card and "- `corrections`: weighted F1" in card
+
+
+def test_retrain_compares_a_farcer_candidate_with_the_active_head(trained, tmp_path):
+    meld, faces, core, _ = trained
+    head = ["--data", str(meld), "--core", core.name, "--faces", str(faces), "--variant", "lora", "--shots", "0",
+            "--epochs", "1", "--max-steps", "2"]
+    assert main(["train", "farcer", *head]) == 0
+    store = open_model_store(get_settings())
+    active = [v for v in store.versions("farcer") if not v.builtin][-1]
+    store.activate("farcer", active.version)
+    corrections, report = write_corrections(tmp_path / "corrections"), tmp_path / "report.json"
+    assert main(["retrain", "farcer", "--report", str(report), *head, "--corrections", str(corrections),
+                 "--seed", "1"]) == 0
+    result = json.loads(report.read_text())
+    assert result["active_version"] == active.version and result["version"] != active.version
+    comparison = result["comparison"]
+    assert comparison["held-out corrections"]["candidate"]["n"] == comparison["held-out corrections"]["active"]["n"] == 3
+    assert comparison["corpus validation"]["candidate"]["n"] == comparison["corpus validation"]["active"]["n"] == 18

@@ -5,8 +5,9 @@ It trains a candidate with the task's `train` (TRAIN-ARGS as `python -m training
 `--corrections` included; the result is a new version in the model store), then evaluates the candidate
 and the active version side by side on the held-out corrections and on the corpus's validation split
 and writes FILE (JSON): {model, version, active_version, comparison: {view: {candidate, active}}}.
-MiSTER-E is evaluated here; for FARCER the comparison holds the candidate's own validation views (an
-active FARCER is not re-evaluated: its prompts and faces depend on how it was trained).
+Each version is evaluated as it was trained: MiSTER-E on its encoders' embeddings; FARCER with its own
+few-shot prompt, past-label setting and face encoder (corpus turns get label-matched faces from --faces
+when the run had them, corrected turns their own face crops).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from backend.errors import InputError
+from backend.errors import InputError, ModelUnavailableError
 from backend.model_store import open_model_store
 from backend.registry import model_spec
 from backend.settings import get_settings
@@ -60,13 +61,52 @@ def compare_mister_e(candidate, active, args: argparse.Namespace) -> dict:
     return out
 
 
-def compare_recorded(candidate) -> dict:
-    """The candidate's own validation views, as its training recorded them (FARCER)."""
-    val = candidate.metrics.get("val", {})
-    views = val.get("views") or {"corpus validation": val}
-    names = {"corpus": "corpus validation", "corrections": "held-out corrections"}
-    return {names.get(view, view): {"candidate": _summary(report), "active": {"error": "not re-evaluated"}}
-            for view, report in views.items()}
+def compare_farcer(candidate, active, args: argparse.Namespace) -> dict:
+    """As `compare_mister_e`, for FARCER heads."""
+    from backend.farcer_predictor import load_farcer
+    from backend.farcer_processor import sample_shots
+    from training.corpora.registry import load_corpus, split
+    from training.farcer import Split, evaluation_face_encoder, face_features, label_split, load_split, reports
+    from training.farcer import shot_pool
+    from training.farcer_corrections import corrected_faces
+
+    store = open_model_store(get_settings())
+    corrections = (load_corrections(args.corrections, candidate.labels, args.seed, args.corrections_weight)
+                   if args.corrections else None)
+    corpus_train = split(load_corpus(args.corpus, args.data), "train")
+
+    def views(checkpoint) -> dict:
+        encoder = evaluation_face_encoder(checkpoint, None, store)
+        out = {"corpus validation": load_split(args.corpus, args.data, "validation", args.faces, encoder, args.seed)}
+        if args.val_dialogues:
+            out["corpus validation"] = Split(out["corpus validation"].dialogues[: args.val_dialogues],
+                                             out["corpus validation"].faces[: args.val_dialogues])
+        if corrections is not None:
+            held = corrections.validation
+            encode = lambda paths: face_features(paths, encoder)  # noqa: E731
+            out["held-out corrections"] = Split(held, corrected_faces(corrections, held, encode))
+        return out
+
+    result: dict[str, dict] = {}
+    for role, checkpoint in (("candidate", candidate), ("active", active)):
+        try:
+            farcer, processor = load_farcer(checkpoint, store, "cpu")
+            trained = checkpoint.data["train"]
+            shots = sample_shots(shot_pool(corpus_train, trained["seed"]), trained["shots"], args.seed)
+            past = "none" if trained["past_labels"] == "none" else "predicted"
+            chosen = views(checkpoint)
+        except (InputError, ModelUnavailableError) as exc:
+            for view in VIEWS:
+                result.setdefault(view, {})[role] = {"error": str(exc)}
+            continue
+        for view in VIEWS:
+            data = chosen.get(view)
+            if data is None or not data.dialogues:
+                result.setdefault(view, {})[role] = {"error": "nothing held out (too few corrected dialogues)"}
+                continue
+            predicted = label_split(farcer, processor, data, shots, past)
+            result.setdefault(view, {})[role] = _summary(reports(data, predicted, processor.labels))
+    return result
 
 
 def retrain(model: str, report_path: Path, train_argv: list[str]) -> int:
@@ -91,7 +131,7 @@ def retrain(model: str, report_path: Path, train_argv: list[str]) -> int:
         raise InputError("the run wrote a checkpoint identical to an existing version; nothing new to compare")
     candidate = store.find(model, new[-1].version)
     _say("comparing with the active version")
-    comparison = compare_mister_e(candidate, active, args) if model == "mister-e" else compare_recorded(candidate)
+    comparison = (compare_mister_e if model == "mister-e" else compare_farcer)(candidate, active, args)
     report = {"model": model, "version": candidate.version, "active_version": active.version,
               "comparison": comparison}
     report_path.write_text(json.dumps(report, indent=2) + "\n")
