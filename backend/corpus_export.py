@@ -88,7 +88,9 @@ def write_corpus_zip(target: Path, turns: Iterable[Sequence[dict]], document: Ca
             audio = None
             for number, rows in enumerate(video_turns):
                 turn, decided = rows[-1], current_annotation(rows)
-                doc = docs.get(turn["dialogue_id"]) or docs.setdefault(turn["dialogue_id"], document(turn["dialogue_id"]))
+                if turn["dialogue_id"] not in docs:
+                    docs[turn["dialogue_id"]] = document(turn["dialogue_id"])
+                doc = docs[turn["dialogue_id"]]
                 stem = f"{video_id(sha)}_{number}"
                 clip = face = ""
                 if doc["media"].get("has_audio") and turn["start"] is not None and turn["end"] is not None:

@@ -8,27 +8,13 @@ Each task module exposes `add_train_args`, `train`, `add_evaluate_args` and `eva
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 
+from training.tasks import TASKS, task_module
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-TASKS = {
-    "mister-e": "training.mister_e",
-    "farcer": "training.farcer",
-    "face-encoder": "training.face_encoder",
-}
-
-
-def _task_module(task: str):
-    try:
-        return importlib.import_module(TASKS[task])
-    except ModuleNotFoundError as exc:
-        if exc.name == TASKS[task]:
-            sys.exit(f"training task {task!r} is not built yet")
-        raise
 
 
 def versions(model: str | None = None, as_json: bool = False) -> int:
@@ -67,11 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         for task in TASKS:
             sub = tasks.add_parser(task)
             if len(argv) >= 2 and argv[0] == action and argv[1] == task:
-                getattr(_task_module(task), f"add_{action}_args")(sub)
+                getattr(task_module(task), f"add_{action}_args")(sub)
     args = parser.parse_args(argv)
     if args.action == "versions":
         return versions(args.model, args.json)
-    return getattr(_task_module(args.task), args.action)(args) or 0
+    return getattr(task_module(args.task), args.action)(args) or 0
 
 
 def cli(argv: list[str] | None = None) -> int:

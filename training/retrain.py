@@ -22,6 +22,7 @@ from backend.model_store import open_model_store
 from backend.registry import model_spec
 from backend.settings import get_settings
 from training.corrections import load_corrections
+from training.tasks import task_module
 
 VIEWS = ("corpus validation", "held-out corrections")
 
@@ -31,7 +32,7 @@ def _say(message: str) -> None:
 
 
 def _summary(report: dict) -> dict:
-    return {k: (round(report[k], 4) if isinstance(report[k], float) else report[k]) for k in ("weighted_f1", "accuracy", "n")}
+    return {k: round(report[k], 4) if isinstance(report[k], float) else report[k] for k in ("weighted_f1", "accuracy", "n")}
 
 
 def compare_mister_e(candidate, active, args: argparse.Namespace) -> dict:
@@ -110,9 +111,7 @@ def compare_farcer(candidate, active, args: argparse.Namespace) -> dict:
 
 
 def retrain(model: str, report_path: Path, train_argv: list[str]) -> int:
-    from training.__main__ import _task_module
-
-    task = _task_module(model)
+    task = task_module(model)
     parser = argparse.ArgumentParser(prog=f"python -m training retrain {model}")
     task.add_train_args(parser)
     args = parser.parse_args(train_argv)

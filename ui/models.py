@@ -87,7 +87,8 @@ class Models:
     def versions(self):
         """(the versions table, the version picker's choices for the chosen model)."""
         rows = self.service.model_versions()
-        return versions_table(rows), gr.Dropdown(choices=[(f"{r['model']} {r['version']} ({r['name']})", f"{r['model']}:{r['version']}") for r in rows])
+        choices = [(f"{r['model']} {r['version']} ({r['name']})", f"{r['model']}:{r['version']}") for r in rows]
+        return versions_table(rows), gr.Dropdown(choices=choices)
 
     def latest(self):
         """(the newest job's id, its view, whether the page keeps polling): also after a reload."""

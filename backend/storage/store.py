@@ -233,7 +233,8 @@ class Store:
         with self._read() as session:
             # Labelled turns count wherever the label was saved (the same turn in any analysis).
             labelled = _same_turns(session, session.scalars(select(AnnotationRow.turn_id).distinct()).all())
-            dialogue_of = dict(session.execute(select(TurnRow.id, TurnRow.dialogue_id).where(TurnRow.id.in_(list(labelled)))).all())
+            of_turns = select(TurnRow.id, TurnRow.dialogue_id).where(TurnRow.id.in_(list(labelled)))
+            dialogue_of = dict(session.execute(of_turns).all())
             annotated = Counter(dialogue_of.values())
             return [
                 {
