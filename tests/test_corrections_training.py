@@ -130,6 +130,13 @@ def test_init_continues_from_a_version_without_retraining_stage_1(tmp_path, data
     before, after = store.find("mister-e", first.version), store.find("mister-e", second.version)
     assert after.components["text"]["version"] == before.components["text"]["version"], "stage 1 reused"
     assert "--init active" in after.data["command"] and after.data["data"]["corrections"]["turns"] == 16
+    with_audio = write_csv_corpus(tmp_path / "with-audio", dialogues={"train": 3, "validation": 1})
     with pytest.raises(InputError, match="reads text but this run has text, speech"):
-        run("train", "mister-e", "--corpus", "csv", "--data", write_csv_corpus(tmp_path / "with-audio"),
-            "--cache", tmp_path / "cache", *TINY, "--init", first.version)
+        run("train", "mister-e", "--corpus", "csv", "--data", with_audio, "--cache", tmp_path / "cache", *TINY,
+            "--init", first.version)
+    assert run("train", "mister-e", "--corpus", "csv", "--data", with_audio, "--cache", tmp_path / "cache",
+               *TINY, "--out", tmp_path / "both") == 0
+    assert run("train", "mister-e", *common, "--init", tmp_path / "both", "--out", tmp_path / "text-only-data") == 0
+    continued = read_checkpoint(tmp_path / "text-only-data")
+    assert continued.config["modalities"] == ["text", "speech"], "the version's speech expert is kept"
+    assert continued.components["speech"]["version"] == read_checkpoint(tmp_path / "both").components["speech"]["version"]

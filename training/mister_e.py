@@ -51,7 +51,7 @@ from models.losses import mister_e_loss
 from models.mister_e import EXPERTS, MisterE, MisterEConfig
 from training.corpora.registry import corpus_labels, load_corpus, split
 from training.corrections import Corrections, add_corrections_args, card_section, load_corrections
-from training.mister_e_init import add_init_args, copy_encoders, initial_model, resolve_init
+from training.mister_e_init import add_init_args, copy_encoders, init_modalities, initial_model, resolve_init
 from training.metrics import classification_report, unweighted_average_recall
 from training.outputs import checkpoint_output
 from training.pseudo_pairs import SpeechBank, Stage2Dialogue, drop_modalities, drop_speech
@@ -633,6 +633,8 @@ def train(args: argparse.Namespace) -> int:
         print(f"stage-1 encoders in {args.out}; train stage 2 with --stage 2 --out {args.out}")
         return 0
     init = resolve_init(args.init, plan.labels, plan.modalities, args.stage) if args.init else None
+    if init is not None:
+        plan.modalities = init_modalities(init, plan.modalities)
     with checkpoint_output(args.out, MODEL) as pending:
         if init is not None:
             copy_encoders(init, pending.folder)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
 from backend.checkpoints import Checkpoint
@@ -42,12 +43,23 @@ def resolve_init(ref: str, labels: tuple[str, ...], modalities: tuple[str, ...],
             f"--init {ref}: that version predicts {', '.join(init.labels)}, not this run's labels "
             f"({', '.join(labels)}); continue from a version trained on the same labels"
         )
-    if tuple(checkpoint_modalities(init)) != tuple(modalities):
+    extra = [m for m in modalities if m not in checkpoint_modalities(init)]
+    if extra:
         raise InputError(
             f"--init {ref}: that version reads {', '.join(checkpoint_modalities(init))} but this run has "
             f"{', '.join(modalities)}; give --modalities {','.join(checkpoint_modalities(init))} or train from scratch"
         )
     return init
+
+
+def init_modalities(init: Checkpoint, modalities: tuple[str, ...]) -> tuple[str, ...]:
+    """The modalities a run from `init` has: all of `init`'s (its encoders and stage 2 come as a whole);
+    one the data lacks is simply never present in training (a notice says so)."""
+    lacking = [m for m in checkpoint_modalities(init) if m not in modalities]
+    if lacking:
+        print(f"notice: the data has no {' or '.join(lacking)}; stage 2 trains without it (the gate gives it "
+              "no weight where it is missing)", file=sys.stderr)
+    return tuple(checkpoint_modalities(init))
 
 
 def copy_encoders(init: Checkpoint, folder: Path) -> None:
