@@ -13,6 +13,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+# The policy in one line, as exports and model cards state it.
+POLICY = (
+    "adjudicated label wins (the latest); else the majority of each annotator's latest label; "
+    "a tie goes to the most recent"
+)
+
 
 def current_annotation(rows: Sequence[dict]) -> dict | None:
     """The annotation that decides a turn's label under the policy, or None without annotations.

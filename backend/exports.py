@@ -38,7 +38,7 @@ SENTIMENT = {
     "fear": "negative",
     "sadness": "negative",
 }
-FORMATS = ("meld_csv", "jsonl")
+FORMATS = ("meld_csv", "jsonl", "corpus")  # corpus: backend.corpus_export
 # A spreadsheet runs a cell starting with one of these as a formula (OWASP, CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _HISTORY_KEYS = ("annotation_id", "label", "annotator", "note", "created_at", "adjudicated", "is_current")

@@ -9,6 +9,7 @@ locks SQLite holds on it; see README, Data safety). Each kind keeps its newest `
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 import secrets
 import shutil
 from pathlib import Path
@@ -44,6 +45,18 @@ class ServedFiles:
         staging = self._staging(target)
         staging.write_text(text, encoding="utf-8")
         os.replace(staging, target)
+        self._prune(kind)
+        return target
+
+    def written(self, kind: str, name: str, write: Callable[[Path], object]) -> Path:
+        """`root/kind/name` as `write(path)` writes it (into a staging file, then moved in place)."""
+        target = self._folder(kind) / name
+        staging = self._staging(target)
+        try:
+            write(staging)
+            os.replace(staging, target)
+        finally:
+            staging.unlink(missing_ok=True)
         self._prune(kind)
         return target
 

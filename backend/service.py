@@ -18,10 +18,13 @@ from backend import exports
 from backend.agreement import agreement_report
 from backend.analysis_queue import AnalysisQueue
 from backend.analyze import Progress, analyze, model_records, no_progress
+from backend.corpus_export import write_corpus_zip
 from backend.errors import InputError, ModelUnavailableError
 from backend.media import probe, sha256_file
 from backend.memory import return_freed_memory
+from backend.model_versions import activate, version_rows
 from backend.predictors import load_predictors
+from backend.retrain_jobs import RetrainJobs
 from backend.profiles import PROFILES, get_profile
 from backend.served_files import ServedFiles
 from backend.settings import Settings, get_settings
@@ -82,10 +85,12 @@ class Service:
     settings: Settings
     queue: AnalysisQueue = field(init=False)
     served: ServedFiles = field(init=False)
+    jobs: RetrainJobs = field(init=False)
 
     def __post_init__(self) -> None:
         self.queue = AnalysisQueue(self.settings.max_queued_analyses)
         self.served = ServedFiles(self.settings.served_dir)
+        self.jobs = RetrainJobs(self.settings)
 
     @classmethod
     def open(cls, settings: Settings | None = None) -> "Service":
@@ -228,12 +233,56 @@ class Service:
         label: str | None = None,
         viewer: str | None = None,
     ) -> Path:
-        """Write the (filtered) corrections as `meld_csv` or `jsonl` into the served folder (under a
-        name nobody can guess); the file's path."""
+        """Write the (filtered) corrections as `meld_csv`, `jsonl` or `corpus` (a zip of the generic
+        corpus CSV with each turn's audio clip and face crop, backend.corpus_export) into the served
+        folder (under a name nobody can guess); the file's path."""
         if fmt not in exports.FORMATS:
             raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(exports.FORMATS)}")
         rows = self.annotations(dialogue_id, annotator, label, viewer)
-        text = exports.meld_csv(rows) if fmt == "meld_csv" else exports.jsonl(rows)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        name = f"corrections-{stamp}-{secrets.token_hex(8)}.{'csv' if fmt == 'meld_csv' else 'jsonl'}"
-        return self.served.text("exports", name, text).resolve()
+        name = f"corrections-{stamp}-{secrets.token_hex(8)}"
+        if fmt == "corpus":
+            turns = exports.by_turn(rows)
+            return self.served.written(
+                "exports", f"{name}.zip", lambda path: write_corpus_zip(path, turns, self.reopen)
+            ).resolve()
+        text = exports.meld_csv(rows) if fmt == "meld_csv" else exports.jsonl(rows)
+        return self.served.text("exports", f"{name}.{'csv' if fmt == 'meld_csv' else 'jsonl'}", text).resolve()
+
+    # ------------------------------------------------------------------ models: versions, retraining
+
+    def may_manage_models(self, username: str | None) -> bool:
+        """Whether `username` may retrain and activate models: anyone where no login is required, else
+        only the logged-in users named in ERC_MODEL_MANAGERS (a public Space)."""
+        if not self.settings.require_login:
+            return True
+        return bool(username) and username in self.settings.model_managers
+
+    def _check_manager(self, username: str | None, what: str) -> None:
+        if not self.may_manage_models(username):
+            who = f"{username} is not" if username else "you are not signed in as"
+            raise InputError(
+                f"{what} is limited to the model managers here, and {who} one of them; sign in with Hugging "
+                "Face as a user listed in ERC_MODEL_MANAGERS"
+            )
+
+    def model_versions(self) -> list[dict]:
+        """{model, version, name, created_at, builtin, active, metrics, data} of every version (no paths)."""
+        return [{k: v for k, v in row.items() if k != "path"} for row in version_rows(self.settings)]
+
+    def activate_model(self, model: str, version: str, username: str | None = None) -> dict:
+        """{model, version}: new analyses use `version` from now on, without a restart."""
+        self._check_manager(username, "activating a model version")
+        return activate(self.settings, model, version)
+
+    def retrain(self, model: str, options: dict | None = None, username: str | None = None) -> dict:
+        """{job_id} of a new retraining job (refused while another runs); see backend.retrain_jobs."""
+        self._check_manager(username, "retraining")
+        return self.jobs.start(model, options)
+
+    def job_status(self, job_id: str) -> dict:
+        return self.jobs.status(job_id)
+
+    def cancel_job(self, job_id: str, username: str | None = None) -> dict:
+        self._check_manager(username, "cancelling a retraining job")
+        return self.jobs.cancel(job_id)

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     adjudicators: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Blind labelling: None means on when more than one annotator is configured (see `blind_mode`).
     blind: bool | None = None
+    # Retraining from corrections (backend.retrain_jobs): the corpus the corrections join (`--corpus`,
+    # `--data`), extra `train` arguments per model as JSON ({"mister-e": "--preset tiny --epochs 5"}),
+    # and, where login is required (a public Space), the usernames allowed to retrain or activate.
+    retrain_corpus: str = "meld"
+    retrain_data: Path | None = None
+    retrain_args: dict[str, str] = Field(default_factory=dict)
+    model_managers: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     @field_validator("profile")
     @classmethod
@@ -66,7 +73,7 @@ class Settings(BaseSettings):
             raise ValueError(f"ERC_PROFILE must be one of {', '.join(PROFILES)}, got {value!r}")
         return value
 
-    @field_validator("annotators", "adjudicators", mode="before")
+    @field_validator("annotators", "adjudicators", "model_managers", mode="before")
     @classmethod
     def _names(cls, value: object) -> object:
         if isinstance(value, str):
@@ -97,6 +104,11 @@ class Settings(BaseSettings):
     def models_dir(self) -> Path:
         """The model store's trained versions (see backend.model_store)."""
         return self.data_dir / "models"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Retraining jobs: each one's command, log, exit status and report (backend.retrain_jobs)."""
+        return self.data_dir / "jobs"
 
     @property
     def served_dir(self) -> Path:

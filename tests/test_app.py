@@ -183,7 +183,8 @@ def test_page_wires_hotkeys_endpoints_and_limits(service):
     for element in (LABEL_ID, SAVE_ID, NEXT_ID, PREV_ID):
         assert f"#{element}" in HOTKEYS_JS
     named = {d["api_name"] for d in config["dependencies"] if d.get("api_visibility") == "public"}
-    assert named == {"analyze", "save_correction", "export_corrections"}
+    assert named == {"analyze", "save_correction", "export_corrections", "model_versions", "retrain", "job_status",
+                     "cancel_job", "activate_model"}
     assert config["analytics_enabled"] is False
     options = launch_options(service.settings)
     assert options["max_file_size"] == 200_000_000 and options["head"] == HOTKEYS_JS
@@ -254,6 +255,18 @@ def test_save_and_next_and_next_unlabelled(doc, service):
     assert annotate.next_unlabelled(doc, 0, "ann", None) == 1
     annotate.save(doc, 1, ids[1], "anger", "", "ann", None)
     assert annotate.next_unlabelled(doc, 0, "ann", None) == gr.skip(), "every turn is labelled: stays"
+
+
+def test_next_turn_where_a_label_teaches_most(doc, service):
+    from backend.label_order import teaching_order
+
+    annotate, ids = Annotate(service), [t["turn_id"] for t in doc["turns"]]
+    best, *rest = teaching_order(doc, set())
+    assert annotate.next_teaching(doc, None, "ann", None) == best
+    assert annotate.next_teaching(doc, best, "ann", None) == rest[0], "never the selected turn"
+    annotate.save(doc, best, ids[best], "joy", "", "ann", None)
+    assert annotate.next_teaching(doc, None, "ann", None) == rest[0], "labelled turns are skipped"
+    assert "#next-teaching" in HOTKEYS_JS and '"m"' in HOTKEYS_JS
 
 
 def test_the_example_dialogue_is_generated_and_analysed(service, models):
@@ -343,3 +356,52 @@ def test_profile_status_before_any_analysis(service, monkeypatch):
     status = profile_status_html("offline", service)
     assert "<li>MiSTER-E: ready (version test-1)</li>" in status
     assert "<li>FARCER: not available: switched off in this test</li>" in status
+
+
+def test_models_tab_lists_versions_starts_refuses_and_activates(tmp_path, monkeypatch):
+    from tests.test_mister_e_training import TINY, run, write_csv_corpus
+    from ui.models import Models
+
+    monkeypatch.setenv("ERC_DATA_DIR", str(tmp_path / "data"))
+    from backend.settings import get_settings
+
+    get_settings.cache_clear()
+    corpus = write_csv_corpus(tmp_path / "corpus", audio=False, dialogues={"train": 3, "validation": 1})
+    assert run("train", "mister-e", "--corpus", "csv", "--data", corpus, "--cache", tmp_path / "cache", *TINY) == 0
+    get_settings.cache_clear()
+    service = Service.open(Settings(data_dir=tmp_path / "data", require_login=True, model_managers="boss"))
+    try:
+        models = Models(service)
+        table, picker = models.versions()
+        [trained] = [r for r in service.model_versions() if not r["builtin"]]
+        row = table[table["version"] == trained["version"]].iloc[0]
+        assert row["model"] == "mister-e" and row["data"] == "csv" and "main.weighted_f1=" in row["validation (weighted F1)"]
+        assert f"mister-e:{trained['version']}" in [value for _, value in picker.choices]
+        assert models.latest()[1] == "<p>No retraining job yet.</p>"
+        with pytest.raises(gr.Error, match="model managers"):
+            models.activate(f"mister-e:{trained['version']}", None)
+        with pytest.raises(gr.Error, match="model managers"):
+            models.start("mister-e", 1.0, None, SimpleNamespace(username="eve"))
+        with pytest.raises(gr.Error, match="ERC_RETRAIN_DATA"):  # a manager gets as far as the corpus setting
+            models.start("mister-e", 1.0, None, SimpleNamespace(username="boss"))
+        message, table, _ = models.activate(f"mister-e:{trained['version']}", SimpleNamespace(username="boss"))
+        assert trained["version"] in message
+        assert table[table["version"] == trained["version"]].iloc[0]["active"] == "active"
+    finally:
+        service.close()
+        get_settings.cache_clear()
+
+
+def test_a_job_is_shown_with_progress_then_side_by_side():
+    from ui.models import job_html
+
+    running = {"job_id": "ab", "model": "mister-e", "state": "running", "progress": 0.25, "eta_s": 75,
+               "message": "training: mister-e stage 2 1/4", "version": None, "metrics": None}
+    assert "value='0.250'" in job_html(running) and "about 1:15 left" in job_html(running)
+    report = {"version": "new1", "active_version": "old1", "comparison": {
+        "corpus validation": {"candidate": {"weighted_f1": 0.5, "accuracy": 0.5, "n": 8},
+                              "active": {"weighted_f1": 0.25, "accuracy": 0.5, "n": 8}},
+        "held-out corrections": {"candidate": {"error": "nothing held out"}, "active": {"error": "nothing held out"}}}}
+    done = job_html({**running, "state": "succeeded", "metrics": report, "message": "new version new1"})
+    assert "<code>new1</code>" in done and "<code>old1</code>" in done and "0.500 (accuracy" in done
+    assert "<i>nothing held out</i>" in done

@@ -125,7 +125,7 @@ def test_training_never_overwrites_a_checkpoint_and_versions_lists_the_store(tmp
             _write(pending.folder)
         assert training_main(["versions", "--model", "toy", "--json"]) == 0
         rows = json.loads(capsys.readouterr().out.split("\n", 1)[1])
-        assert [(r["version"], r["builtin"], r["validation"]) for r in rows] == [
+        assert [(r["version"], r["builtin"], r["metrics"]) for r in rows] == [
             (pending.checkpoint.version, False, {"weighted_f1": 0.5})
         ]
         assert (tmp_path / "data" / "models" / "toy" / pending.checkpoint.version / MANIFEST).is_file()

@@ -329,3 +329,53 @@ def test_an_untrained_core_is_evaluated_zero_shot_with_and_without_calibration(t
     with pytest.raises(InputError, match="--past-labels none"):
         main(["evaluate", "farcer", "--core", str(core), "--data", str(meld), "--past-labels", "predicted",
               "--calibrate", "--out", str(tmp_path / "x.json")])
+
+
+def write_corrections(root: Path, dialogues: int = 4) -> Path:
+    """A `corpus` export-like CSV: 3-turn dialogues with a face crop per turn and who labelled it."""
+    rng = np.random.default_rng(1)
+    (root / "faces").mkdir(parents=True)
+    rows = [["dialogue_id", "turn", "speaker", "text", "label", "face", "annotators", "labelled_at"]]
+    for d in range(dialogues):
+        for t in range(3):
+            face = f"faces/v{d}_{t}.png"
+            cv2.imwrite(str(root / face), rng.integers(0, 256, (40, 32, 3), dtype=np.uint8))
+            rows.append([f"v{d}", t, "A" if t % 2 else "B", "oh my god", MELD7[(d + t) % 3], face, "ann;bob",
+                         f"2026-11-0{d + 1}T10:00:00+00:00"])
+    with open(root / "corpus.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    return root / "corpus.csv"
+
+
+def test_corrections_train_with_their_faces_and_validate_apart(trained, tmp_path):
+    meld, faces, core, _ = trained
+    corrections, out = write_corrections(tmp_path / "corrections"), tmp_path / "with-corrections"
+    assert main(["train", "farcer", "--data", str(meld), "--core", core.name, "--faces", str(faces),
+                 "--variant", "lora", "--shots", "0", "--epochs", "1", "--max-steps", "2", "--out", str(out),
+                 "--corrections", str(corrections), "--corrections-weight", "2"]) == 0
+    checkpoint = read_checkpoint(out)
+    facts = checkpoint.data["corrections"]
+    assert facts["turns"] == 12 and facts["dialogues"] == {"train": 3, "validation": 1} and facts["weight"] == 2.0
+    assert facts["annotators"] == ["ann", "bob"] and facts["first"].startswith("2026-11-01")
+    views = checkpoint.metrics["val"]["views"]
+    assert views["corrections"]["n"] == 3 and views["corpus"]["n"] + 3 == checkpoint.metrics["val"]["n"]
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "**Corrections** from" in card and "- `corrections`: weighted F1" in card
+
+
+def test_retrain_compares_a_farcer_candidate_with_the_active_head(trained, tmp_path):
+    meld, faces, core, _ = trained
+    head = ["--data", str(meld), "--core", core.name, "--faces", str(faces), "--variant", "lora", "--shots", "0",
+            "--epochs", "1", "--max-steps", "2"]
+    assert main(["train", "farcer", *head]) == 0
+    store = open_model_store(get_settings())
+    active = [v for v in store.versions("farcer") if not v.builtin][-1]
+    store.activate("farcer", active.version)
+    corrections, report = write_corrections(tmp_path / "corrections"), tmp_path / "report.json"
+    assert main(["retrain", "farcer", "--report", str(report), *head, "--corrections", str(corrections),
+                 "--seed", "1"]) == 0
+    result = json.loads(report.read_text())
+    assert result["active_version"] == active.version and result["version"] != active.version
+    comparison = result["comparison"]
+    assert comparison["held-out corrections"]["candidate"]["n"] == comparison["held-out corrections"]["active"]["n"] == 3
+    assert comparison["corpus validation"]["candidate"]["n"] == comparison["corpus validation"]["active"]["n"] == 18

@@ -124,6 +124,42 @@ def test_agreement_through_the_service(service, models, dialogue):
     assert {m["a"] for m in report["models"]} == {"MiSTER-E", "FARCER"}
 
 
+def test_labels_follow_the_video_into_a_new_analysis(service, models, dialogue, monkeypatch):
+    first = service.analyze(*dialogue)
+    old = [t["turn_id"] for t in first["turns"]]
+    service.save_correction(old[0], "anger", "ann")
+    service.save_correction(old[1], "joy", "ann")
+    install(monkeypatch, MisterEDouble(version="test-2"), models[1])
+    again = service.analyze(*dialogue)
+    new = [t["turn_id"] for t in again["turns"]]
+    assert not set(new) & set(old), "another model version: a new analysis with its own turns"
+
+    assert service.human_labels(again["dialogue_id"]) == {new[0]: "anger", new[1]: "joy"}
+    listed = {d["dialogue_id"]: d["annotated_turns"] for d in service.dialogues()}
+    assert listed == {first["dialogue_id"]: 2, again["dialogue_id"]: 2}
+    assert [(r["label"], r["turn_id"]) for r in service.history(new[0])] == [("anger", new[0])]
+    service.save_correction(new[0], "sadness", "bob")  # saved on the new analysis: the old one sees it
+    assert service.human_labels(first["dialogue_id"])[old[0]] == "sadness", "a tie goes to the most recent"
+
+    rows = service.annotations(dialogue_id=again["dialogue_id"])
+    assert {r["turn_id"] for r in rows} == {new[0], new[1]} and len(rows) == 3
+    predictions = rows[0]["predictions"]
+    assert predictions["MiSTER-E"]["version"] == "test-2" and predictions["MiSTER-E @test-1"]["version"] == "test-1"
+    assert "FARCER" in predictions and not any(k.startswith("FARCER @") for k in predictions), (
+        "the same FARCER version is one model"
+    )
+    report = service.agreement(dialogue_id=again["dialogue_id"])
+    assert {m["a"] for m in report["models"]} == {"MiSTER-E", "MiSTER-E @test-1", "FARCER"}
+    assert report["turns"] == 2, "each turn once, whichever analysis it was labelled on"
+    everything = service.annotations()
+    assert len({r["turn_id"] for r in everything}) == 2 and {r["dialogue_id"] for r in everything} == {
+        first["dialogue_id"]
+    }, "without a dialogue filter a turn is shown as its first analysis has it"
+
+    edited = service.analyze(first["media"]["path"], table=[["A", 0.3, 1.5, "other words"]])
+    assert service.human_labels(edited["dialogue_id"]) == {}, "another text is another turn"
+
+
 def test_login_rules():
     assert resolve_annotator("typed", "hf-user", require_login=True) == "hf-user"
     assert resolve_annotator(" typed ", None, require_login=False) == "typed"

@@ -49,9 +49,11 @@ from backend.settings import get_settings
 from models.farcer import PAST_LABELS, Farcer, FarcerConfig, apply_lora
 from training.corpora.image_folder import load_image_folder
 from training.corpora.registry import CORPORA, corpus_labels, load_corpus, split
+from training.corrections import add_corrections_args, card_section, load_corrections
 from training.face_encoder import BUILTIN as FACE_ENCODER_BUILTIN
 from training.face_encoder import load_pixels
 from training.farcer_core import CoreConfig, new_core, save_core, train_tokenizer
+from training.farcer_corrections import corrected_faces, corrected_train, views_lines
 from training.metrics import classification_report
 from training.outputs import checkpoint_output, find_checkpoint, reproducible
 
@@ -102,6 +104,7 @@ class TrainConfig:
 class Split:
     dialogues: list[Dialogue]
     faces: list[list[np.ndarray | None]]  # per dialogue, per turn
+    views: dict[str, range] | None = None  # named runs of dialogues, reported apart in validation
 
 
 def load_split(
@@ -400,6 +403,9 @@ def fit(
         t = time.time()
         predicted = label_split(farcer, processor, val, val_shots, val_past)
         report = reports(val, predicted, processor.labels)
+        if val.views:
+            report["views"] = {name: reports(Split([val.dialogues[i] for i in run], []), predicted[run.start : run.stop],
+                                             processor.labels) for name, run in val.views.items()}
         # How often each label is predicted shows a collapse onto a few classes before the F1 does.
         predicted_counts = Counter(label for labels in predicted for label in labels)
         n = max(sums["n"], 1)
@@ -522,6 +528,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden-size", type=int, default=CoreConfig.hidden_size)
     parser.add_argument("--layers", type=int, default=CoreConfig.num_hidden_layers)
     parser.add_argument("--threads", type=int, default=1)
+    add_corrections_args(parser)
 
 
 def _command(action: str, args: argparse.Namespace, skip: tuple[str, ...] = ()) -> str:
@@ -564,6 +571,18 @@ def train(args: argparse.Namespace) -> int:
     val = load_split(args.corpus, args.data, "validation", args.faces, encoder, cfg.seed)
     if cfg.val_dialogues:
         val = Split(val.dialogues[: cfg.val_dialogues], val.faces[: cfg.val_dialogues])
+    corrections = None
+    if args.corrections:
+        corrections = load_corrections(args.corrections, labels, cfg.seed, args.corrections_weight)
+        # A head reads the corrections' own face crops, with or without --faces for the corpus.
+        encode = None if trains_core(args) else (lambda paths: face_features(paths, encoder))
+        extra = corrected_train(corrections)
+        train_split = Split(train_split.dialogues + extra,
+                            train_split.faces + corrected_faces(corrections, extra, encode))
+        if corrections.validation:  # reported apart: the corpus's dialogues, then the held-out corrections
+            n, held = len(val.dialogues), corrections.validation
+            val = Split(val.dialogues + held, val.faces + corrected_faces(corrections, held, encode),
+                        views={"corpus": range(n), "corrections": range(n, n + len(held))})
     # A head's projector reads its face encoder's vectors; a core's is never trained.
     image_dim = FarcerConfig.image_dim if trains_core(args) else face_encoder_config(encoder).feature_dim
     torch.manual_seed(cfg.seed)  # the adapters' and projector's initial weights follow the seed too
@@ -572,6 +591,8 @@ def train(args: argparse.Namespace) -> int:
     started = time.time()
     data = {"corpus": args.corpus, "data": str(args.data), "faces": str(args.faces) if args.faces else None,
             "command": command, "train": asdict(cfg)}
+    if corrections is not None:
+        data["corrections"] = corrections.card_data()
     if args.train_core:
         data["continued_from"] = [*core.data.get("continued_from", []),
                                   {"command": core.data["command"], "curve": core.metrics["curve"],
@@ -683,7 +704,7 @@ lr {cfg['lr']}; {selection(metrics, cfg)},
 
 Validation (every utterance, selected epoch): weighted F1 {val['weighted_f1']:.4f}, accuracy {val['accuracy']:.4f},
 n={val['n']}.
-
+{card_section(data)}{views_lines(val)}
 ## Results
 
 {tests or 'None recorded yet: run `python -m training evaluate farcer ... --record NAME`.'}

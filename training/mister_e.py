@@ -30,7 +30,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,8 @@ from backend.settings import get_settings
 from models.losses import mister_e_loss
 from models.mister_e import EXPERTS, MisterE, MisterEConfig
 from training.corpora.registry import corpus_labels, load_corpus, split
+from training.corrections import Corrections, add_corrections_args, card_section, load_corrections
+from training.mister_e_init import add_init_args, copy_encoders, init_modalities, initial_model, resolve_init
 from training.metrics import classification_report, unweighted_average_recall
 from training.outputs import checkpoint_output
 from training.pseudo_pairs import SpeechBank, Stage2Dialogue, drop_modalities, drop_speech
@@ -395,6 +397,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache", type=Path, default=None, help="embedding cache folder (default in ERC cache dir)"
     )
+    add_corrections_args(parser)
+    add_init_args(parser)
 
 
 def _command(prefix: str, args: argparse.Namespace, skip: tuple[str, ...] = ()) -> str:
@@ -433,6 +437,13 @@ class _Plan:
     primary: list[Dialogue]
     speech_corpus: list[Dialogue] | None
     modalities: tuple[str, ...]
+    corrections: Corrections | None = None  # annotators' corrections, trained on beside the corpus
+
+    def extra(self, name: str) -> list[Dialogue]:
+        """The corrected dialogues of split `name` (none without corrections)."""
+        if self.corrections is None:
+            return []
+        return self.corrections.train if name == "train" else self.corrections.validation
 
     @property
     def speech_source(self) -> list[Dialogue]:
@@ -442,22 +453,33 @@ class _Plan:
 def _plan(args: argparse.Namespace) -> _Plan:
     labels = label_set(args.label_set or "meld") if args.corpus == "csv" else corpus_labels(args.corpus)
     primary = _load(args.corpus, args.data, labels)
+    corrections = (
+        load_corrections(args.corrections, labels, args.seed, args.corrections_weight) if args.corrections else None
+    )
+    # Every modality the corrections carry is used, even one the corpus lacks.
+    corrected = [] if corrections is None else corrections.train + corrections.validation
     wanted = args.modalities or MODALITIES
     if not (args.speech_corpus and "speech" in wanted):
-        return _Plan(labels, primary, None, choose_modalities(args.corpus, primary, args.modalities))
+        chosen = choose_modalities(args.corpus, primary + corrected, args.modalities)
+        validation = split(primary, "validation") + (corrections.validation if corrections else [])
+        if corrections and "speech" in chosen and not any(t.audio for d in validation for t in d.turns):
+            _say("notice: only the corrections have speech and none of them is held out for validation; "
+                 "the speech expert is skipped")
+            chosen = tuple(m for m in chosen if m != "speech")
+        return _Plan(labels, primary, None, chosen, corrections)
     speech_corpus = _load(args.speech_corpus, args.speech_data, labels)
     choose_modalities(args.speech_corpus, speech_corpus, ("speech",))
     _check_labels(speech_corpus, labels, args.speech_corpus)
-    text = choose_modalities(args.corpus, primary, tuple(m for m in wanted if m != "speech"))
-    return _Plan(labels, primary, speech_corpus, (*text, "speech"))
+    text = choose_modalities(args.corpus, primary + corrected, tuple(m for m in wanted if m != "speech"))
+    return _Plan(labels, primary, speech_corpus, (*text, "speech"), corrections)
 
 
 def _train_stage1(folder: Path, args: argparse.Namespace, plan: _Plan, command: str) -> None:
     """The stage-1 encoders as checkpoints nested in `folder` (`text/`, `speech/`)."""
     if "text" in plan.modalities:
         train_text_encoder(
-            split(plan.primary, "train"),
-            split(plan.primary, "validation"),
+            split(plan.primary, "train") + plan.extra("train"),
+            split(plan.primary, "validation") + plan.extra("validation"),
             plan.labels,
             epochs=args.text_epochs,
             lr=args.text_lr,
@@ -470,8 +492,8 @@ def _train_stage1(folder: Path, args: argparse.Namespace, plan: _Plan, command: 
         )
     if "speech" in plan.modalities:
         train_speech_encoder(
-            split(plan.speech_source, "train"),
-            split(plan.speech_source, "validation"),
+            split(plan.speech_source, "train") + plan.extra("train"),
+            split(plan.speech_source, "validation") + plan.extra("validation"),
             plan.labels,
             epochs=args.speech_epochs,
             seed=args.seed,
@@ -505,6 +527,7 @@ class _Stage2Data:
     speech_train: list[Stage2Dialogue]  # speech-only clips of the speech corpus (empty without one)
     bank: SpeechBank | None  # pairs the main corpus's turns with speech-corpus clips
     val_views: dict[str, list[Stage2Dialogue]]
+    corrections_train: list[Stage2Dialogue] = field(default_factory=list)  # one per corrected dialogue
 
 
 def _stage2_data(
@@ -539,6 +562,10 @@ def _stage2_data(
             rng = np.random.default_rng(args.seed)
             data.val_views["paired"] = [SpeechBank(speech_val).pair(d, rng) for d in data.val_views["main"]]
         data.val_views["speech"] = speech_val
+    if plan.corrections is not None:  # corrections carry their own speech
+        data.corrections_train = build(plan.extra("train"), text, speech)
+        if plan.extra("validation"):
+            data.val_views["corrections"] = build(plan.extra("validation"), text, speech)
     return data
 
 
@@ -559,11 +586,13 @@ def _train_stage2(folder: Path, args: argparse.Namespace, plan: _Plan, command: 
     def train_epoch(rng: np.random.Generator) -> list[Stage2Dialogue]:
         items = [data.bank.pair(d, rng) if data.bank is not None else d for d in data.main_train]
         items = [drop_speech(d, cfg.speech_drop_turn, cfg.speech_drop_dialogue, rng) for d in items]
-        return items + data.speech_train
+        extra = plan.corrections.epoch(data.corrections_train, rng) if plan.corrections else []
+        return items + data.speech_train + extra
 
     torch.manual_seed(args.seed)
     sizes = {"n_labels": len(plan.labels), "speech_dim": _encoder_dim(speech), "text_dim": _encoder_dim(text)}
-    model = MisterE(PRESETS[args.preset](**sizes))
+    model = initial_model(resolve_init(args.init, plan.labels, plan.modalities, args.stage)) if args.init else (
+        MisterE(PRESETS[args.preset](**sizes)))
     started = time.perf_counter()
     result = fit_stage2(
         model, train_epoch, data.val_views, plan.labels, cfg, lambda: _save_weights(model, folder)
@@ -603,8 +632,13 @@ def train(args: argparse.Namespace) -> int:
         _train_stage1(args.out, args, plan, command)
         print(f"stage-1 encoders in {args.out}; train stage 2 with --stage 2 --out {args.out}")
         return 0
+    init = resolve_init(args.init, plan.labels, plan.modalities, args.stage) if args.init else None
+    if init is not None:
+        plan.modalities = init_modalities(init, plan.modalities)
     with checkpoint_output(args.out, MODEL) as pending:
-        if args.stage == "both":
+        if init is not None:
+            copy_encoders(init, pending.folder)
+        elif args.stage == "both":
             _train_stage1(pending.folder, args, plan, command)
         checkpoint = _train_stage2(pending.folder, args, plan, command)
     metrics = checkpoint.metrics
@@ -654,6 +688,8 @@ def _data_summary(args: argparse.Namespace, plan: _Plan, data: _Stage2Data) -> d
                 for s in ("train", "validation", "test")
             },
         )
+    if plan.corrections is not None:
+        summary["corrections"] = plan.corrections.card_data()
     return summary
 
 
@@ -852,7 +888,7 @@ renormalised.
 {"; ".join(LICENCES[c] for c in corpora)}.
 Main corpus `{data["corpus"]}` at `{data["root"]}`: {data["dialogues"]["train"]} train /
 {data["dialogues"]["validation"]} validation dialogues ({data["train_turns"]} train turns).
-{pairs}
+{card_section(data)}{pairs}
 ## Training
 
 Without `--out` a run adds a new version to the model store (`python -m training versions` lists

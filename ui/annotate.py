@@ -1,8 +1,9 @@
 """Gradio handlers of annotation: step through turns, pick and save labels, show a turn's history.
 
 Keyboard (SHORTCUTS; not while typing in a field, not on a focused button, a held key does not repeat):
-1-7 pick a label, j/k next/previous turn, u the next unlabelled turn, Enter saves, Shift+Enter saves and
-goes to the next turn, Space plays the selected turn, ? shows the shortcuts.
+1-7 pick a label, j/k next/previous turn, u the next unlabelled turn, m the unlabelled turn that teaches
+the models most (backend.label_order), Enter saves, Shift+Enter saves and goes to the next turn, Space
+plays the selected turn, ? shows the shortcuts.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from backend.errors import InputError
+from backend.label_order import teaching_order
 from backend.service import Service, resolve_annotator
 from ui.callbacks import user_error, viewer_name
 from backend import registry
@@ -21,11 +23,13 @@ from ui.results import results_table
 
 LABEL_ID, SAVE_ID, NEXT_ID, PREV_ID = "label-choice", "save-label", "next-turn", "prev-turn"
 LABEL_TURN_ID, SAVE_NEXT_ID, UNLABELLED_ID = "label-turn", "save-next", "next-unlabelled"
+TEACHING_ID = "next-teaching"
 PLAYER_ID, HELP_ID, TABLE_ID = "turn-player", "shortcuts-help", "results-table"
 SHORTCUTS = [
     ("1-7", "pick a label"),
     ("j / k", "next / previous turn"),
     ("u", "next turn without a label"),
+    ("m", "the unlabelled turn the models disagree on or are least sure of"),
     ("Enter", "save the label"),
     ("Shift+Enter", "save the label and go to the next turn"),
     ("Space", "play the selected turn"),
@@ -91,6 +95,7 @@ document.addEventListener("keydown", (event) => {{
   }} else if (key === "j") click("#{NEXT_ID}");
   else if (key === "k") click("#{PREV_ID}");
   else if (key === "u") click("#{UNLABELLED_ID}");
+  else if (key === "m") click("#{TEACHING_ID}");
   else if (key === "?") {{ const help = ercHelp(); help.hidden = !help.hidden; event.preventDefault(); }}
   else if (key === "Escape") ercHelp().hidden = true;
   else if (key === " " && !onControl) {{ if (ercPlayTurn()) event.preventDefault(); }}
@@ -202,6 +207,19 @@ class Annotate:
                 return turn["index"]
         gr.Info("Every turn has a label.", duration=SAVED_TOAST_S)
         return gr.skip()
+
+    def next_teaching(
+        self, doc: dict | None, index: int | None, name: str | None, profile: gr.OAuthProfile | None
+    ) -> int | None:
+        """The unlabelled turn (other than the selected one) the models disagree on or are least sure of."""
+        if not doc or not doc["turns"]:
+            return gr.skip()
+        labelled = self.service.human_labels(doc["dialogue_id"], viewer_name(name, profile))
+        order = [i for i in teaching_order(doc, labelled) if i != index]
+        if not order:
+            gr.Info("Every other turn has a label.", duration=SAVED_TOAST_S)
+            return gr.skip()
+        return order[0]
 
     def step(self, doc: dict | None, index: int | None, delta: int) -> int | None:
         if not doc or not doc["turns"]:

@@ -21,10 +21,10 @@ from backend.predictors import model_status
 from backend.profiles import get_profile
 from backend import registry
 from backend.service import Service
+from backend.turn_media import face_crop
 from ui import charts
 from ui.results import (
     clock,
-    face_crop,
     model_status_html,
     predictions_vtt,
     results_table,

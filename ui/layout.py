@@ -1,6 +1,7 @@
 """The page and its public API: Analyse (compare both models per turn, annotate) and Corrections.
 
-Named endpoints: /analyze, /save_correction, /export_corrections. The page's own events are private.
+Named endpoints: /analyze, /save_correction, /export_corrections, /model_versions, /retrain, /job_status,
+/cancel_job, /activate_model. The page's own events are private.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import importlib.util
 
 import gradio as gr
 
+from backend import exports
 from backend.analysis_queue import QueueFullError
 from backend.errors import InputError, ModelUnavailableError
 from backend.profiles import PROFILES, get_profile
@@ -26,11 +28,13 @@ from ui.annotate import (
     SAVE_NEXT_ID,
     SEEK_JS,
     TABLE_ID,
+    TEACHING_ID,
     UNLABELLED_ID,
     Annotate,
 )
 from ui.callbacks import TRANSCRIPT_COLUMNS, Analysis, profile_status_html
 from ui.corrections import CORRECTION_COLUMNS, Corrections
+from ui.models import POLL_S, VERSION_COLUMNS, Models, model_names
 from ui.results import TABLE_TEXT_CHARS, table_columns, table_widths
 
 TITLE = "ERC Studio — emotion recognition in conversations"
@@ -156,11 +160,54 @@ def _api(service: Service, demo: gr.Blocks) -> None:
             raise api_error(exc) from None
 
     def export_corrections(format: str) -> str:
-        """All corrections as `meld_csv` or `jsonl`."""
+        """All corrections as `meld_csv`, `jsonl` or `corpus` (a zip that `python -m training` reads)."""
         try:
             return str(service.export(format))
         except InputError as exc:
             raise api_error(exc) from None
+
+    def model_versions() -> list[dict]:
+        """[{model, version, name, created_at, builtin, active, metrics, data}] for every model version."""
+        return service.model_versions()
+
+    def retrain(model: str, options: dict | None, request_profile: gr.OAuthProfile | None) -> dict:
+        """{job_id}: retrain `model` (mister-e or farcer) from the corrections in the background; `options`
+        may set corrections_weight, epochs, max_steps, seed. Refused while another job runs."""
+        try:
+            return service.retrain(model, options or None, request_profile.username if request_profile else None)
+        except (InputError, ModelUnavailableError) as exc:
+            raise api_error(exc) from None
+
+    def job_status(job_id: str) -> dict:
+        """{job_id, model, state, progress, eta_s, message, version, metrics, started_at} of a retraining job."""
+        try:
+            return service.job_status(job_id)
+        except InputError as exc:
+            raise api_error(exc) from None
+
+    def cancel_job(job_id: str, request_profile: gr.OAuthProfile | None) -> dict:
+        """Stop a running retraining job; its status."""
+        try:
+            return service.cancel_job(job_id, request_profile.username if request_profile else None)
+        except InputError as exc:
+            raise api_error(exc) from None
+
+    def activate_model(model: str, version: str, request_profile: gr.OAuthProfile | None) -> dict:
+        """{model, version}: new analyses use this version from now on."""
+        try:
+            return service.activate_model(model, version, request_profile.username if request_profile else None)
+        except (InputError, ModelUnavailableError) as exc:
+            raise api_error(exc) from None
+
+    with gr.Column(visible=False):
+        model, version, job_id, options = gr.Textbox(), gr.Textbox(), gr.Textbox(), gr.JSON()
+        versions, job, activated = gr.JSON(), gr.JSON(), gr.JSON()
+        listing, retraining, checking, cancelling, activating = (gr.Button() for _ in range(5))
+    listing.click(model_versions, None, versions, api_name="model_versions")
+    retraining.click(retrain, [model, options], job, api_name="retrain")
+    checking.click(job_status, job_id, job, api_name="job_status")
+    cancelling.click(cancel_job, job_id, job, api_name="cancel_job")
+    activating.click(activate_model, [model, version], activated, api_name="activate_model")
 
     with gr.Column(visible=False):
         video, subtitles, profile = gr.File(type="filepath"), gr.File(type="filepath"), gr.Textbox()
@@ -190,6 +237,7 @@ def build_app(service: Service | None = None) -> gr.Blocks:
     service = service or Service.open()
     settings = service.settings
     analysis, annotate, corrections = Analysis(service), Annotate(service), Corrections(service)
+    models = Models(service)
     labels = list(get_profile(settings.profile).labels)
 
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=UPLOAD_CACHE) as demo:
@@ -235,6 +283,7 @@ def build_app(service: Service | None = None) -> gr.Blocks:
                         prev_turn = gr.Button("◀ previous (k)", elem_id=PREV_ID, size="sm")
                         next_turn = gr.Button("next (j) ▶", elem_id=NEXT_ID, size="sm")
                         unlabelled = gr.Button("unlabelled (u) ▶▶", elem_id=UNLABELLED_ID, size="sm")
+                        teaching_next = gr.Button("teaches most (m) ▶▶", elem_id=TEACHING_ID, size="sm")
                     label = gr.Radio(labels, label="Label (1-7)", elem_id=LABEL_ID)
                     # The turn the label picker is showing; updated together with the picker.
                     label_turn = gr.Number(visible=False, elem_id=LABEL_TURN_ID)
@@ -290,9 +339,33 @@ def build_app(service: Service | None = None) -> gr.Blocks:
                 pair_confusion = gr.Plot(label="Annotator pair")
                 model_confusion = gr.Plot(label="Model vs humans")
             with gr.Row():
-                fmt = gr.Radio(["meld_csv", "jsonl"], value="meld_csv", label="Export format")
+                fmt = gr.Radio(list(exports.FORMATS), value="meld_csv", label="Export format")
                 export = gr.Button("Export")
                 exported = gr.File(label="Export file")
+
+        with gr.Tab("Models"):
+            gr.Markdown(
+                "Every version of each model; **Retrain from corrections** trains a candidate on the corpus "
+                "plus the saved corrections in the background (one job at a time), then compares it with the "
+                "active version. **Activate** switches the version new analyses use."
+                + (" Retraining and activating need a Hugging Face login as one of the model managers."
+                   if settings.require_login else "")
+            )
+            versions_view = gr.Dataframe(headers=VERSION_COLUMNS, interactive=False, wrap=True, label="Versions")
+            with gr.Row():
+                retrain_model = gr.Radio(model_names(), value=model_names()[0], label="Model")
+                weight = gr.Number(value=1.0, minimum=0.1, label="Corrections weight (times per epoch)")
+                epochs = gr.Number(value=None, precision=0, label="Epochs (MiSTER-E) or steps (FARCER); empty: as set up")
+            with gr.Row():
+                retrain_button = gr.Button("Retrain from corrections", variant="primary")
+                cancel_button = gr.Button("Cancel the job")
+            job_state = gr.Textbox(visible=False)
+            job_view = gr.HTML()
+            with gr.Row():
+                version_pick = gr.Dropdown(label="Version", choices=[])
+                activate_button = gr.Button("Activate")
+            activated_note = gr.HTML()
+            job_timer = gr.Timer(POLL_S, active=False)
 
         _api(service, demo)
 
@@ -336,6 +409,7 @@ def build_app(service: Service | None = None) -> gr.Blocks:
         span.change(None, span, None, js=SEEK_JS, **PRIVATE)
         table.select(analysis.pick_row, None, turn, **PRIVATE)
         unlabelled.click(annotate.next_unlabelled, [doc, turn, name], turn, **PRIVATE)
+        teaching_next.click(annotate.next_teaching, [doc, turn, name], turn, **PRIVATE)
         next_turn.click(annotate.next, [doc, turn], turn, **PRIVATE)
         prev_turn.click(annotate.previous, [doc, turn], turn, **PRIVATE)
         save.click(annotate.save, [doc, turn, label_turn, label, note, name], [history, table, note], **PRIVATE).then(
@@ -366,5 +440,14 @@ def build_app(service: Service | None = None) -> gr.Blocks:
         turn.change(None, [dialogue_id, turn], None, js=ADDRESS_JS, **PRIVATE)
         demo.load(analysis.stored, None, stored, queue=False, **PRIVATE)
         demo.load(corrections.filters, None, [dialogue_filter, annotator_filter], queue=False, **PRIVATE)
+        # A running job is found again after a reload; the timer polls it until it ends.
+        demo.load(models.versions, None, [versions_view, version_pick], queue=False, **PRIVATE)
+        demo.load(models.latest, None, [job_state, job_view, job_timer], queue=False, **PRIVATE)
+        job_timer.tick(models.poll, job_state, [job_view, job_timer, versions_view, version_pick], **PRIVATE)
+        retrain_button.click(models.start, [retrain_model, weight, epochs], [job_state, job_view, job_timer], **PRIVATE)
+        cancel_button.click(models.cancel, job_state, [job_view, job_timer], **PRIVATE)
+        activate_button.click(
+            models.activate, version_pick, [activated_note, versions_view, version_pick], **PRIVATE
+        ).then(analysis.profile_status, profile, status, **PRIVATE)
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
     return demo

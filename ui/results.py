@@ -7,8 +7,6 @@ import html
 
 import pandas as pd
 
-from backend.faces import turn_face
-from backend.media import read_frames
 from backend import registry
 from backend.registry import ModelSpec, TurnField
 
@@ -135,20 +133,6 @@ def turn_choices(doc: dict) -> list[tuple[str, int]]:
         text = turn["text"] if len(turn["text"]) <= 40 else turn["text"][:39] + "…"
         choices.append((f"{turn['index']} · {clock(turn['start'])} {turn['speaker']}: {text}", turn["index"]))
     return choices
-
-
-def face_crop(doc: dict, index: int):
-    """The speaker's face crop the models saw for a turn (cut again from the video), or None."""
-    turn = doc["turns"][index]
-    face = turn["face"]
-    if not face["found"]:
-        return None
-    if face.get("time_s") is None:  # analyses stored before the frame time was recorded
-        found = turn_face(doc["media"]["path"], turn["start"], turn["end"])
-        return found.crop if found.found else None
-    (frame,) = read_frames(doc["media"]["path"], [face["time_s"]])
-    x, y, w, h = face["box"]
-    return frame[y : y + h, x : x + w].copy()
 
 
 def _probs_line(probs: dict | None) -> str:

@@ -1,5 +1,10 @@
 """The repository API over the database: media, analyses, predictions and append-only annotations.
 
+Human labels belong to the turn, not to one analysis: turns of the same media with the same times (to
+the millisecond) and text are the same turn (`_same_turns`), so a video analysed again (with another
+model version, say) shows the labels saved on any of its analyses, and each label is compared with
+every version's prediction of that turn.
+
 Every method runs in its own short transaction and returns plain dicts or dataclasses, so callers
 never hold sessions or live rows. Timestamps are UTC, ISO 8601 strings.
 """
@@ -9,7 +14,8 @@ import json
 import operator
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -210,12 +216,6 @@ class Store:
         n_turns = (
             select(TurnRow.dialogue_id, func.count().label("n")).group_by(TurnRow.dialogue_id).subquery()
         )
-        n_annotated = (
-            select(TurnRow.dialogue_id, func.count(func.distinct(AnnotationRow.turn_id)).label("n"))
-            .join(AnnotationRow, AnnotationRow.turn_id == TurnRow.id)
-            .group_by(TurnRow.dialogue_id)
-            .subquery()
-        )
         document = AnalysisRow.document
         facts = (
             document["media"]["name"].as_string(),
@@ -224,14 +224,18 @@ class Store:
             document["models"],
         )
         query = (
-            select(DialogueRow, MediaRow.sha256, AnalysisRow.profile, n_turns.c.n, n_annotated.c.n, *facts)
+            select(DialogueRow, MediaRow.sha256, AnalysisRow.profile, n_turns.c.n, *facts)
             .join(MediaRow, DialogueRow.media_id == MediaRow.id)
             .outerjoin(AnalysisRow, AnalysisRow.dialogue_id == DialogueRow.id)
             .outerjoin(n_turns, n_turns.c.dialogue_id == DialogueRow.id)
-            .outerjoin(n_annotated, n_annotated.c.dialogue_id == DialogueRow.id)
             .order_by(DialogueRow.created_at.desc(), DialogueRow.id.desc())
         )
         with self._read() as session:
+            # Labelled turns count wherever the label was saved (the same turn in any analysis).
+            labelled = _same_turns(session, session.scalars(select(AnnotationRow.turn_id).distinct()).all())
+            of_turns = select(TurnRow.id, TurnRow.dialogue_id).where(TurnRow.id.in_(list(labelled)))
+            dialogue_of = dict(session.execute(of_turns).all())
+            annotated = Counter(dialogue_of.values())
             return [
                 {
                     "dialogue_id": d.id,
@@ -240,14 +244,14 @@ class Store:
                     "labels": list(d.labels),
                     "profile": profile,
                     "turns": turns or 0,
-                    "annotated_turns": annotated or 0,
+                    "annotated_turns": annotated[d.id],
                     "created_at": d.created_at.isoformat(),
                     "file_name": name,
                     "duration_s": duration,
                     "turn_source": turn_source,
                     "models": {slot: m.get("version") for slot, m in (models or {}).items()},
                 }
-                for d, sha, profile, turns, annotated, name, duration, turn_source, models in session.execute(query)
+                for d, sha, profile, turns, name, duration, turn_source, models in session.execute(query)
             ]
 
     def add_annotation(
@@ -305,25 +309,30 @@ class Store:
         with self._read() as session:
             if session.get(TurnRow, turn_id) is None:
                 raise InputError(f"turn {turn_id} does not exist; reload the dialogue and try again")
+            same = list(_same_turns(session, [turn_id]))
             rows = session.scalars(
                 select(AnnotationRow)
-                .where(AnnotationRow.turn_id == turn_id)
+                .where(AnnotationRow.turn_id.in_(same))
                 .order_by(*_OLDEST_FIRST)
             )
-            return [_annotation(r) for r in rows]
+            return [{**_annotation(r), "turn_id": turn_id} for r in rows]
 
     def current_labels(self, dialogue_id: int, annotator: str | None = None) -> dict[int, str]:
         """{turn_id: label} for the annotated turns of a dialogue (turns without annotations are absent):
-        the current label (backend.current_label), or with `annotator` that annotator's latest."""
+        the current label (backend.current_label), or with `annotator` that annotator's latest. Labels
+        saved on the same turns in other analyses of the video count (`_same_turns`)."""
         dialogue_id = _as_id(dialogue_id, "dialogue id")
         with self._read() as session:
             if session.get(DialogueRow, dialogue_id) is None:
                 raise InputError(f"dialogue {dialogue_id} does not exist; pick one from the list")
-            query = select(AnnotationRow).join(TurnRow, AnnotationRow.turn_id == TurnRow.id)
-            query = query.where(TurnRow.dialogue_id == dialogue_id)
+            own = session.scalars(select(TurnRow.id).where(TurnRow.dialogue_id == dialogue_id)).all()
+            same = _same_turns(session, own)
+            query = select(AnnotationRow).where(AnnotationRow.turn_id.in_(list(same)))
             if annotator is not None:
                 query = query.where(AnnotationRow.annotator == annotator.strip())
-            rows = [_annotation(a) for a in session.scalars(query.order_by(*_OLDEST_FIRST))]
+            rows = [
+                {**_annotation(a), "turn_id": same[a.turn_id]} for a in session.scalars(query.order_by(*_OLDEST_FIRST))
+            ]
         if annotator is not None:
             return {r["turn_id"]: r["label"] for r in rows}  # oldest first: the latest one stays
         return {turn_id: row["label"] for turn_id, row in current_by_turn(rows).items()}
@@ -337,30 +346,42 @@ class Store:
     ) -> list[dict]:
         """Annotations, oldest first, with their turn's text, speaker, times and model predictions.
 
-        Filters combine with AND; `label` matches the stored (canonical) label exactly. Each row's
-        `is_current` says whether it decides its turn's label (backend.current_label), among all of
-        the turn's annotations, filtered or not.
+        Filters combine with AND; `label` matches the stored (canonical) label exactly. A row's turn is
+        the turn as one analysis has it (`_same_turns`): with `dialogue_id`, that dialogue's turn, so
+        labels saved on other analyses of the video are included; else the first analysis's. Its
+        `predictions` hold each model's prediction in that analysis under the model's name, and other
+        versions' predictions of the same turn under "name @version". Each row's `is_current` says
+        whether it decides its turn's label (backend.current_label), among all of the turn's
+        annotations, filtered or not.
         """
         filters = []
         if media_sha256 is not None:
             filters.append(MediaRow.sha256 == media_sha256)
-        if dialogue_id is not None:
-            filters.append(TurnRow.dialogue_id == _as_id(dialogue_id, "dialogue id"))
         if annotator is not None:
             filters.append(AnnotationRow.annotator == annotator.strip())
         if label is not None:
             filters.append(AnnotationRow.label == label)
-        query = _in_context(select(AnnotationRow, TurnRow, MediaRow.sha256)).where(*filters)
-        turn_ids = _in_context(select(AnnotationRow.turn_id)).where(*filters)
         with self._read() as session:
+            if dialogue_id is not None:
+                dialogue_id = _as_id(dialogue_id, "dialogue id")
+                own = session.scalars(select(TurnRow.id).where(TurnRow.dialogue_id == dialogue_id)).all()
+                same = _same_turns(session, own)
+                filters.append(AnnotationRow.turn_id.in_(list(same)))
+            query = _in_context(select(AnnotationRow, MediaRow.sha256)).where(*filters)
             rows = session.execute(query.order_by(*_OLDEST_FIRST)).all()
-            of_turns = select(AnnotationRow).where(AnnotationRow.turn_id.in_(turn_ids)).order_by(*_OLDEST_FIRST)
-            everyone = [_annotation(a) for a in session.scalars(of_turns)]
+            if dialogue_id is None:
+                same = _same_turns(session, {a.turn_id for a, _ in rows})
+            of_turns = select(AnnotationRow).where(AnnotationRow.turn_id.in_(list(same))).order_by(*_OLDEST_FIRST)
+            everyone = [{**_annotation(a), "turn_id": same[a.turn_id]} for a in session.scalars(of_turns)]
             current = {row["annotation_id"] for row in current_by_turn(everyone).values()}
-            predictions = _predictions(session, turn_ids)
-        return [
-            {
+            turns = {t.id: t for t in session.scalars(select(TurnRow).where(TurnRow.id.in_(set(same.values()))))}
+            predictions = _predictions(session, same)
+        out = []
+        for a, sha in rows:
+            turn = turns[same[a.turn_id]]
+            out.append({
                 **_annotation(a),
+                "turn_id": turn.id,
                 "is_current": a.id in current,
                 "dialogue_id": turn.dialogue_id,
                 "media_sha256": sha,
@@ -370,9 +391,8 @@ class Store:
                 "end": turn.end,
                 "text": turn.text,
                 "predictions": predictions.get(turn.id, {}),
-            }
-            for a, turn, sha in rows
-        ]
+            })
+        return out
 
 
 def open_store(settings: Settings | None = None) -> Store:
@@ -435,18 +455,63 @@ def _in_context(query: Select) -> Select:
     )
 
 
-def _predictions(session: Session, turn_ids: Select) -> dict[int, dict[str, dict]]:
-    """{turn_id: {model name: {version, label, probs, ...extras}}}."""
+def _predictions(session: Session, same: Mapping[int, int]) -> dict[int, dict[str, dict]]:
+    """{representative turn id: {model name: {version, label, probs, ...extras}}} over the turns of
+    `same` ({turn id: its representative}): the representative's own predictions under the model's
+    name, another version's (from another analysis) under "name @version"."""
     query = (
         select(PredictionRow, ModelVersionRow.name, ModelVersionRow.version)
         .join(ModelVersionRow, PredictionRow.model_version_id == ModelVersionRow.id)
-        .where(PredictionRow.turn_id.in_(turn_ids))
+        .where(PredictionRow.turn_id.in_(list(same)))
+        .order_by(PredictionRow.id)
     )
-    out: dict[int, dict[str, dict]] = {}
+    own: dict[int, dict[str, dict]] = {}
+    others: dict[int, dict[str, dict]] = {}
     for p, name, version in session.execute(query):
         pred = {"version": version, "label": p.label, "probs": p.probs, **p.extras}
-        out.setdefault(p.turn_id, {})[name] = pred
+        rep = same[p.turn_id]
+        if p.turn_id == rep:
+            own.setdefault(rep, {})[name] = pred
+        else:
+            others.setdefault(rep, {})[f"{name} @{version}"] = pred
+    out: dict[int, dict[str, dict]] = {}
+    for rep in own.keys() | others.keys():
+        mine = own.get(rep, {})
+        versions = {(name, m["version"]) for name, m in mine.items()}
+        extra = {k: v for k, v in others.get(rep, {}).items() if (k.rsplit(" @", 1)[0], v["version"]) not in versions}
+        out[rep] = {**mine, **extra}
     return out
+
+
+def _turn_key(turn: TurnRow, media_id: int) -> tuple:
+    """What makes two analyses' turns the same turn: the media, the times to the millisecond, the text."""
+    def ms(t: float | None) -> int | None:
+        return None if t is None else round(t * 1000)
+
+    return media_id, ms(turn.start), ms(turn.end), turn.text
+
+
+def _same_turns(session: Session, turn_ids: Iterable[int]) -> dict[int, int]:
+    """{turn id: its representative} for every turn, of any analysis, that is the same turn
+    (`_turn_key`) as one of `turn_ids`; the representative is the lowest of `turn_ids` with that key."""
+    given = set(turn_ids)
+    if not given:
+        return {}
+    medias = select(DialogueRow.media_id).join(TurnRow, TurnRow.dialogue_id == DialogueRow.id).where(
+        TurnRow.id.in_(given)
+    )
+    turns = session.execute(
+        select(TurnRow, DialogueRow.media_id)
+        .join(DialogueRow, TurnRow.dialogue_id == DialogueRow.id)
+        .where(DialogueRow.media_id.in_(medias))
+    ).all()
+    reps: dict[tuple, int] = {}
+    for turn, media_id in turns:
+        if turn.id in given:
+            key = _turn_key(turn, media_id)
+            reps[key] = min(reps.get(key, turn.id), turn.id)
+    keyed = ((turn.id, _turn_key(turn, media_id)) for turn, media_id in turns)
+    return {turn_id: reps[key] for turn_id, key in keyed if key in reps}
 
 
 def _by_request_id(session: Session, request_id: str) -> AnnotationRow | None:
