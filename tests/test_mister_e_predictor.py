@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from backend import predictors
@@ -52,14 +53,6 @@ def tiny_checkpoints(tmp_path_factory):
     data = write_csv_corpus(root / "corpus", dialogues={"train": 4, "validation": 1})
     train(data, root / "checkpoints" / "mister-e", root / "cache")
     return root / "checkpoints"
-
-
-@pytest.fixture(scope="module")
-def video(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("talk")
-    subtitles = folder / "talk.srt"
-    subtitles.write_text(SRT, encoding="utf-8")
-    return make_dialogue_video(folder / "talk.mp4", TURNS, size=(320, 180), duration_s=6.0), subtitles
 
 
 def settings_with(checkpoints: Path):
@@ -130,6 +123,24 @@ def test_predict_marks_missing_audio_and_maps_labels_by_name(tiny_checkpoints, t
         assert out["probs"]["joy"] == pytest.approx(original["probs"]["joy"] / kept, rel=1e-5)
 
 
+def test_a_dialogues_clips_are_packed_together_and_normalised_per_speaker(tiny_checkpoints, tmp_path):
+    predictor = predictor_of(tiny_checkpoints, tmp_path)
+    states = predictor.speech_encoder.states
+    windows = []
+    original = states.encode
+    states.encode = lambda w: windows.append(len(w)) or original(w)
+    try:
+        x = predictor.embed(FIXTURE_TURNS, FIXTURE_INPUTS)
+    finally:
+        states.encode = original
+    assert windows == [1]  # both clips in one Whisper window
+    assert x["speech_present"][0].tolist() == [True, False, True, False]
+    expected = predictor.speech_encoder.embed([FIXTURE_INPUTS[0].audio, FIXTURE_INPUTS[2].audio], ["A", "A"])
+    torch.testing.assert_close(x["speech"][0, [0, 2]], expected)
+    apart = predictor.speech_encoder.embed([FIXTURE_INPUTS[0].audio, FIXTURE_INPUTS[2].audio], ["A", "B"])
+    assert not torch.allclose(apart, expected)  # another speaker: normalised with other statistics
+
+
 def test_label_mapping_helpers():
     index = label_index(("a", "b", "c"), ("c", "x", "a"))
     assert index.tolist() == [2, -1, 0]
@@ -139,9 +150,9 @@ def test_label_mapping_helpers():
         label_index(("a", "b"), ("x", "y"))
 
 
-def test_analyze_with_tiny_checkpoint_passes_the_schema(tiny_checkpoints, video, data_dir, monkeypatch):
+def test_analyze_with_tiny_checkpoint_passes_the_schema(tiny_checkpoints, dialogue, data_dir, monkeypatch):
     use_only_mister_e(monkeypatch)
-    doc = validate_analysis(analyze(video[0], subtitles=video[1], settings=settings_with(tiny_checkpoints)))
+    doc = validate_analysis(analyze(dialogue[0], subtitles=dialogue[1], settings=settings_with(tiny_checkpoints)))
     assert doc["models"]["mister_e"]["name"] == "MiSTER-E"
     assert doc["models"]["mister_e"]["version"] == read_checkpoint(tiny_checkpoints / "mister-e").version
     for turn in doc["turns"]:
@@ -158,9 +169,9 @@ def test_analyze_without_audio_uses_the_text_expert_only(tiny_checkpoints, tmp_p
     assert any("only the text expert ran" in w for w in doc["warnings"])
 
 
-def test_committed_checkpoint_through_analyze(video, data_dir, monkeypatch):
+def test_committed_checkpoint_through_analyze(dialogue, data_dir, monkeypatch):
     use_only_mister_e(monkeypatch)
-    doc = validate_analysis(analyze(video[0], subtitles=video[1], profile="offline"))
+    doc = validate_analysis(analyze(dialogue[0], subtitles=dialogue[1], profile="offline"))
     assert doc["models"]["mister_e"]["version"] == read_checkpoint(COMMITTED).version
     for turn in doc["turns"]:
         check_turn(turn["mister_e"], MELD7, speech=True)
