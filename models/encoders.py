@@ -1,4 +1,4 @@
-"""MiSTER-E stage 1: utterance encoders (text, speech, offline speech features) and LoRA placement.
+"""MiSTER-E stage 1: utterance encoders (text, paper speech, offline speech over pooled features) and LoRA placement.
 
 Each encoder is an utterance classifier whose projection output is the embedding that stage 2
 reads: backbone -> LayerNorm -> pooling -> Linear(->E) = embedding -> ReLU -> Dropout -> Linear(E->C).

@@ -423,7 +423,7 @@ def _pair_mix_arg(text: str) -> tuple[float, float, float]:
     return shares
 
 
-def _command(prefix: str, args: argparse.Namespace, skip: tuple[str, ...] = ()) -> str:
+def command_line(prefix: str, args: argparse.Namespace, skip: tuple[str, ...] = ()) -> str:
     parts = [prefix]
     for key, value in vars(args).items():
         if key in ("action", "task", *skip) or value is None or value is False:
@@ -640,7 +640,7 @@ def train(args: argparse.Namespace) -> int:
     """Stage 1 and/or stage 2 (see the module docstring for how separate stages share --out)."""
     _check_train_args(args)
     plan = _plan(args)
-    command = _command("python -m training train mister-e", args, skip=("cache",))
+    command = command_line("python -m training train mister-e", args, skip=("cache",))
     if args.stage == "1":
         _train_stage1(args.out, args, plan, command)
         print(f"stage-1 encoders in {args.out}; train stage 2 with --stage 2 --out {args.out}")
@@ -799,7 +799,7 @@ def evaluate(args: argparse.Namespace) -> int:
         f"UAR {uar:.4f}, n={report['n']}"
     )
     if args.record:
-        command = _command("python -m training evaluate mister-e", args, skip=("cache",))
+        command = command_line("python -m training evaluate mister-e", args, skip=("cache",))
         evaluations = {
             **checkpoint.metrics.get("evaluations", {}),
             command: {

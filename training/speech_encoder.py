@@ -25,27 +25,17 @@ from backend.packaged import PACKAGED
 from backend.speech_encoder import WHISPER_BASE
 from training.corpora.registry import corpus_labels, load_corpus, split
 from training.metrics import classification_report, unweighted_average_recall
-from training.outputs import find_checkpoint
+from training.mister_e import command_line
+from training.outputs import find_checkpoint, reproducible
 from training.speech_augment import TEST_CONDITIONS
-from training.stage1 import _cache_root, _class_ids, train_speech_encoder
+from training.stage1 import embedding_cache_root, feature_class_ids, train_speech_encoder
 from training.whisper_features import condition_features
 
-CORPORA = ("ravdess", "iemocap", "csv")
+CORPORA = ("ravdess", "iemocap")
 LICENCES = {
     "ravdess": "RAVDESS (Livingstone & Russo 2018): CC BY-NC-SA 4.0, so this encoder is non-commercial",
     "iemocap": "IEMOCAP: USC SAIL release licence (research use, no redistribution)",
-    "csv": "your corpus CSV: its own licence",
 }
-
-
-def _command(prefix: str, args: argparse.Namespace, skip: tuple[str, ...] = ("cache",)) -> str:
-    parts = [prefix]
-    for key, value in vars(args).items():
-        if key in ("action", "task", *skip) or value is None or value is False:
-            continue
-        flag = "--" + key.replace("_", "-")
-        parts.append(flag if value is True else f"{flag} {','.join(value) if isinstance(value, (list, tuple)) else value}")
-    return " ".join(parts)
 
 
 def _conditions_arg(text: str) -> tuple[str, ...]:
@@ -85,7 +75,7 @@ def train(args: argparse.Namespace) -> int:
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, hidden_dim=args.hidden_dim,
         embed_dim=args.embed_dim, seed=args.seed, out_dir=args.out, shrink=args.shrink or None,
         augmented_copies=args.augmented_copies, val_conditions=args.val_conditions,
-        cache_root=args.cache, command=_command("python -m training train speech-encoder", args),
+        cache_root=args.cache, command=command_line("python -m training train speech-encoder", args, skip=("cache",)),
     )
     write_card(checkpoint, args.corpus)
     print(f"best epoch {checkpoint.metrics['best_epoch']}: validation UAR {checkpoint.metrics['val_uar']}; "
@@ -118,14 +108,14 @@ def evaluate_conditions(
     labels = checkpoint.labels
     reports = {}
     for name in ("clean", *conditions):
-        features = condition_features(dialogues, _cache_root(cache_root), name, lambda: encoder.states)
-        targets = _class_ids(features, dialogues, labels)
+        features = condition_features(dialogues, embedding_cache_root(cache_root), name, lambda: encoder.states)
+        targets = feature_class_ids(features, dialogues, labels)
         with torch.no_grad():
             logits = encoder.model.head.classify(encoder.embed_features(features.vectors, features.groups))
         keep = targets >= 0
-        report = classification_report(
-            [labels[i] for i in targets[keep]], [labels[i] for i in logits.argmax(-1).numpy()[keep]], labels
-        )
+        gold = [labels[i] for i in targets[keep]]
+        present = sorted(set(gold), key=labels.index)  # recall over the classes the clips have
+        report = classification_report(gold, [labels[i] for i in logits.argmax(-1).numpy()[keep]], labels, present=present)
         reports[name] = {**report, "uar": unweighted_average_recall(report)}
     for name in conditions:
         reports[name]["uar_drop"] = reports["clean"]["uar"] - reports[name]["uar"]
@@ -143,7 +133,7 @@ def evaluate(args: argparse.Namespace) -> int:
         print(f"{args.corpus} {args.split} {name}: UAR {report['uar']:.4f}, weighted F1 {report['weighted_f1']:.4f}, "
               f"n={report['n']}{drop}")
     if args.record:
-        command = _command("python -m training evaluate speech-encoder", args)
+        command = command_line("python -m training evaluate speech-encoder", args, skip=("cache",))
         summary = {name: {"uar": round(r["uar"], 4), "weighted_f1": round(r["weighted_f1"], 4), "n": r["n"]}
                    for name, r in reports.items()}
         evaluations = {**checkpoint.metrics.get("evaluations", {}), command: summary}
@@ -202,11 +192,12 @@ eight RAVDESS emotions map to MELD's seven (calm -> neutral). Clips are read wit
 clips shuffled (seeded) into groups of 2-12. Training used the clean clips and
 {config["augmented_copies"]} degraded copies (a random channel per pseudo-dialogue: gain -30..+6 dB,
 white noise at 5-30 dB SNR, an 8 kHz telephone band, synthetic reverberation with RT60 0.2-0.8 s,
-AAC-in-MP4 or MP3 at 24-64 kbit/s, each with its own probability). {data_line(checkpoint)}
+AAC-in-MP4 or MP3 at 24-64 kbit/s, each with its own probability). {checkpoint.data["n_train"]} training rows,
+{checkpoint.data["n_val"]} validation rows.
 
 ## Training and selection
 
-`{checkpoint.data.get("command", "(command not recorded)")}`
+`{reproducible(checkpoint.data.get("command", "(command not recorded)"))}`
 
 Focal loss (gamma 2), AdamW. The epoch ({metrics["best_epoch"]}) was chosen on the validation actors'
 clips, clean and through {", ".join(config["val_conditions"]) or "no degradation"} (validation only,
@@ -216,7 +207,3 @@ never test). Validation UAR of the kept epoch: {", ".join(f"{k} {v:.4f}" for k, 
 
 {evaluations}
 """
-
-
-def data_line(checkpoint: Checkpoint) -> str:
-    return f"{checkpoint.data['n_train']} training rows, {checkpoint.data['n_val']} validation rows."

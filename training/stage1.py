@@ -228,11 +228,11 @@ def train_text_encoder(
     return pending.checkpoint
 
 
-def _cache_root(cache_root: Path | None) -> Path:
+def embedding_cache_root(cache_root: Path | None) -> Path:
     return Path(cache_root) if cache_root is not None else get_settings().cache_dir / "embeddings"
 
 
-def _class_ids(features: CorpusFeatures, dialogues: Sequence[Dialogue], labels: Sequence[str]) -> np.ndarray:
+def feature_class_ids(features: CorpusFeatures, dialogues: Sequence[Dialogue], labels: Sequence[str]) -> np.ndarray:
     """Class id of each feature row (-1 for an unlabelled turn)."""
     turns = {(d.id, i): t for d in dialogues for i, t in enumerate(d.turns)}
     ids = []
@@ -292,7 +292,7 @@ def train_speech_encoder(
     val_turns, _ = _labelled(dialogues_val, labels, need_audio=True)
     _require(train_turns, "train", " with audio")
     _require(val_turns, "validation", " with audio")
-    root = _cache_root(cache_root)
+    root = embedding_cache_root(cache_root)
     train_sets = [clean_features(dialogues_train, root)]
     train_sets += [augmented_features(dialogues_train, root, copy) for copy in range(1, augmented_copies + 1)]
     val_sets = {name: condition_features(dialogues_val, root, name) for name in ("clean", *val_conditions)}
@@ -301,8 +301,8 @@ def train_speech_encoder(
                                   hidden_dim=hidden_dim, embed_dim=embed_dim, shrink=shrink)
     encoder = FeatureSpeechEncoder(config)
     encoder.set_standardization(np.concatenate([f.vectors for f in train_sets]))
-    train_rows = [_normalized(encoder, f, _class_ids(f, dialogues_train, labels)) for f in train_sets]
-    val_rows = {name: _normalized(encoder, f, _class_ids(f, dialogues_val, labels)) for name, f in val_sets.items()}
+    train_rows = [_normalized(encoder, f, feature_class_ids(f, dialogues_train, labels)) for f in train_sets]
+    val_rows = {name: _normalized(encoder, f, feature_class_ids(f, dialogues_val, labels)) for name, f in val_sets.items()}
     x_train, y_train = torch.cat([x for x, _ in train_rows]), np.concatenate([y for _, y in train_rows])
     x_val, y_val = torch.cat([x for x, _ in val_rows.values()]), np.concatenate([y for _, y in val_rows.values()])
     model = _OnNormalized(encoder).to(device or get_settings().torch_device())
@@ -321,7 +321,9 @@ def train_speech_encoder(
         encoder.load_state_dict(load_file(str(pending.folder / "model.safetensors")))
         metrics["val_uar"] = {}
         for name, (x, y) in val_rows.items():
-            report = classification_report([labels[i] for i in y], [labels[i] for i in _predict(model, rows_of(x), len(y), 1024)], labels)
+            gold = [labels[i] for i in y]
+            predicted = [labels[i] for i in _predict(model, rows_of(x), len(y), 1024)]
+            report = classification_report(gold, predicted, labels, present=sorted(set(gold), key=labels.index))
             metrics["val_uar"][name] = round(unweighted_average_recall(report), 4)
         metrics.update(seconds=round(time.perf_counter() - started, 1))
         write_checkpoint(pending.folder, model=SPEECH_ENCODER,
@@ -363,7 +365,7 @@ def extract_embeddings(
         return _speech_embeddings(checkpoint, dialogues, cache_root, device)
     embedder = _text_embedder(checkpoint, device)
     dim = embedding_dim(checkpoint)
-    cache = EmbeddingCache(_cache_root(cache_root), checkpoint.model, checkpoint.version)
+    cache = EmbeddingCache(embedding_cache_root(cache_root), checkpoint.model, checkpoint.version)
     turns = [turn for dialogue in dialogues for turn in dialogue.turns if embedder.usable(turn)]
     vectors = cache.encode_cached([embedder.item(t) for t in turns], embedder.encode, batch_size,
                                   key_fn=embedder.key_fn, desc=f"{checkpoint.model} embeddings")
@@ -384,7 +386,7 @@ def _speech_embeddings(
     """Per-dialogue speech embeddings: each recording's clips packed and pooled as the app does,
     then normalised within their (recording, speaker) groups."""
     encoder = load_speech_encoder(checkpoint, device)
-    features = clean_features(dialogues, _cache_root(cache_root), lambda: encoder.states)
+    features = clean_features(dialogues, embedding_cache_root(cache_root), lambda: encoder.states)
     vectors = encoder.embed_features(features.vectors, features.groups).numpy() if features.turns else None
     rows = {turn: row for row, turn in enumerate(features.turns)}
     dim, out = embedding_dim(checkpoint), {}
