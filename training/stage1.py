@@ -2,7 +2,8 @@
 
 Training uses focal loss (gamma 2) and AdamW, keeps the epoch with the best validation weighted F1
 (never test), and writes a "text-encoder" / "speech-encoder" checkpoint holding only what trained
-(LoRA adapters and head, or the feature MLP); the backbone and the feature code are components.
+(LoRA adapters and head, or the head over pooled Whisper states); the backbone, the Whisper
+weights and the feature code are components.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from backend.checkpoints import Checkpoint, write_checkpoint
@@ -23,18 +24,20 @@ from backend.dialogue import Dialogue, Turn
 from backend.encoders import (
     MINILM,
     SPEECH_ENCODER,
+    SPEECH_KIND,
     TEXT_ENCODER,
     backbone_component,
     embedding_dim,
     load_speech_encoder,
     load_text_backbone,
     load_text_encoder,
+    speech_components,
     text_inputs,
 )
 from backend.errors import InputError
 from backend.labels import normalize_label
 from backend.settings import get_settings
-from backend.speech_features import FEATURE_VERSION, feature_components, file_feature_vector
+from backend.speech_encoder import FEATURE_VERSION
 from models.encoders import (
     FeatureEncoderConfig,
     FeatureSpeechEncoder,
@@ -45,9 +48,10 @@ from models.encoders import (
     text_lora_spec,
 )
 from models.losses import focal_loss
-from training.embedding_cache import EmbeddingCache, file_key, text_key
-from training.metrics import classification_report
+from training.embedding_cache import EmbeddingCache, text_key
+from training.metrics import classification_report, unweighted_average_recall
 from training.outputs import checkpoint_output
+from training.whisper_features import CorpusFeatures, augmented_features, clean_features, condition_features
 
 FOCAL_GAMMA = 2.0
 
@@ -224,17 +228,39 @@ def train_text_encoder(
     return pending.checkpoint
 
 
-def speech_features(paths: Sequence[Path], cache_root: Path | None = None) -> np.ndarray:
-    """eGeMAPS + log-mel feature vectors of audio files, cached by file identity."""
-    cache = EmbeddingCache(_cache_root(cache_root), "speech-features", FEATURE_VERSION)
-    return cache.encode_cached(
-        paths, lambda batch: np.stack([file_feature_vector(p) for p in batch]),
-        batch_size=16, key_fn=file_key, desc="speech features",
-    )
-
-
-def _cache_root(cache_root: Path | None) -> Path:
+def embedding_cache_root(cache_root: Path | None) -> Path:
     return Path(cache_root) if cache_root is not None else get_settings().cache_dir / "embeddings"
+
+
+def feature_class_ids(features: CorpusFeatures, dialogues: Sequence[Dialogue], labels: Sequence[str]) -> np.ndarray:
+    """Class id of each feature row (-1 for an unlabelled turn)."""
+    turns = {(d.id, i): t for d in dialogues for i, t in enumerate(d.turns)}
+    ids = []
+    for dialogue_id, i in features.turns:
+        label = turns[(dialogue_id, i)].label
+        ids.append(-1 if label is None else list(labels).index(
+            normalize_label(label, tuple(labels), where=f"dialogue {dialogue_id} turn {i}")))
+    return np.array(ids, dtype=np.int64)
+
+
+class _OnNormalized(torch.nn.Module):
+    """The speech encoder's classifier on inputs already normalised within their groups (a group's
+    statistics come from all of its clips, so they cannot be taken batch by batch)."""
+
+    def __init__(self, encoder: FeatureSpeechEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, normalized: torch.Tensor) -> torch.Tensor:
+        return self.encoder.head.classify(self.encoder.embed_normalized(normalized))
+
+
+def _normalized(model: FeatureSpeechEncoder, features: CorpusFeatures, targets: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """The labelled rows of `features`, normalised within their groups, and their class ids."""
+    with torch.no_grad():
+        z = model.normalize(torch.from_numpy(features.vectors), torch.from_numpy(features.groups))
+    keep = targets >= 0
+    return z[torch.from_numpy(keep)], targets[keep]
 
 
 def train_speech_encoder(
@@ -249,42 +275,62 @@ def train_speech_encoder(
     seed: int = 0,
     *,
     out_dir: Path | None,
+    shrink: float | None = 8.0,
+    augmented_copies: int = 0,
+    val_conditions: Sequence[str] = (),
     cache_root: Path | None = None,
     device: str | None = None,
     max_steps_per_epoch: int | None = None,
     command: str | None = None,
 ) -> Checkpoint:
-    """Train the offline speech encoder on feature vectors of the turns' audio files into a
-    "speech-encoder" checkpoint (in `out_dir`, which must not hold one yet, or the model store)."""
+    """Train the offline speech encoder (a head over pooled Whisper base states of the turns' audio,
+    normalised per speaker group) into a "speech-encoder" checkpoint (in `out_dir`, which must not
+    hold one yet, or the model store). Train clips are read clean and in `augmented_copies` degraded
+    copies; the epoch is chosen on the validation clips clean and through each of `val_conditions`."""
     labels = list(labels)
-    train_turns, y_train = _labelled(dialogues_train, labels, need_audio=True)
-    val_turns, y_val = _labelled(dialogues_val, labels, need_audio=True)
+    train_turns, _ = _labelled(dialogues_train, labels, need_audio=True)
+    val_turns, _ = _labelled(dialogues_val, labels, need_audio=True)
     _require(train_turns, "train", " with audio")
     _require(val_turns, "validation", " with audio")
-    x_train = torch.from_numpy(speech_features([Path(t.audio) for t in train_turns], cache_root))
-    x_val = torch.from_numpy(speech_features([Path(t.audio) for t in val_turns], cache_root))
+    root = embedding_cache_root(cache_root)
+    train_sets = [clean_features(dialogues_train, root)]
+    train_sets += [augmented_features(dialogues_train, root, copy) for copy in range(1, augmented_copies + 1)]
+    val_sets = {name: condition_features(dialogues_val, root, name) for name in ("clean", *val_conditions)}
     _seed_everything(seed)
-    config = FeatureEncoderConfig(in_dim=x_train.shape[1], n_labels=len(labels), hidden_dim=hidden_dim, embed_dim=embed_dim)
-    model = FeatureSpeechEncoder(config)
-    model.set_standardization(x_train.numpy())
-    model.to(device or get_settings().torch_device())
+    config = FeatureEncoderConfig(in_dim=train_sets[0].vectors.shape[1], n_labels=len(labels),
+                                  hidden_dim=hidden_dim, embed_dim=embed_dim, shrink=shrink)
+    encoder = FeatureSpeechEncoder(config)
+    encoder.set_standardization(np.concatenate([f.vectors for f in train_sets]))
+    train_rows = [_normalized(encoder, f, feature_class_ids(f, dialogues_train, labels)) for f in train_sets]
+    val_rows = {name: _normalized(encoder, f, feature_class_ids(f, dialogues_val, labels)) for name, f in val_sets.items()}
+    x_train, y_train = torch.cat([x for x, _ in train_rows]), np.concatenate([y for _, y in train_rows])
+    x_val, y_val = torch.cat([x for x, _ in val_rows.values()]), np.concatenate([y for _, y in val_rows.values()])
+    model = _OnNormalized(encoder).to(device or get_settings().torch_device())
 
     def rows_of(x: torch.Tensor) -> Callable[[np.ndarray], dict]:
-        return lambda idx: {"features": x[torch.from_numpy(idx)]}
+        return lambda idx: {"normalized": x[torch.from_numpy(idx)]}
 
     with checkpoint_output(out_dir, SPEECH_ENCODER) as pending:
         started = time.perf_counter()
         metrics = _fit(
             model, rows_of(x_train), y_train,
-            lambda: _predict(model, rows_of(x_val), len(val_turns), 1024), y_val,
-            labels, epochs, lr, batch_size, seed, lambda: _save_weights(model, pending.folder),
+            lambda: _predict(model, rows_of(x_val), len(y_val), 1024), y_val,
+            labels, epochs, lr, batch_size, seed, lambda: _save_weights(encoder, pending.folder),
             max_steps_per_epoch, desc="speech stage 1",
         )
+        encoder.load_state_dict(load_file(str(pending.folder / "model.safetensors")))
+        metrics["val_uar"] = {}
+        for name, (x, y) in val_rows.items():
+            gold = [labels[i] for i in y]
+            predicted = [labels[i] for i in _predict(model, rows_of(x), len(y), 1024)]
+            report = classification_report(gold, predicted, labels, present=sorted(set(gold), key=labels.index))
+            metrics["val_uar"][name] = round(unweighted_average_recall(report), 4)
         metrics.update(seconds=round(time.perf_counter() - started, 1))
         write_checkpoint(pending.folder, model=SPEECH_ENCODER,
-                         config={"kind": "speech-features", "features": FEATURE_VERSION, "encoder": asdict(config)},
-                         labels=labels, components=feature_components(),
-                         data=_encoder_data(len(train_turns), len(val_turns), command), metrics=metrics)
+                         config={"kind": SPEECH_KIND, "features": FEATURE_VERSION, "encoder": asdict(config),
+                                 "augmented_copies": augmented_copies, "val_conditions": list(val_conditions)},
+                         labels=labels, components=speech_components(),
+                         data=_encoder_data(len(y_train), len(y_val), command), metrics=metrics)
     return pending.checkpoint
 
 
@@ -302,12 +348,6 @@ def _text_embedder(checkpoint: Checkpoint, device: str) -> _Embedder:
                      lambda texts: encoder.embed(texts).numpy())
 
 
-def _speech_embedder(checkpoint: Checkpoint, device: str, cache_root: Path | None) -> _Embedder:
-    encoder = load_speech_encoder(checkpoint, device)
-    return _Embedder(lambda turn: turn.audio is not None, lambda turn: Path(turn.audio), file_key,
-                     lambda paths: encoder.embed(speech_features(paths, cache_root)).numpy())
-
-
 def extract_embeddings(
     checkpoint: Checkpoint,
     dialogues: Sequence[Dialogue],
@@ -317,15 +357,15 @@ def extract_embeddings(
 ) -> dict[str, DialogueEmbeddings]:
     """Per-dialogue embeddings from a stage-1 encoder checkpoint, through the embedding cache.
 
-    The cache is keyed by the checkpoint's version, so retraining never serves stale vectors.
+    Text embeddings are cached keyed by the checkpoint's version, so retraining never serves stale
+    vectors; speech embeddings are computed from the cached pooled Whisper states of each recording.
     """
     device = device or get_settings().torch_device()
-    if checkpoint.model == TEXT_ENCODER:
-        embedder = _text_embedder(checkpoint, device)
-    else:
-        embedder = _speech_embedder(checkpoint, device, cache_root)
+    if checkpoint.model != TEXT_ENCODER:
+        return _speech_embeddings(checkpoint, dialogues, cache_root, device)
+    embedder = _text_embedder(checkpoint, device)
     dim = embedding_dim(checkpoint)
-    cache = EmbeddingCache(_cache_root(cache_root), checkpoint.model, checkpoint.version)
+    cache = EmbeddingCache(embedding_cache_root(cache_root), checkpoint.model, checkpoint.version)
     turns = [turn for dialogue in dialogues for turn in dialogue.turns if embedder.usable(turn)]
     vectors = cache.encode_cached([embedder.item(t) for t in turns], embedder.encode, batch_size,
                                   key_fn=embedder.key_fn, desc=f"{checkpoint.model} embeddings")
@@ -336,5 +376,26 @@ def extract_embeddings(
         if present.any():
             emb[present] = vectors[row : row + int(present.sum())]
             row += int(present.sum())
+        out[dialogue.id] = DialogueEmbeddings(emb, present)
+    return out
+
+
+def _speech_embeddings(
+    checkpoint: Checkpoint, dialogues: Sequence[Dialogue], cache_root: Path | None, device: str
+) -> dict[str, DialogueEmbeddings]:
+    """Per-dialogue speech embeddings: each recording's clips packed and pooled as the app does,
+    then normalised within their (recording, speaker) groups."""
+    encoder = load_speech_encoder(checkpoint, device)
+    features = clean_features(dialogues, embedding_cache_root(cache_root), lambda: encoder.states)
+    vectors = encoder.embed_features(features.vectors, features.groups).numpy() if features.turns else None
+    rows = {turn: row for row, turn in enumerate(features.turns)}
+    dim, out = embedding_dim(checkpoint), {}
+    for dialogue in dialogues:
+        emb = np.zeros((len(dialogue.turns), dim), dtype=np.float32)
+        present = np.zeros(len(dialogue.turns), dtype=bool)
+        for i in range(len(dialogue.turns)):
+            row = rows.get((dialogue.id, i))
+            if row is not None:
+                emb[i], present[i] = vectors[row], True
         out[dialogue.id] = DialogueEmbeddings(emb, present)
     return out

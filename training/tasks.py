@@ -11,6 +11,7 @@ TASKS = {
     "mister-e": "training.mister_e",
     "farcer": "training.farcer",
     "face-encoder": "training.face_encoder",
+    "speech-encoder": "training.speech_encoder",
 }
 
 
