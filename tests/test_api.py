@@ -160,7 +160,7 @@ def test_app_py_starts_offline_and_sends_nothing_out(tmp_path):
 
 def test_spaces_mode_starts_or_says_what_to_install(tmp_path):
     """Spaces mode (tried locally with ERC_SPACES_PREVIEW=1) serves the page with the Hugging Face login,
-    or, without gradio's OAuth extra, exits at once saying which requirement to add."""
+    or, without gradio's OAuth extra or a local Hugging Face token, exits at once saying what to do."""
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "ERC_DATA_DIR": str(tmp_path / "data")}
     env["ERC_SPACES_PREVIEW"] = "1"
@@ -179,7 +179,10 @@ def test_spaces_mode_starts_or_says_what_to_install(tmp_path):
         if config is None:
             output = proc.communicate(timeout=60)[0]
             assert proc.returncode == 1 and "Traceback" not in output, output[-3000:]
-            assert f"install gradio[oauth] (requirements.txt: gradio[oauth]=={gradio.__version__})" in output
+            assert (
+                f"install gradio[oauth] (requirements.txt: gradio[oauth]=={gradio.__version__})" in output
+                or "huggingface-cli login" in output  # the preview signs in with a local token
+            )
         else:
             assert any(c["type"] == "loginbutton" for c in config["components"])
     finally:

@@ -7,6 +7,7 @@ Named endpoints: /analyze, /save_correction, /export_corrections, /model_version
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import gradio as gr
 
@@ -94,12 +95,21 @@ def spaces_problem() -> str | None:
     if not on_spaces():
         return None
     missing = [name for name in ("authlib", "itsdangerous") if importlib.util.find_spec(name) is None]
-    if not missing:
-        return None
-    return (
-        f"Spaces mode (SPACE_ID or ERC_SPACES_PREVIEW is set) signs annotators in with Hugging Face, which"
-        f" needs {' and '.join(missing)}: install gradio[oauth] (requirements.txt: gradio[oauth]=={gr.__version__})"
-    )
+    if missing:
+        return (
+            f"Spaces mode (SPACE_ID or ERC_SPACES_PREVIEW is set) signs annotators in with Hugging Face, which"
+            f" needs {' and '.join(missing)}: install gradio[oauth] (requirements.txt: gradio[oauth]=={gr.__version__})"
+        )
+    if not os.environ.get("SPACE_ID"):
+        from huggingface_hub import get_token
+
+        if get_token() is None:  # outside a Space gradio signs in as the local token's user
+            return (
+                "the Spaces preview (ERC_SPACES_PREVIEW=1) signs you in as the user of your local Hugging Face "
+                "token, and there is none: run `huggingface-cli login` (or set HF_TOKEN) once with network "
+                "access, or start without ERC_SPACES_PREVIEW"
+            )
+    return None
 
 
 def launch_options(settings: Settings | None = None) -> dict:
