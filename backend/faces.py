@@ -37,7 +37,7 @@ MIN_FRAMES_PER_TURN = 4
 MAX_FRAMES_PER_TURN = 24
 MAX_FRAMES = 480  # per call: long videos sample their turns more sparsely
 # Decoded RGB frames held at once: turns are read in batches under this (200 turns of 720p would be 1.6 GB).
-FRAME_BUDGET_BYTES = 64 * 2**20
+FRAME_BUDGET_BYTES = 32 * 2**20
 
 # Mean lip change between samples below which a mouth counts as still (codec noise, landmark jitter).
 # FaceMesh: inner-lip gap / mouth width. Haar fallback: mouth-region darkness (see _mouth_darkness).

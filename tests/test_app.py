@@ -287,6 +287,14 @@ def test_spaces_mode_needs_the_oauth_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "authlib" else object())
     assert "needs authlib: install gradio[oauth] (requirements.txt: gradio[oauth]==" in spaces_problem()
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    assert "huggingface-cli login" in spaces_problem()  # the local preview signs in with a local token
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_test")
+    assert spaces_problem() is None
+    monkeypatch.setenv("SPACE_ID", "someone/erc-studio")  # on a Space gradio's own OAuth app signs in
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     assert spaces_problem() is None
 
 
