@@ -242,6 +242,48 @@ def test_pseudo_pairs_from_a_speech_corpus(tmp_path):
         train(text_data, tmp_path / "bad", tmp_path / "cache", "--pair-mix", "0.5,0.5,0.5")
 
 
+def test_evaluation_views_pair_each_turn_with_the_speech_they_name(tmp_path, monkeypatch):
+    """`evaluate --paired-speech`: every labelled turn hears a clip of its own emotion (matched, a
+    pipeline check), of the neutral class or of any class, drawn from the speech corpus's split."""
+    from training import mister_e
+
+    text_data = write_csv_corpus(tmp_path / "text", audio=False, dialogues={"train": 3, "validation": 1, "test": 1})
+    speech_data = write_csv_corpus(tmp_path / "speech", text=False, dialogues={"train": 3, "validation": 1, "test": 3})
+    out, cache = tmp_path / "ckpt", tmp_path / "cache"
+    train(text_data, out, cache, "--speech-corpus", "csv", "--speech-data", speech_data)
+    ckpt, store = read_checkpoint(out), ModelStore(CHECKPOINTS_DIR, tmp_path / "store")
+    texts = mister_e.split(mister_e._load("csv", text_data), "test")
+    clips = mister_e.split(mister_e._load("csv", speech_data), "test")
+    scored = []
+    monkeypatch.setattr(mister_e, "score", lambda model, items, labels: scored.append(items) or {})
+    mister_e.evaluate_dialogues(ckpt, store, "csv", texts, cache_root=cache)
+    for view in ("matched", "neutral", "random"):
+        mister_e.evaluate_dialogues(ckpt, store, "csv", texts, cache_root=cache, paired_speech=(view, clips))
+    bank_items = mister_e.stage2_dialogues(
+        clips, ckpt.labels, None, mister_e._embed(store.component(ckpt, "speech"), clips, cache), 1, 128
+    )
+    bank = SpeechBank(bank_items)
+    neutral = ckpt.labels.index("neutral")
+
+    def heard(item, i) -> int | None:  # the class of the clip turn i hears
+        for label, vectors in bank.by_class.items():
+            if any(np.allclose(item.speech[i], v) for v in vectors):
+                return label
+        return None
+
+    [text_only], [matched], [to_neutral], [to_random] = scored  # one test dialogue per view
+    assert not text_only.speech_present.any()
+    for i, label in enumerate(matched.labels):
+        assert matched.speech_present[i] == (label in bank.by_class)
+        assert not matched.speech_present[i] or heard(matched, i) == label
+    assert all(heard(to_neutral, i) == neutral for i in np.flatnonzero(to_neutral.speech_present))
+    assert to_neutral.speech_present.any() == (neutral in bank.by_class)
+    assert to_random.speech_present.all() and len(bank.by_class) > 1  # several classes to draw from
+    assert (to_random.text == matched.text).all(), "the words stay the same in every view"
+    with pytest.raises(InputError, match="--speech-corpus and --speech-data"):
+        evaluate(tmp_path, text_data, out, cache, "--paired-speech", "neutral")
+
+
 def test_iemocap_layout_trains_and_evaluates_six_labels(tmp_path):
     data = make_iemocap_fixture(tmp_path / "iemocap", dialogues_per_session=2, utterances=4, with_wav=True)
     out = tmp_path / "ckpt"

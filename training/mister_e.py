@@ -755,7 +755,17 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="zero each modality of each turn with this probability (a turn keeps one)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of --drop-modality")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --drop-modality and --paired-speech")
+    parser.add_argument(
+        "--paired-speech",
+        choices=sorted(PAIRED_VIEWS),
+        default=None,
+        help="give every labelled turn a clip from --speech-corpus's same split (held-out speakers): "
+        "'neutral' (a flat voice beside the words), 'random' (an emotion unrelated to the label) or "
+        "'matched' (the turn's own emotion: leaks the label, a pipeline check only)",
+    )
+    parser.add_argument("--speech-corpus", choices=["ravdess", "csv"], default=None)
+    parser.add_argument("--speech-data", type=Path, default=None)
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--out", type=Path, required=True, help="JSON report")
     parser.add_argument("--record", action="store_true", help="also add the result to the checkpoint's card")
@@ -771,6 +781,16 @@ def find_checkpoint(store: ModelStore, name: str | None) -> Checkpoint:
     return checkpoint
 
 
+# Evaluation views pairing a text corpus with speech from another corpus (issue 12): how the mixture
+# behaves when the voice says nothing (neutral), disagrees (random) or, as a pipeline check, leaks the
+# label (matched).
+PAIRED_VIEWS = {
+    "neutral": PairMix(0.0, 1.0, 0.0),
+    "random": PairMix(0.0, 0.0, 1.0),
+    "matched": PairMix(),
+}
+
+
 def evaluate_dialogues(
     checkpoint: Checkpoint,
     store: ModelStore,
@@ -780,15 +800,18 @@ def evaluate_dialogues(
     drop_modality: float = 0.0,
     seed: int = 0,
     cache_root: Path | None = None,
+    paired_speech: tuple[str, list[Dialogue]] | None = None,
 ) -> dict:
-    """`classification_report` of the checkpoint on `dialogues`, over the model's labels."""
+    """`classification_report` of the checkpoint on `dialogues`, over the model's labels.
+    `paired_speech` = (a PAIRED_VIEWS name, speech-corpus dialogues to draw each turn's clip from)."""
     if not dialogues:
         raise InputError(f"{corpus}: the chosen split has no dialogues")
     if not 0 <= drop_modality < 1:
         raise InputError("--drop-modality must be in [0, 1)")
     labels, has = checkpoint.labels, checkpoint_modalities(checkpoint)
     _check_labels(dialogues, labels, corpus)
-    chosen = choose_modalities(corpus, dialogues, modalities)
+    # paired views bring their own speech, whatever the text corpus has
+    chosen = has if paired_speech is not None else choose_modalities(corpus, dialogues, modalities)
     lacking = [m for m in chosen if m not in has]
     if lacking:
         _say(f"notice: the checkpoint has no {' or '.join(lacking)} encoder; that modality is skipped")
@@ -807,6 +830,18 @@ def evaluate_dialogues(
         model.config.text_dim,
         model.config.speech_dim,
     )
+    if paired_speech is not None:
+        view, clips = paired_speech
+        if encoders["speech"] is None:
+            raise InputError("--paired-speech needs a checkpoint with a speech encoder")
+        bank = SpeechBank(stage2_dialogues(
+            clips, labels, None, _embed(encoders["speech"], clips, cache_root),
+            model.config.text_dim, model.config.speech_dim,
+        ))
+        rng, neutral = np.random.default_rng(seed), neutral_id(labels)
+        if view == "neutral" and neutral is None:
+            raise InputError("the neutral view needs a 'neutral' label")
+        items = [bank.pair(d, rng, PAIRED_VIEWS[view], neutral or 0) for d in items]
     if drop_modality:
         rng = np.random.default_rng(seed)
         items = [drop_modalities(d, drop_modality, rng) for d in items]
@@ -817,6 +852,11 @@ def evaluate(args: argparse.Namespace) -> int:
     store = open_model_store(get_settings())
     checkpoint = find_checkpoint(store, args.checkpoint)
     loaded = _load(args.corpus, args.data, checkpoint.labels)
+    paired = None
+    if args.paired_speech is not None:
+        if args.speech_corpus is None or args.speech_data is None:
+            raise InputError("--paired-speech needs --speech-corpus and --speech-data (say ravdess and its folder)")
+        paired = (args.paired_speech, split(_load(args.speech_corpus, args.speech_data), args.split))
     report = evaluate_dialogues(
         checkpoint,
         store,
@@ -826,6 +866,7 @@ def evaluate(args: argparse.Namespace) -> int:
         args.drop_modality,
         args.seed,
         args.cache,
+        paired,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
