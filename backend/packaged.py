@@ -180,13 +180,12 @@ def packaged_model(name: str) -> PackagedModel:
 
 
 def packaged_for(component: dict) -> PackagedModel:
-    """The packaged model a manifest's {"kind": "package"} component names (same package and version)."""
-    for model in PACKAGED.values():
-        if (model.package, model.version, model.files) == (component.get("package"), component.get("version"), component.get("files")):
-            return model
-    for model in PACKAGED.values():
-        if (model.package, model.version) == (component.get("package"), component.get("version")):
-            return model
+    """The packaged model a manifest's {"kind": "package"} component names (same package and version;
+    where one package holds several models, as mediapipe does, the one with the recorded files)."""
+    wanted = (component.get("package"), component.get("version"))
+    pinned = [m for m in PACKAGED.values() if (m.package, m.version) == wanted]
+    if pinned:
+        return next((m for m in pinned if m.files == component.get("files")), pinned[0])
     raise ModelUnavailableError(
         f"no packaged model is pinned as {component.get('package')}=={component.get('version')}; the checkpoint "
         "was built on weights this code does not know"
@@ -266,7 +265,7 @@ def assembled_path(name: str, cache_dir: Path) -> Path:
     model = packaged_model(name)
     if not model.parts:
         return packaged_path(name)
-    target = Path(cache_dir) / f"{name}-{model.files['model.bin'][:12]}"
+    target = Path(cache_dir) / f"{name}-{next(iter(model.files.values()))[:12]}"  # named by its main file's hash
     if first_bad_file(target, model.files) is None:
         return target
     sources = [packaged_path(part) for part in model.parts]
