@@ -422,15 +422,18 @@ def build_app(service: Service | None = None) -> gr.Blocks:
         teaching_next.click(annotate.next_teaching, [doc, turn, name], turn, **PRIVATE)
         next_turn.click(annotate.next, [doc, turn], turn, **PRIVATE)
         prev_turn.click(annotate.previous, [doc, turn], turn, **PRIVATE)
-        save.click(annotate.save, [doc, turn, label_turn, label, note, name], [history, table, note], **PRIVATE).then(
+        # A save pressed while the previous one is still finishing runs after it (Gradio's default
+        # "once" would drop it, and a fast annotator's Enter would be lost without a word).
+        queued = {**PRIVATE, "trigger_mode": "always_last"}
+        save.click(annotate.save, [doc, turn, label_turn, label, note, name], [history, table, note], **queued).then(
             *refresh_filters, **PRIVATE
         )
         save_next.click(
-            annotate.save_and_next, [doc, turn, label_turn, label, note, name], [history, table, note, turn], **PRIVATE
+            annotate.save_and_next, [doc, turn, label_turn, label, note, name], [history, table, note, turn], **queued
         ).then(*refresh_filters, **PRIVATE)
         for key, button in accepts.items():
             button.click(
-                annotate.accept_handler(key), [doc, turn, note, name], [history, table, note, label], **PRIVATE
+                annotate.accept_handler(key), [doc, turn, note, name], [history, table, note, label], **queued
             ).then(*refresh_filters, **PRIVATE)
         gr.on(
             [refresh.click, pair_pick.input, model_pick.input],
