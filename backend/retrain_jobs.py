@@ -11,6 +11,7 @@ so two starts cannot both win.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -21,6 +22,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -59,6 +62,17 @@ def progress_of(log: str) -> dict:
         "eta_s": _seconds(bar["eta"]),
         "message": f"{stage}: {desc + ' ' if desc else ''}{n}/{total}",
     }
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if absent) against other processes."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _alive(pid: int) -> bool:
@@ -125,7 +139,11 @@ class RetrainJobs:
         folder = self.root / job_id
         argv = self.command(model, options, folder / "report.json")
         self.root.mkdir(parents=True, exist_ok=True)
-        with self._lock:
+        # Claiming the marker and writing the job's record happen under one lock that other app
+        # processes on this machine honour too: without it a second process could read the marker
+        # between its creation and the job id written into it, take it for a dead job's, and start
+        # a second job beside the first.
+        with self._lock, _exclusive(self.root / ".claim.lock"):
             self._claim(job_id)
             try:
                 folder.mkdir()

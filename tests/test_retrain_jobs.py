@@ -92,3 +92,29 @@ def test_on_a_public_space_only_model_managers_retrain_or_activate(tmp_path):
             service.retrain("mister-e", username="boss")
     finally:
         service.close()
+
+
+def test_two_processes_starting_at_once_run_one_job(tmp_path, monkeypatch):
+    """Two app processes (two RetrainJobs over one jobs folder) press Retrain together, many times:
+    exactly one job starts each time and the other is told a job is running or starting."""
+    import sys
+
+    from backend.retrain_jobs import RetrainJobs
+    from tests.concurrency import run_at_once
+
+    settings = Settings(data_dir=tmp_path / "data")
+    monkeypatch.setattr(RetrainJobs, "command", lambda self, *a: [sys.executable, "-c", "import time; time.sleep(60)"])
+    for _ in range(10):
+        apps, started, refused = [RetrainJobs(settings), RetrainJobs(settings)], [], []
+
+        def press(worker: int, _: int) -> None:
+            try:
+                started.append((apps[worker], apps[worker].start("mister-e")["job_id"]))
+            except InputError as exc:
+                refused.append(str(exc))
+
+        run_at_once(press, threads=2, per_thread=1)
+        for app, job_id in started:
+            app.cancel(job_id)
+        assert len(started) == 1, f"{len(started)} jobs started at once"
+        assert len(refused) == 1 and ("is running" in refused[0] or "is starting" in refused[0]), refused
