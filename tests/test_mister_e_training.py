@@ -4,6 +4,7 @@ pseudo-pairs and modality dropping."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -407,3 +408,33 @@ def test_the_shipped_card_is_rendered_from_its_manifest():
     shipped = read_checkpoint(CHECKPOINTS_DIR / "mister-e")
     assert model_card(shipped) == (shipped.path / "MODEL_CARD.md").read_text()
     assert preset_name(MisterEConfig.from_dict(shipped.config["model"])) == "small"
+
+
+def test_aligned_speech_trains_and_selects_on_clips_with_their_own_words(tmp_path):
+    text_data = write_csv_corpus(tmp_path / "text", audio=False, dialogues={"train": 3, "validation": 1})
+    speech_data = write_csv_corpus(tmp_path / "speech", dialogues={"train": 3, "validation": 2})  # words + audio
+    out = tmp_path / "ckpt"
+    train(text_data, out, tmp_path / "cache", "--speech-corpus", "csv", "--speech-data", speech_data,
+          "--aligned-speech")
+    ckpt = read_checkpoint(out)
+    assert set(ckpt.metrics["val"]) == {"main", "paired", "paired-neutral", "paired-random", "speech", "aligned"}
+    assert ckpt.metrics["val"]["aligned"]["n"] == ckpt.metrics["val"]["speech"]["n"] == 8
+    best = ckpt.metrics["history"][ckpt.metrics["best_epoch"] - 1]
+    assert "aligned" in best["val_weighted_f1"]  # it takes part in choosing the epoch
+    leak_free = [f for name, f in best["val_weighted_f1"].items() if name != "paired"]
+    assert best["val_selection"] == pytest.approx(np.mean(leak_free), abs=1e-4)
+    assert ckpt.data["data"]["aligned_speech"] is True
+    assert "Real aligned pairs too" in (out / "MODEL_CARD.md").read_text()
+    with pytest.raises(InputError, match="--aligned-speech needs --speech-corpus"):
+        run("train", "mister-e", "--corpus", "csv", "--data", text_data, "--aligned-speech", "--out", tmp_path / "x")
+
+
+def test_speech_only_corpus_words_are_read_only_when_named(capsys):
+    from backend.dialogue import Dialogue, Turn
+    from training.mister_e import choose_modalities
+
+    clips = [Dialogue("c1", [Turn("A", 0.0, 1.0, "Kids are talking by the door", label="anger", audio=Path("c1.wav"))])]
+    assert choose_modalities("ravdess", clips, None) == ("speech",)
+    assert "no usable text" in capsys.readouterr().err
+    assert choose_modalities("ravdess", clips, ("text", "speech")) == ("text", "speech")
+    assert "words are used because --modalities names text" in capsys.readouterr().err

@@ -114,6 +114,11 @@ def choose_modalities(
 ) -> tuple[str, ...]:
     """`forced` (or every modality) that the corpus has; a notice for each one skipped."""
     have = corpus_modalities(name, dialogues)
+    if forced and "text" in forced and name in SPEECH_ONLY and any(t.text.strip() for d in dialogues for t in d.turns):
+        # Asked for by name: the words are real but carry no emotion (e.g. RAVDESS's two sentences,
+        # the "real aligned" evaluation view of issue 12).
+        _say(f"notice: {name}'s words are used because --modalities names text ({SPEECH_ONLY[name]})")
+        have.add("text")
     wanted = forced or MODALITIES
     for modality in wanted:
         if modality not in have:
@@ -375,6 +380,12 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         "by label with the main corpus's turns for the cross-modal expert and gate",
     )
     parser.add_argument("--speech-data", type=Path, default=None)
+    parser.add_argument(
+        "--aligned-speech",
+        action="store_true",
+        help="stage 2 also reads the speech corpus's clips with their own words (real aligned pairs: RAVDESS "
+        "speech with its emotion-neutral sentences), and an `aligned` validation view scores them",
+    )
     parser.add_argument("--modalities", type=_modalities_arg, default=None, help="e.g. text or text,speech")
     parser.add_argument(
         "--out",
@@ -443,6 +454,8 @@ def command_line(prefix: str, args: argparse.Namespace, skip: tuple[str, ...] = 
 def _check_train_args(args: argparse.Namespace) -> None:
     if (args.speech_corpus is None) != (args.speech_data is None):
         raise InputError("--speech-corpus and --speech-data go together")
+    if args.aligned_speech and args.speech_corpus is None:
+        raise InputError("--aligned-speech needs --speech-corpus and --speech-data (a corpus whose clips have words)")
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         raise InputError("--epochs and --batch-size must be at least 1 and --lr positive")
     for name in ("speech_drop_turn", "speech_drop_dialogue"):
@@ -596,6 +609,11 @@ def _stage2_data(
                 rng = np.random.default_rng(args.seed)
                 data.val_views[name] = [val_bank.pair(d, rng, mix, neutral or 0) for d in data.val_views["main"]]
         data.val_views["speech"] = speech_val
+        if args.aligned_speech and text is not None:
+            # The same clips with their real words beside them: the gate learns that emotion-neutral
+            # words next to an emotional voice should follow the voice.
+            data.speech_train += build(split(plan.speech_corpus, "train"), text, speech)
+            data.val_views["aligned"] = build(split(plan.speech_corpus, "validation"), text, speech)
     if plan.corrections is not None:  # corrections carry their own speech
         data.corrections_train = build(plan.extra("train"), text, speech)
         if plan.extra("validation"):
@@ -725,6 +743,7 @@ def _data_summary(args: argparse.Namespace, plan: _Plan, data: _Stage2Data) -> d
         summary.update(
             speech_corpus=args.speech_corpus,
             speech_root=str(args.speech_data),
+            aligned_speech=bool(args.aligned_speech),
             speech_clips={
                 s: sum(len(d.turns) for d in split(plan.speech_corpus, s))
                 for s in ("train", "validation", "test")
@@ -928,6 +947,12 @@ def model_card(checkpoint: Checkpoint) -> str:
     if recorded["stage1_command"] != recorded["command"]:
         commands.insert(0, recorded["stage1_command"] or "(stage 1 from an earlier run)")
     pairs = ""
+    aligned = (
+        f"\nReal aligned pairs too: every {data.get('speech_corpus')} train clip is also read with its own words "
+        "(emotion-neutral sentences beside an emotional voice), and the `aligned` validation view (validation "
+        "speakers' clips with their words) takes part in choosing the epoch."
+        if data.get("aligned_speech") else ""
+    )
     if "speech_corpus" in data:
         matched, neutral, random = train_cfg.get("pair_mix", (1.0, 0.0, 0.0))
         mixture = (
@@ -944,7 +969,7 @@ No corpus here has speech and text of the same utterances. The text expert learn
 cross-modal expert and the gate from {mixture} {data["corpus"]} train turn gets the speech embedding
 of a random {data["speech_corpus"]} train clip so drawn, anew each epoch (seeded); validation pairs use
 {data["speech_corpus"]} validation speakers only. The label-matched `paired` validation view is a
-pipeline check and never chooses the epoch.
+pipeline check and never chooses the epoch.{aligned}
 Speech is removed from a whole dialogue with probability {train_cfg["speech_drop_dialogue"]} and
 otherwise from each turn with probability {train_cfg["speech_drop_turn"]}, so the gate learns to
 do without it. The speech and text of a pair never come from the same person, so cross-modal and
