@@ -814,9 +814,10 @@ def evaluation_faces(args: argparse.Namespace, dialogues: Sequence[Dialogue], re
 
 def turn_faces(
     dialogues: Sequence[Dialogue], faces: EvaluationFaces, args: argparse.Namespace, labels: Sequence[str],
-    encoder: Checkpoint,
+    encoder: Checkpoint | None,
 ) -> list[list[np.ndarray | None]]:
-    """Per dialogue, per turn: the face feature the model is shown (None: no image slot)."""
+    """Per dialogue, per turn: the face feature the model is shown (None: no image slot); `encoder` is
+    needed only when the faces are used."""
     if not faces.used:
         return [[None] * len(d) for d in dialogues]
     if faces.source == "label-matched":
@@ -858,7 +859,8 @@ def evaluate(args: argparse.Namespace) -> int:
         raise InputError("--calibrate rescores each turn on its own; use it with --past-labels none")
     if args.record and checkpoint is None:
         raise InputError("--record lists a result in a checkpoint; an untrained --core has none (use --out only)")
-    dialogues = split(load_corpus(args.corpus, args.data), args.split)
+    loaded = load_corpus(args.corpus, args.data)
+    dialogues = split(loaded, args.split)
     if not dialogues:
         raise InputError(f"{args.data}: the {args.corpus} corpus has no {args.split!r} dialogues")
     dialogues = dialogues[: args.limit] if args.limit else dialogues
@@ -867,7 +869,7 @@ def evaluate(args: argparse.Namespace) -> int:
         print(f"notice: {faces.note}")
     encoder = evaluation_face_encoder(checkpoint, args.face_encoder, store) if faces.used else None
     data = Split(dialogues, turn_faces(dialogues, faces, args, processor.labels, encoder))
-    pool = shot_pool(split(load_corpus(args.corpus, args.data), "train"), trained["seed"])
+    pool = shot_pool(split(loaded, "train"), trained["seed"])
     shots = sample_shots(pool, shots_k, args.seed)
     bias = content_free_bias(farcer, processor, shots) if args.calibrate else None
     report = reports(data, label_split(farcer, processor, data, shots, past, bias), processor.labels, args.protocol)
