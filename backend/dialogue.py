@@ -16,6 +16,7 @@ class Turn:
     label: str | None = None
     audio: Path | None = None
     video: Path | None = None
+    face: Path | None = None  # an image of the speaker's face on this turn (a crop, as FER2013's)
 
     def with_label(self, label: str | None) -> "Turn":
         return replace(self, label=label)

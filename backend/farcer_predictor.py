@@ -134,6 +134,11 @@ def served_past_labels(checkpoint: Checkpoint) -> str:
     return "none" if trained == "none" else "predicted"
 
 
+def trained_with_faces(checkpoint: Checkpoint) -> bool:
+    """Whether the head's projector learned to read faces; a head trained text only is never shown one."""
+    return checkpoint.data.get("faces") is not None
+
+
 @dataclass
 class FarcerPredictor:
     farcer: Farcer
@@ -206,8 +211,7 @@ def load_predictor(checkpoint: Checkpoint, store: ModelStore, settings: Settings
         )
     device = settings.torch_device()
     farcer, processor = load_farcer(checkpoint, store, device)
-    trained_with_faces = checkpoint.data.get("faces") is not None
-    faces = component_features(checkpoint, "face_encoder", store, device) if trained_with_faces else None
+    faces = component_features(checkpoint, "face_encoder", store, device) if trained_with_faces(checkpoint) else None
     return FarcerPredictor(
         farcer, processor, faces, served_past_labels(checkpoint), checkpoint.version, checkpoint.versions()
     )

@@ -5,7 +5,8 @@ model, or a small Llama trained here with `--core new`) plus a projector and LoR
     python -m training evaluate farcer --core smollm2 --corpus meld --data ../shared/data/meld \
         --split test --calibrate --out runs/smollm2-zero-shot.json   # the core with no training
     python -m training evaluate farcer --checkpoint checkpoints/farcer --corpus meld --data ../shared/data/meld \
-        --faces ../shared/data/fer2013 --split test --protocol last-turn --out runs/farcer-test.json
+        --split test --paired-faces neutral --face-corpus fer2013 --face-data ../shared/data/fer2013 \
+        --out runs/farcer-test-neutral-faces.json
 
 Each run writes a checkpoint (backend.checkpoints) as a new version in the model store, or into a new
 `--out` folder: a "farcer-core" one (the LM + tokenizer) when it trains the core, else a "farcer" one
@@ -14,7 +15,11 @@ versions (backend.farcer_predictor reads both).
 
 Faces: MELD ships no frames here, so with `--faces FOLDER` every turn is paired with a random face of
 the same emotion from a FER2013-style image folder (train faces for train, val for validation, test
-for test; seeded) and encoded once with the offline face encoder (vectors cached on disk).
+for test; seeded) and encoded once with the offline face encoder (vectors cached on disk). That leaks
+the label, so in evaluation it is a pipeline check; the honest views are `--paired-faces neutral` and
+`random` (training/pseudo_pairs.py). A corpus CSV's `face` column gives turns their own faces. Faces
+reach only a head trained with faces; any other model is evaluated text only and its report says so
+(`faces_used: false`).
 """
 from __future__ import annotations
 
@@ -41,7 +46,15 @@ from backend.face_encoder import MODEL as FACE_ENCODER
 from backend.face_encoder import build_model as build_face_encoder
 from backend.face_encoder import model_config as face_encoder_config
 from backend.face_encoder import normalise, to_pixels
-from backend.farcer_predictor import CORE, MODEL, WEIGHTS, load_core, load_farcer, save_trainable
+from backend.farcer_predictor import (
+    CORE,
+    MODEL,
+    WEIGHTS,
+    load_core,
+    load_farcer,
+    save_trainable,
+    trained_with_faces,
+)
 from backend.farcer_processor import SHOT_COUNTS, Example, FarcerProcessor, sample_shots, training_prompts
 from backend.model_store import ModelStore, open_model_store
 from backend.packaged import PACKAGED, packaged_for
@@ -56,8 +69,10 @@ from training.farcer_core import CoreConfig, new_core, save_core, train_tokenize
 from training.farcer_corrections import corrected_faces, corrected_train, views_lines
 from training.metrics import classification_report
 from training.outputs import checkpoint_output, find_checkpoint, reproducible
+from training.pseudo_pairs import PAIRED_VIEWS, PIPELINE_CHECKS, pair_images
 
 VARIANTS = ("base", "three-layer", "lora")
+FACE_CORPORA = ("fer2013",)  # folder-per-class face corpora (training/corpora/image_folder.py)
 PROTOCOLS = ("every", "last-turn")
 FACE_SPLITS = {"train": "train", "validation": "val", "test": "test"}
 PAST_NOTE = {
@@ -723,7 +738,17 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
                         f"({', '.join(repr(t) for t in CONTENT_FREE)}); needs --past-labels none")
     parser.add_argument("--corpus", choices=sorted(CORPORA), default="meld")
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--faces", type=Path, default=None, help="image folder for label-matched faces; omit for text only")
+    faces = parser.add_mutually_exclusive_group()
+    faces.add_argument("--faces", type=Path, default=None,
+                       help="image folder for label-matched faces (leaks the label: a pipeline check only); "
+                       "omit for text only, or for the corpus CSV's own `face` column")
+    faces.add_argument("--paired-faces", choices=sorted(PAIRED_VIEWS), default=None,
+                       help="give every labelled turn a face from --face-corpus's same split (test faces for test; "
+                       "FER2013 val and test are held out from the face encoder's training): 'neutral' (a "
+                       "neutral face beside the words), 'random' (an emotion unrelated to the label) or "
+                       "'matched' (the turn's own emotion: leaks the label, a pipeline check only)")
+    parser.add_argument("--face-corpus", choices=FACE_CORPORA, default=None)
+    parser.add_argument("--face-data", type=Path, default=None, help="the --face-corpus folder")
     parser.add_argument("--face-encoder", default=None,
                         help="face-encoder folder or store version "
                         "(default: the one the checkpoint was trained with)")
@@ -734,7 +759,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", choices=PROTOCOLS, default="every",
                         help="last-turn also reports the last utterance of each dialogue (the paper's protocol)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N dialogues (0: all)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the few-shot prompt and of paired faces")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True, help="JSON report")
     parser.add_argument("--record", default=None,
@@ -750,12 +775,72 @@ def evaluation_face_encoder(checkpoint: Checkpoint, ref: str | None, store: Mode
     return find_checkpoint(FACE_ENCODER_BUILTIN, FACE_ENCODER)
 
 
+@dataclass(frozen=True)
+class EvaluationFaces:
+    """Where an evaluation's faces come from, and whether the model reads them."""
+
+    source: str  # "none", "corpus" (the CSV's face column), "label-matched" (--faces) or a PAIRED_VIEWS name
+    description: str
+    used: bool
+    note: str | None = None  # why faces that exist are not used
+
+    def report(self) -> dict:
+        return {"faces": self.description, "faces_used": self.used, "faces_note": self.note,
+                "paired_faces": self.source if self.source in PAIRED_VIEWS else None,
+                "pipeline_check": self.source in PIPELINE_CHECKS or self.source == "label-matched"}
+
+
+def evaluation_faces(args: argparse.Namespace, dialogues: Sequence[Dialogue], reads_faces: bool) -> EvaluationFaces:
+    """The faces the flags and the corpus offer (--faces, --paired-faces, else the turns' own)."""
+    if args.paired_faces is not None:
+        if args.face_corpus is None or args.face_data is None:
+            raise InputError("--paired-faces needs --face-corpus and --face-data (say fer2013 and its folder)")
+        leak = " (leaks the label: a pipeline check only)" if args.paired_faces in PIPELINE_CHECKS else ""
+        source, description = args.paired_faces, (
+            f"paired-{args.paired_faces}{leak}: {args.face_corpus} {FACE_SPLITS[args.split]} faces from {args.face_data}")
+    elif args.face_corpus is not None or args.face_data is not None:
+        raise InputError("--face-corpus and --face-data go with --paired-faces")
+    elif args.faces is not None:
+        source, description = "label-matched", f"pseudo-paired by label from {args.faces} (a pipeline check only)"
+    elif any(t.face is not None for d in dialogues for t in d.turns):
+        source, description = "corpus", f"the {args.corpus} corpus's own face column"
+    else:
+        return EvaluationFaces("none", "none (text only)", False)
+    note = None if reads_faces else (
+        "the model was trained without faces (its projector never learned to read one), so it was evaluated "
+        "text only, as the app serves it")
+    return EvaluationFaces(source, description, reads_faces, note)
+
+
+def turn_faces(
+    dialogues: Sequence[Dialogue], faces: EvaluationFaces, args: argparse.Namespace, labels: Sequence[str],
+    encoder: Checkpoint | None,
+) -> list[list[np.ndarray | None]]:
+    """Per dialogue, per turn: the face feature the model is shown (None: no image slot); `encoder` is
+    needed only when the faces are used."""
+    if not faces.used:
+        return [[None] * len(d) for d in dialogues]
+    if faces.source == "label-matched":
+        return paired_faces(dialogues, args.faces, FACE_SPLITS[args.split], encoder, args.seed)
+    if faces.source == "corpus":
+        paths = [[t.face for t in d.turns] for d in dialogues]
+    else:
+        if faces.source == "neutral" and "neutral" not in labels:
+            raise InputError("--paired-faces neutral needs a 'neutral' label")
+        # Only the evaluated split's faces: FER2013 val and test are held out from the face encoder.
+        images = load_image_folder(args.face_data, tuple(labels), split=FACE_SPLITS[args.split]).images
+        chosen = pair_images([[t.label for t in d.turns] for d in dialogues], [i.label for i in images],
+                             np.random.default_rng(args.seed), PAIRED_VIEWS[faces.source])
+        paths = [[None if i is None else images[i].path for i in row] for row in chosen]
+    unique = sorted({p for row in paths for p in row if p is not None})
+    vectors = dict(zip(unique, face_features(unique, encoder))) if unique else {}
+    return [[None if p is None else vectors[p] for p in row] for row in paths]
+
+
 def evaluate(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     store = open_model_store(get_settings())
     if args.core:
-        if args.faces:
-            raise InputError("an untrained core has no projector for faces; drop --faces")
         checkpoint = None
         lm, tokenizer = load_core(resolve_core(args.core), "cpu")
         processor = FarcerProcessor(tokenizer, corpus_labels(args.corpus))
@@ -774,19 +859,24 @@ def evaluate(args: argparse.Namespace) -> int:
         raise InputError("--calibrate rescores each turn on its own; use it with --past-labels none")
     if args.record and checkpoint is None:
         raise InputError("--record lists a result in a checkpoint; an untrained --core has none (use --out only)")
-    encoder = (evaluation_face_encoder(checkpoint, args.face_encoder, store) if checkpoint
-               else find_checkpoint(FACE_ENCODER_BUILTIN, FACE_ENCODER))
-    data = load_split(args.corpus, args.data, args.split, args.faces, encoder, args.seed)
-    if args.limit:
-        data = Split(data.dialogues[: args.limit], data.faces[: args.limit])
-    pool = shot_pool(split(load_corpus(args.corpus, args.data), "train"), trained["seed"])
+    loaded = load_corpus(args.corpus, args.data)
+    dialogues = split(loaded, args.split)
+    if not dialogues:
+        raise InputError(f"{args.data}: the {args.corpus} corpus has no {args.split!r} dialogues")
+    dialogues = dialogues[: args.limit] if args.limit else dialogues
+    faces = evaluation_faces(args, dialogues, checkpoint is not None and trained_with_faces(checkpoint))
+    if faces.note:
+        print(f"notice: {faces.note}")
+    encoder = evaluation_face_encoder(checkpoint, args.face_encoder, store) if faces.used else None
+    data = Split(dialogues, turn_faces(dialogues, faces, args, processor.labels, encoder))
+    pool = shot_pool(split(loaded, "train"), trained["seed"])
     shots = sample_shots(pool, shots_k, args.seed)
     bias = content_free_bias(farcer, processor, shots) if args.calibrate else None
     report = reports(data, label_split(farcer, processor, data, shots, past, bias), processor.labels, args.protocol)
     report.update(
         split=args.split, shots=shots_k, past_labels=past, oracle=past == "gold", calibrated=args.calibrate,
-        faces="none (text only)" if args.faces is None else f"pseudo-paired by label from {args.faces}",
-        protocol=args.protocol, checkpoint=str(checkpoint.path) if checkpoint else f"untrained core {args.core}",
+        **faces.report(), protocol=args.protocol,
+        checkpoint=str(checkpoint.path) if checkpoint else f"untrained core {args.core}",
         version=checkpoint.version if checkpoint else None,
         command=_command("evaluate", args, ("record",)),
     )

@@ -1,4 +1,4 @@
-"""Pseudo-pairs: speech from one corpus beside the transcripts of another.
+"""Pseudo-pairs: speech (or faces) from one corpus beside the transcripts of another.
 
 No corpus here has speech and text of the same utterances, so the cross-modal expert and the gate
 are trained on dialogues whose speech vector for a turn is a clip from a speech corpus. If every
@@ -6,11 +6,12 @@ clip had the turn's own emotion (label-matched), speech would carry the label mo
 in any real conversation and the gate would learn to read speech alone (issue 12). A `PairMix`
 therefore draws, per turn, a clip of the turn's emotion, a neutral clip (flat voice, emotional
 words) or a clip of a random emotion (voice and words disagree). Speech is also dropped at random
-so the gate learns to do without.
+so the gate learns to do without. Faces for FARCER are paired the same way (`pair_images`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -46,6 +47,46 @@ class PairMix:
 
 
 LABEL_MATCHED = PairMix()
+
+# Evaluation views of a text corpus paired with another modality (issue 12): how a model behaves when
+# the voice or face says nothing (neutral), disagrees (random) or, as a pipeline check only, leaks the
+# label (matched).
+PAIRED_VIEWS = {
+    "neutral": PairMix(0.0, 1.0, 0.0),
+    "random": PairMix(0.0, 0.0, 1.0),
+    "matched": LABEL_MATCHED,
+}
+PIPELINE_CHECKS = frozenset({"matched"})  # views that leak the label: never a headline or a selection
+
+
+def pair_images(
+    turn_labels: Sequence[Sequence[str | None]],
+    image_labels: Sequence[str],
+    rng: np.random.Generator,
+    mix: PairMix = LABEL_MATCHED,
+    neutral: str = "neutral",
+) -> list[list[int | None]]:
+    """Per dialogue, per turn: the index into `image_labels` of the image a labelled turn is shown,
+    drawn as `SpeechBank.pair` draws clips (the turn's own class, `neutral`, or any class the images
+    have, chosen by `mix`; then a random image of it). Unlabelled turns, and turns whose drawn class
+    has no image, get None."""
+    by_class: dict[str, list[int]] = {}
+    for i, label in enumerate(image_labels):
+        by_class.setdefault(label, []).append(i)
+    classes = sorted(by_class)
+    chosen = []
+    for labels in turn_labels:
+        row: list[int | None] = []
+        for label in labels:
+            if label is None:
+                row.append(None)
+                continue
+            kind = 0 if mix == LABEL_MATCHED else rng.choice(3, p=[mix.matched, mix.neutral, mix.random])
+            label = label if kind == 0 else neutral if kind == 1 else classes[rng.integers(len(classes))]
+            images = by_class.get(label)
+            row.append(None if images is None else images[rng.integers(len(images))])
+        chosen.append(row)
+    return chosen
 
 
 class SpeechBank:

@@ -1,7 +1,9 @@
 """The generic corpus CSV, also the export format for annotators' corrections.
 
-Columns: dialogue_id, turn, speaker, text, label, and optionally audio, video, start, end, split.
-Media paths are relative to the CSV's folder; rows group by dialogue_id and order by turn.
+Columns: dialogue_id, turn, speaker, text, label, and optionally audio, video, face, start, end, split.
+Media paths are relative to the CSV's folder; rows group by dialogue_id and order by turn. `face` is
+an image of the speaker's face on that turn (a crop, like a FER2013 image), so that faces can be
+paired with text on purpose, as `audio` pairs speech.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from backend.labels import MELD7, normalize_label
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 REQUIRED = ("dialogue_id", "turn", "speaker", "text", "label")
-OPTIONAL = ("audio", "video", "start", "end", "split")
+OPTIONAL = ("audio", "video", "face", "start", "end", "split")
 DEFAULT_SPLIT = "train"
 
 
@@ -117,6 +119,7 @@ def load_corpus_csv(path: str | Path, labels: tuple[str, ...] | list[str] = MELD
             label=normalize_label(_cell(row, "label"), labels, where),
             audio=_media(_cell(row, "audio"), folder, "audio", where),
             video=_media(_cell(row, "video"), folder, "video", where),
+            face=_media(_cell(row, "face"), folder, "face", where),
         ))
     return [
         Dialogue(id_, [by_number[n][1] for n in sorted(by_number)], split=splits[id_][1], corpus="csv")
@@ -155,7 +158,7 @@ def write_corpus_csv(path: str | Path, dialogues: Iterable[Dialogue]) -> Path:
             rows.append({
                 "dialogue_id": dialogue.id, "turn": number, "speaker": turn.speaker, "text": turn.text,
                 "label": turn.label, "audio": _relative(turn.audio, folder),
-                "video": _relative(turn.video, folder), "start": _seconds_cell(turn.start),
+                "video": _relative(turn.video, folder), "face": _relative(turn.face, folder), "start": _seconds_cell(turn.start),
                 "end": _seconds_cell(turn.end), "split": dialogue.split or "",
             })
     with path.open("w", encoding="utf-8", newline="") as handle:
