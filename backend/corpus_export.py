@@ -2,9 +2,9 @@
 `--corrections` read.
 
     corpus.csv        the generic corpus CSV (training/corpora/generic_csv.py): one row per labelled turn,
-                      its current label (backend.current_label), `audio` = its clip; and three columns
-                      the corpus loader ignores: `face` (the face crop the models saw, when one was
-                      found), `annotators` (who labelled the turn, `;`-separated) and `labelled_at`
+                      its current label (backend.current_label), `audio` = its clip, `face` = the face
+                      crop the models saw (when one was found); and two columns the corpus loader
+                      ignores: `annotators` (who labelled the turn, `;`-separated) and `labelled_at`
                       (when its deciding label was saved)
     audio/<d>_<t>.wav the turn's sound, 16 kHz mono
     faces/<d>_<t>.png the speaker's face crop

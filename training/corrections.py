@@ -54,7 +54,6 @@ class Corrections:
     weight: float = 1.0
     policy: str = POLICY
     folder: Path | None = field(default=None, repr=False)  # where an unpacked export lives
-    faces: dict[str, list[Path | None]] = field(default_factory=dict, repr=False)  # per dialogue, per turn
 
     @property
     def validation_from(self) -> str:
@@ -155,20 +154,6 @@ def _csv_summary(path: Path) -> dict:
             "policy": POLICY if found["annotators"] else "as given in the CSV"}
 
 
-def _face_paths(csv_path: Path) -> dict[str, list[Path | None]]:
-    """{corrected dialogue id: each turn's face crop (the `face` column), in turn order}."""
-    with csv_path.open(encoding="utf-8-sig", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    turns: dict[str, dict[int, Path | None]] = {}
-    for row in rows:
-        face = (row.get("face") or "").strip()
-        path = csv_path.parent / face if face else None
-        turns.setdefault(PREFIX + row["dialogue_id"].strip(), {})[int(row["turn"])] = (
-            path if path is not None and path.is_file() else None
-        )
-    return {d: [by_turn[n] for n in sorted(by_turn)] for d, by_turn in turns.items()}
-
-
 def split_dialogues(dialogues: list[Dialogue], seed: int) -> tuple[list[Dialogue], list[Dialogue]]:
     """(train, validation) by dialogue, seeded; validation empty below `MIN_DIALOGUES` dialogues."""
     if len(dialogues) < MIN_DIALOGUES:
@@ -221,7 +206,6 @@ def load_corrections(source: str, labels: tuple[str, ...], seed: int = 0, weight
         weight=weight,
         policy=facts.get("policy", POLICY),
         folder=folder,
-        faces=_face_paths(csv_path),
     )
 
 

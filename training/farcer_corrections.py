@@ -17,11 +17,11 @@ Faces = list[list[np.ndarray | None]]  # per dialogue, per turn
 def corrected_faces(
     corrections: Corrections, dialogues: Sequence[Dialogue], encode: Callable[[Sequence[Path]], np.ndarray] | None
 ) -> Faces:
-    """Each corrected turn's face vector, `encode`d from its exported crop; None without a crop, or for
-    every turn when `encode` is None (a run without faces)."""
+    """Each corrected turn's face vector, `encode`d from its exported crop (the corpus CSV's `face`
+    column, Turn.face); None without a crop, or for every turn when `encode` is None (a run without faces)."""
     if encode is None:
         return [[None] * len(d) for d in dialogues]
-    rows = [corrections.faces.get(d.id, [None] * len(d)) for d in dialogues]
+    rows = [[t.face for t in d.turns] for d in dialogues]
     paths = sorted({p for row in rows for p in row if p is not None})
     vectors = dict(zip(paths, encode(paths))) if paths else {}
     return [[None if p is None else vectors[p] for p in row] for row in rows]

@@ -54,7 +54,14 @@ from training.corrections import Corrections, add_corrections_args, card_section
 from training.mister_e_init import add_init_args, copy_encoders, init_modalities, initial_model, resolve_init
 from training.metrics import classification_report, unweighted_average_recall
 from training.outputs import checkpoint_output
-from training.pseudo_pairs import PairMix, SpeechBank, Stage2Dialogue, drop_modalities, drop_speech
+from training.pseudo_pairs import (
+    PAIRED_VIEWS,
+    PairMix,
+    SpeechBank,
+    Stage2Dialogue,
+    drop_modalities,
+    drop_speech,
+)
 from training.speech_augment import TEST_CONDITIONS
 from training.stage1 import extract_embeddings, train_speech_encoder, train_text_encoder
 
@@ -798,16 +805,6 @@ def find_checkpoint(store: ModelStore, name: str | None) -> Checkpoint:
     checkpoint = read_checkpoint(name) if Path(name).is_dir() else store.find(MODEL, name)
     require_model(checkpoint, MODEL)
     return checkpoint
-
-
-# Evaluation views pairing a text corpus with speech from another corpus (issue 12): how the mixture
-# behaves when the voice says nothing (neutral), disagrees (random) or, as a pipeline check, leaks the
-# label (matched).
-PAIRED_VIEWS = {
-    "neutral": PairMix(0.0, 1.0, 0.0),
-    "random": PairMix(0.0, 0.0, 1.0),
-    "matched": PairMix(),
-}
 
 
 def evaluate_dialogues(
