@@ -97,6 +97,15 @@ def _named(video: Path, subtitles: Path | None) -> dict:
     return {"video": str(video), "subtitles": None if subtitles is None else str(subtitles)}
 
 
+def process_state():
+    """This process's place in an `accelerate launch` run (one process of one when not launched). On a
+    machine without CUDA the processes run on the CPU, joined by gloo."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def _process_settings(settings: Settings, device: str) -> Settings:
     """This process's settings: on a GPU machine each process runs its models on its own GPU."""
     if settings.device != "auto" or not device.startswith("cuda"):
@@ -139,11 +148,10 @@ def analyse_folder(
     process's share of them. Every process returns the whole batch's summary. Raises InputError for a
     bad folder or a SQLite database shared by several processes, ModelUnavailableError when the profile
     has no model available."""
-    from accelerate import PartialState
     from accelerate.utils import gather_object
 
     settings = settings or get_settings()
-    state = PartialState()
+    state = process_state()
     if state.num_processes > 1 and settings.resolved_database_url.startswith("sqlite"):
         raise InputError(
             f"{state.num_processes} processes cannot share a SQLite database; give a PostgreSQL URL with "
@@ -216,9 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ModelUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         print(summary.text())
         if args.summary_json:
             args.summary_json.write_text(json.dumps(summary.to_json(), indent=2) + "\n", encoding="utf-8")
