@@ -55,17 +55,22 @@ def test_videos_and_their_subtitles_are_found(collection):
     assert ".csv" in SUBTITLE_SUFFIXES, "transcript CSVs are turn files too"
 
 
-def test_a_folder_is_stored_resumed_and_redone_for_a_new_model_version(collection, tmp_path, models, monkeypatch):
+def test_a_folder_is_stored_resumed_and_redone_for_a_new_model_version(
+    collection, tmp_path, models, monkeypatch
+):
     mister_e, farcer = models
     settings = Settings(data_dir=tmp_path / "data")
     lines: list[str] = []
     first = analyse_folder(collection, settings=settings, report=lines.append)
 
-    assert _status(first) == {"corrupt.mp4": "failed", "mute.mp4": "analysed", "silent.mp4": "failed", "talk.mp4": "analysed"}
+    assert _status(first) == {
+        "corrupt.mp4": "failed", "mute.mp4": "analysed", "silent.mp4": "failed", "talk.mp4": "analysed"
+    }
     reasons = {Path(o.video).name: o.reason for o in first.of("failed")}
     assert "corrupt.mp4 is not a readable media file" in reasons["corrupt.mp4"]
     assert "silent.mp4 has no audio track and no subtitles" in reasons["silent.mp4"]
-    assert len(lines) == 1 + 4 and "4 videos" in lines[0] and any("talk.mp4: analysed" in line for line in lines)
+    assert len(lines) == 1 + 4 and "4 videos" in lines[0], "a line for the batch, then one per video"
+    assert any("talk.mp4: analysed" in line for line in lines)
     assert first.to_json()["analysed"] == 2 and first.to_json()["failed"] == 2
     assert (mister_e.calls, farcer.calls) == (2, 2)
 
@@ -106,7 +111,8 @@ def test_several_processes_refuse_a_sqlite_database(collection, tmp_path, monkey
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, **env}
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
@@ -117,8 +123,9 @@ def test_the_command_runs_the_real_models(collection, tmp_path):
         shutil.copy(collection / name, folder / name)
     summary = tmp_path / "summary.json"
     env = {"ERC_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
-    out = _run([sys.executable, "-m", "backend.batch_analysis", str(folder), "--summary-json", str(summary)], env)
-    assert out.returncode == 1, out.stderr[-3000:]  # 1: a video failed
+    command = [sys.executable, "-m", "backend.batch_analysis", str(folder), "--summary-json", str(summary)]
+    out = _run(command, env)
+    assert out.returncode == 0, out.stderr[-3000:]  # the batch ran to the end; its failures are listed
     assert "1 analysed, 0 skipped (already analysed with the same model versions), 1 failed" in out.stdout
     report = json.loads(summary.read_text())
     assert (report["analysed"], report["skipped"], report["failed"]) == (1, 0, 1)
@@ -154,11 +161,13 @@ def test_two_processes_share_the_work_and_one_postgresql_database(collection, tm
     # --multi_gpu starts the processes with torch's launcher; without CUDA they join with gloo on the CPU
     # (accelerate's --cpu alone starts one process).
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    env = {"ERC_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", "0"]
+    env = {"ERC_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "",
+           "OMP_NUM_THREADS": "1"}
     args = [str(collection), "--database", postgres_url, "--summary-json", str(summary)]
     out = _run([*launch, str(worker), *args], env)
-    assert out.returncode == 1, out.stderr[-3000:]  # 1: a video failed
+    assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(summary.read_text())
     assert (report["analysed"], report["skipped"], report["failed"]) == (2, 0, 2)
     worked = {line.split("]")[0] for line in out.stdout.splitlines() if line.startswith("[process")}
