@@ -19,9 +19,13 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 
 from backend.errors import InputError, ModelUnavailableError
 from backend.profiles import PROFILES
@@ -33,13 +37,14 @@ VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
 # Turn files backend.transcripts reads, in order of preference when a video has several.
 SUBTITLE_SUFFIXES = (".srt", ".vtt", *TRANSCRIPT_SUFFIXES)
 
-Status = Literal["analysed", "skipped", "failed"]
+Status = Literal["pending", "analysed", "skipped", "failed"]
 Report = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class VideoOutcome:
-    """What the batch did with one video: analysed (stored now), skipped (already stored) or failed."""
+    """What the batch did with one video: analysed (stored now), skipped (already stored) or failed;
+    pending while it waits to be analysed."""
 
     video: str
     status: Status
@@ -93,16 +98,9 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
-def _named(video: Path, subtitles: Path | None) -> dict:
-    return {"video": str(video), "subtitles": None if subtitles is None else str(subtitles)}
-
-
-def process_state():
+def process_state() -> PartialState:
     """This process's place in an `accelerate launch` run (one process of one when not launched). On a
     machine without CUDA the processes run on the CPU, joined by gloo."""
-    import torch
-    from accelerate import PartialState
-
     return PartialState(cpu=not torch.cuda.is_available())
 
 
@@ -110,28 +108,36 @@ def _process_settings(settings: Settings, device: str) -> Settings:
     """This process's settings: on a GPU machine each process runs its models on its own GPU."""
     if settings.device != "auto" or not device.startswith("cuda"):
         return settings
-    import torch
-
     torch.cuda.set_device(device)  # code that says plain "cuda" means this process's GPU too
     return settings.model_copy(update={"device": device})
 
 
-def _analyse(service: Service, video: Path, subtitles: Path | None, profile: str | None) -> VideoOutcome:
-    start = time.perf_counter()
-    named = _named(video, subtitles)
+def _check(service: Service, video: Path, suffixes: Sequence[str], profile: str | None) -> VideoOutcome:
+    """`skipped` with its dialogue when the video's analysis is stored already, else `pending`."""
+    subtitles = subtitles_beside(video, suffixes)
     try:
-        doc = service.analyze(video, subtitles=subtitles, profile=profile)
+        stored = service.stored_analysis(video, subtitles, profile=profile)
+    except (InputError, OSError):  # an unreadable file: analysing it says what is wrong
+        stored = None
+    status, dialogue_id = ("pending", None) if stored is None else ("skipped", stored["dialogue_id"])
+    named = None if subtitles is None else str(subtitles)
+    return VideoOutcome(str(video), status, subtitles=named, dialogue_id=dialogue_id)
+
+
+def _analyse(service: Service, pending: VideoOutcome, profile: str | None) -> VideoOutcome:
+    start = time.perf_counter()
+    try:
+        doc = service.analyze(pending.video, subtitles=pending.subtitles, profile=profile)
     except Exception as exc:  # noqa: BLE001
         # One bad video (unreadable, no audio and no subtitles, broken subtitles, a decoder failure)
         # must not end a batch of thousands. Service.analyze stores nothing until the analysis is
         # complete, and then stores it in one transaction, so a failure leaves no partial analysis.
         told = isinstance(exc, (InputError, ModelUnavailableError))  # their messages say what to do
         reason = str(exc) if told else f"{type(exc).__name__}: {exc}"
-        seconds = round(time.perf_counter() - start, 3)
-        return VideoOutcome(**named, status="failed", reason=reason, seconds=seconds)
-    return VideoOutcome(
-        **named,
-        status="skipped" if doc["reused"] else "analysed",
+        return replace(pending, status="failed", reason=reason, seconds=round(time.perf_counter() - start, 3))
+    return replace(
+        pending,
+        status="skipped" if doc["reused"] else "analysed",  # skipped: the same content stored meanwhile
         dialogue_id=doc["dialogue_id"],
         seconds=round(time.perf_counter() - start, 3),
     )
@@ -149,8 +155,6 @@ def analyse_folder(
     process's share of them. Every process returns the whole batch's summary. Raises InputError for a
     bad folder or a SQLite database shared by several processes, ModelUnavailableError when the profile
     has no model available."""
-    from accelerate.utils import gather_object
-
     settings = settings or get_settings()
     state = process_state()
     if state.num_processes > 1 and settings.resolved_database_url.startswith("sqlite"):
@@ -163,20 +167,14 @@ def analyse_folder(
     with state.main_process_first():  # the first process to open the database creates its tables
         service = Service.open(settings)
     try:
-        done, pending = [], []
-        for video in videos:
-            subtitles = subtitles_beside(video, subtitle_suffixes)
-            try:
-                stored = service.stored_analysis(video, subtitles, profile=profile)
-            except (InputError, OSError):  # an unreadable file: analysing it says what is wrong
-                stored = None
-            if stored is None:
-                pending.append((video, subtitles))
-            else:
-                named = _named(video, subtitles)
-                done.append(VideoOutcome(**named, status="skipped", dialogue_id=stored["dialogue_id"]))
-        # Every process has listed the same pending videos before any of them stores an analysis.
-        state.wait_for_everyone()
+        # Each process looks up its share of the folder (hashing every video is the slow part), then
+        # all of them get the whole list, so they split the same pending videos.
+        with state.split_between_processes(videos) as share:
+            checked = [_check(service, video, subtitle_suffixes, profile) for video in share]
+        if state.num_processes > 1:
+            checked = gather_object(checked)
+        done = [o for o in checked if o.status == "skipped"]
+        pending = sorted((o for o in checked if o.status == "pending"), key=lambda o: o.video)
         if state.is_main_process:
             by = f" by {state.num_processes} processes" if state.num_processes > 1 else ""
             todo = f"{len(done)} already analysed, {len(pending)} to analyse{by}"
@@ -184,10 +182,10 @@ def analyse_folder(
         outcomes = []
         with state.split_between_processes(pending) as mine:
             who = f"[process {state.process_index}] " if state.num_processes > 1 else ""
-            for n, (video, subtitles) in enumerate(mine, 1):
-                outcome = _analyse(service, video, subtitles, profile)
+            for n, waiting in enumerate(mine, 1):
+                outcome = _analyse(service, waiting, profile)
                 detail = outcome.reason if outcome.status == "failed" else f"dialogue {outcome.dialogue_id}"
-                where = f"{who}[{n}/{len(mine)}] {video.name}"
+                where = f"{who}[{n}/{len(mine)}] {Path(outcome.video).name}"
                 report(f"{where}: {outcome.status} ({detail}; {outcome.seconds:.1f} s)")
                 outcomes.append(outcome)
         if state.num_processes > 1:
