@@ -29,8 +29,12 @@ from backend.profiles import PROFILES, get_profile
 from backend.served_files import ServedFiles
 from backend.settings import Settings, get_settings
 from backend.storage import Store, open_store
+from backend.zerogpu import on_gpu
 
 TRANSCRIPT_SUFFIXES = (".csv",)
+
+# The model run of an analysis; on a ZeroGPU Space it holds a GPU for a time that fits the video.
+run_models = on_gpu(analyze)
 
 
 def turn_source(subtitles: str | Path | None, table: Sequence | None) -> dict:
@@ -116,14 +120,11 @@ class Service:
         probe(
             video, max_bytes=int(self.settings.max_upload_mb * 1e6), max_duration_s=self.settings.max_video_s
         )
-        source = turn_source(subtitles, table)
-        predictors, reasons = load_predictors(prof, self.settings)
-        if not predictors:  # an analysis without predictions is never run, nor stored
-            raise ModelUnavailableError(no_model_message(prof.name, reasons))
-        found = self.store.find_analysis(sha256_file(video), prof.name, model_records(predictors))
-        if found is not None and found.get("turn_source") == source:
+        found = self.stored_analysis(video, subtitles, table, prof.name)
+        if found is not None:
             progress(1.0, "reopened from the database")
             return {**self._located(found), "reused": True}
+        source = turn_source(subtitles, table)
         is_transcript = source["kind"] == "transcript"
 
         def waiting(position: int, of: int) -> None:
@@ -132,7 +133,7 @@ class Service:
         with self.queue.slot(waiting):
             # The upload itself is analysed, so every check (turns, decoding) runs before anything is
             # stored and messages name the uploaded file, not its copy in the media store.
-            doc = analyze(
+            doc = run_models(
                 video,
                 subtitles=None if is_transcript else subtitles,
                 transcript=subtitles if is_transcript else None,
@@ -150,6 +151,23 @@ class Service:
         saved = self.store.save_analysis(doc, media.sha256, source=source["kind"])
         turns = [{**t, "turn_id": turn_id} for t, turn_id in zip(doc["turns"], saved.turn_ids, strict=True)]
         return {**doc, "dialogue_id": saved.dialogue_id, "turns": turns, "reused": False}
+
+    def stored_analysis(
+        self,
+        video: str | Path,
+        subtitles: str | Path | None = None,
+        table: Sequence | None = None,
+        profile: str | None = None,
+    ) -> dict | None:
+        """The stored analysis `analyze` would reopen instead of running the models: same media content,
+        profile, active model versions and turn source; None when there is none. Raises
+        ModelUnavailableError when the profile has no model available (nothing could be analysed)."""
+        prof = get_profile(profile or self.settings.profile)
+        predictors, reasons = load_predictors(prof, self.settings)
+        if not predictors:  # an analysis without predictions is never run, nor stored
+            raise ModelUnavailableError(no_model_message(prof.name, reasons))
+        found = self.store.find_analysis(sha256_file(video), prof.name, model_records(predictors))
+        return found if found is not None and found.get("turn_source") == turn_source(subtitles, table) else None
 
     def reopen(self, dialogue_id: int) -> dict:
         return {**self._located(self.store.analysis(dialogue_id)), "reused": True}

@@ -7,6 +7,7 @@ annotations must resolve at runtime.
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -36,6 +37,17 @@ from ui.results import (
 TRANSCRIPT_COLUMNS = ["speaker", "start", "end", "text"]
 VIEW_COUNT = 10  # the outputs of `Analysis.views`
 NOTES_AT = 3  # the position of the notes (warnings) among them
+
+
+@dataclass(frozen=True)
+class StageProgress:
+    """The analysis' progress callback, `(fraction, stage)`, shown by a `gr.Progress`. An object, not a
+    closure, so it pickles into the ZeroGPU worker that runs the models on a Space (backend.zerogpu)."""
+
+    progress: gr.Progress
+
+    def __call__(self, fraction: float, stage: str) -> None:
+        self.progress(fraction, desc=stage)
 
 
 def user_error(exc: Exception) -> gr.Error:
@@ -165,7 +177,7 @@ class Analysis:
                 subtitles=subtitles,
                 table=table,
                 profile=profile,
-                progress=lambda fraction, stage: progress(fraction, desc=stage),
+                progress=StageProgress(progress),
             )
         except (InputError, ModelUnavailableError, QueueFullError) as exc:
             raise user_error(exc) from None

@@ -33,7 +33,7 @@ from ui.annotate import (
     UNLABELLED_ID,
     Annotate,
 )
-from ui.callbacks import TRANSCRIPT_COLUMNS, Analysis, profile_status_html
+from ui.callbacks import TRANSCRIPT_COLUMNS, Analysis, StageProgress, profile_status_html
 from ui.corrections import CORRECTION_COLUMNS, Corrections
 from ui.models import POLL_S, VERSION_COLUMNS, Models, model_names
 from ui.results import TABLE_TEXT_CHARS, table_columns, table_widths
@@ -143,7 +143,7 @@ def _api(service: Service, demo: gr.Blocks) -> None:
                 video,
                 subtitles=subtitles or None,
                 profile=profile or None,
-                progress=lambda fraction, stage: progress(fraction, desc=stage),
+                progress=StageProgress(progress),
             )
             return public_document(doc)
         except (InputError, ModelUnavailableError, QueueFullError) as exc:
