@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from backend.checkpoints import CARD, MANIFEST, Checkpoint, read_checkpoint, update_metrics, write_checkpoint
 from backend.dialogue import Dialogue
-from backend.encoders import embedding_dim, require_model
+from backend.encoders import MINILM, WHISPER_BASE, embedding_dim, require_model
 from backend.errors import InputError
 from backend.labels import LABEL_SETS, label_set, normalize_label
 from backend.mister_e_predictor import MODEL, build_model, checkpoint_modalities
@@ -56,7 +56,7 @@ from training.metrics import classification_report, unweighted_average_recall
 from training.outputs import checkpoint_output
 from training.pseudo_pairs import PairMix, SpeechBank, Stage2Dialogue, drop_modalities, drop_speech
 from training.speech_augment import TEST_CONDITIONS
-from training.stage1 import extract_embeddings, train_speech_encoder, train_text_encoder
+from training.stage1 import extract_embeddings, train_speech_encoder, train_text_encoder, train_tower_speech_encoder
 
 MODALITIES = ("text", "speech")
 # Validation views reported but never used to choose the epoch: label-matched pairs leak the label.
@@ -397,6 +397,12 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         default=d.pair_mix,
         help="shares of pseudo-paired clips of the turn's emotion, neutral, and a random emotion (e.g. 0.4,0.3,0.3)",
     )
+    parser.add_argument("--text-backbone", default=MINILM,
+                        help="stage-1 text backbone: minilm (the packaged one), a Hugging Face id such as "
+                        "Qwen/Qwen2.5-7B (from the local cache) or a local model folder")
+    parser.add_argument("--speech-backbone", default=WHISPER_BASE,
+                        help="stage-1 speech encoder: whisper-base (a head over pooled Whisper base states), or a "
+                        "Qwen2-Audio id such as Qwen/Qwen2-Audio-7B or folder (LoRA on its audio tower)")
     parser.add_argument("--text-epochs", type=int, default=3)
     parser.add_argument("--text-lr", type=float, default=5e-4)
     parser.add_argument("--text-batch-size", type=int, default=32)
@@ -507,6 +513,7 @@ def _train_stage1(folder: Path, args: argparse.Namespace, plan: _Plan, command: 
             split(plan.primary, "train") + plan.extra("train"),
             split(plan.primary, "validation") + plan.extra("validation"),
             plan.labels,
+            backbone=args.text_backbone,
             epochs=args.text_epochs,
             lr=args.text_lr,
             batch_size=args.text_batch_size,
@@ -516,7 +523,19 @@ def _train_stage1(folder: Path, args: argparse.Namespace, plan: _Plan, command: 
             embed_dim=args.text_embed_dim,
             command=command,
         )
-    if "speech" in plan.modalities:
+    if "speech" in plan.modalities and args.speech_backbone != WHISPER_BASE:
+        train_tower_speech_encoder(
+            split(plan.speech_source, "train") + plan.extra("train"),
+            split(plan.speech_source, "validation") + plan.extra("validation"),
+            plan.labels,
+            backbone=args.speech_backbone,
+            epochs=args.speech_epochs,
+            seed=args.seed,
+            out_dir=folder / "speech",
+            embed_dim=args.speech_embed_dim,
+            command=command,
+        )
+    elif "speech" in plan.modalities:
         train_speech_encoder(
             split(plan.speech_source, "train") + plan.extra("train"),
             split(plan.speech_source, "validation") + plan.extra("validation"),
