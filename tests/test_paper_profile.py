@@ -104,3 +104,10 @@ def test_a_changed_backbone_folder_is_refused(paper, model, backbone):
         shutil.rmtree(models[backbone])
         shutil.move(original, models[backbone])
         _CACHE.clear()
+
+
+def test_the_card_names_the_paper_backbones(paper):
+    tmp, models, _ = paper
+    card = (tmp / "checkpoints" / "mister-e-paper" / "MODEL_CARD.md").read_text()
+    assert f"`{models['text'].resolve()}` (not stored here)" in card
+    assert f"the audio tower of `{models['audio'].resolve()}`" in card and "MiniLM" not in card
