@@ -12,7 +12,7 @@ from backend.checkpoints import read_checkpoint
 from backend.errors import ModelUnavailableError
 from backend.labels import MELD7
 from backend.model_store import open_model_store
-from backend.predictors import _CACHE
+from backend.registry import model_spec, resolve
 from backend.settings import get_settings
 from backend.synthetic_media import make_dialogue_video
 from tests.test_farcer_predictor import SRT, TURNS
@@ -93,17 +93,13 @@ def test_a_changed_backbone_folder_is_refused(paper, model, backbone):
         # another model of the same class and size in the folder training named
         builder = {"audio": save_qwen2_audio, "text": save_qwen2_text, "vit": save_vit}[backbone]
         builder(models[backbone], seed=1)
-        _CACHE.clear()
         store, settings = open_model_store(get_settings()), get_settings()
-        from backend.registry import model_spec, resolve
-
         spec = model_spec(model)
         with pytest.raises(ModelUnavailableError, match=f"{models[backbone].resolve()} .* not the one"):
             resolve(spec.loader)(store.active(spec.name, spec.checkpoints["paper"]), store, settings)
     finally:
         shutil.rmtree(models[backbone])
         shutil.move(original, models[backbone])
-        _CACHE.clear()
 
 
 def test_the_card_names_the_paper_backbones(paper):
@@ -111,3 +107,39 @@ def test_the_card_names_the_paper_backbones(paper):
     card = (tmp / "checkpoints" / "mister-e-paper" / "MODEL_CARD.md").read_text()
     assert f"`{models['text'].resolve()}` (not stored here)" in card
     assert f"the audio tower of `{models['audio'].resolve()}`" in card and "MiniLM" not in card
+
+
+def test_a_missing_backbone_folder_is_refused(paper):
+    tmp, models, _ = paper
+    moved = tmp / "qwen2-away"
+    shutil.move(models["text"], moved)
+    try:
+        store, settings = open_model_store(get_settings()), get_settings()
+        spec = model_spec("mister-e")
+        with pytest.raises(ModelUnavailableError, match="not on this machine; restore that folder"):
+            resolve(spec.loader)(store.active(spec.name, "mister-e-paper"), store, settings)
+    finally:
+        shutil.move(moved, models["text"])
+
+
+def test_a_hub_id_is_recorded_at_its_cached_revision_and_another_one_is_refused(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from backend.checkpoints import write_checkpoint
+    from backend.hub_components import check_hub_component, hub_component
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--org--tiny-vit"
+    for commit in ("a" * 40, "b" * 40):
+        save_vit(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    component = hub_component("org/tiny-vit")
+    assert component == {"kind": "hub", "name": "org/tiny-vit", "revision": "a" * 40}
+    (tmp_path / "head").mkdir()
+    head = write_checkpoint(tmp_path / "head", model="farcer", config={}, labels=MELD7,
+                            components={"face_encoder": component})
+    assert check_hub_component(head, "face_encoder") == component
+    (repo / "refs" / "main").write_text("b" * 40)  # the cache moved on to another commit
+    with pytest.raises(ModelUnavailableError, match=f"hf download org/tiny-vit --revision {'a' * 40}"):
+        check_hub_component(head, "face_encoder")

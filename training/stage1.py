@@ -206,9 +206,9 @@ def train_text_encoder(
     _require(train_turns, "train", "")
     _require(val_turns, "validation", "")
     _seed_everything(seed)
-    component = backbone_component(backbone)
+    model_backbone, tokenizer = load_text_backbone(backbone)
+    component = backbone_component(backbone)  # after loading: a hub model's revision is then in the cache
     backbone = MINILM if backbone == MINILM else component["name"]  # a folder as its absolute path
-    model_backbone, tokenizer = load_text_backbone(backbone, revision=component.get("revision"))
     lora_spec = text_lora_spec(model_backbone) if lora else None
     if lora_spec:
         apply_lora(model_backbone, **lora_dict(lora_spec))
@@ -266,22 +266,22 @@ def train_tower_speech_encoder(
     _require(train_turns, "train", " with audio")
     _require(val_turns, "validation", " with audio")
     _seed_everything(seed)
-    component = backbone_component(backbone)
-    tower, extractor = load_audio_tower(component["name"], revision=component.get("revision"))
+    tower, extractor = load_audio_tower(backbone)
+    component = backbone_component(backbone)  # after loading: a hub model's revision is then in the cache
     apply_lora(tower, **lora_dict(SPEECH_LORA))
     head = HeadConfig(n_labels=len(labels), embed_dim=embed_dim)
     model = AudioTowerEncoder(tower, head).to(device or get_settings().torch_device())
     config = {"kind": TOWER_KIND, "backbone": component["name"], "head": asdict(head), "lora": lora_dict(SPEECH_LORA)}
-    train_clips, val_clips = _clips(train_turns), _clips(val_turns)
 
-    def clips_of(clips: list[np.ndarray]) -> Callable[[np.ndarray], dict]:
-        return lambda idx: tower_inputs(extractor, [clips[i] for i in idx])
+    def clips_of(turns: list[Turn]) -> Callable[[np.ndarray], dict]:
+        # decoded batch by batch: a corpus's clips need not fit in memory
+        return lambda idx: tower_inputs(extractor, _clips([turns[i] for i in idx]))
 
     with checkpoint_output(out_dir, SPEECH_ENCODER) as pending:
         started = time.perf_counter()
         metrics = _fit(
-            model, clips_of(train_clips), y_train,
-            lambda: _predict(model, clips_of(val_clips), len(val_clips), batch_size * 2), y_val,
+            model, clips_of(train_turns), y_train,
+            lambda: _predict(model, clips_of(val_turns), len(val_turns), batch_size * 2), y_val,
             labels, epochs, lr, batch_size, seed, lambda: _save_weights(model, pending.folder),
             max_steps_per_epoch, desc="speech stage 1",
         )
