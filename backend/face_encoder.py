@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from backend.checkpoints import Checkpoint
 from backend.errors import InputError, ModelUnavailableError
 from backend.hub import from_pretrained
+from backend.hub_components import check_hub_component, load_kwargs
 from backend.model_store import ModelStore
 from models.face_cnn import FaceCNN, FaceCNNConfig
 
@@ -108,19 +109,28 @@ class ViTFaceEncoder:
         return self.model(pixel_values=pixels).last_hidden_state[:, 0].float()
 
 
-def load_vit(name: str, device: str) -> ViTFaceEncoder:
+def load_vit(name: str, device: str, revision: str | None = None) -> ViTFaceEncoder:
     """A hub (or local) ViT face model, frozen; ModelUnavailableError when it is not on this machine."""
     from transformers import ViTImageProcessorPil, ViTModel
 
-    vit = from_pretrained(ViTModel.from_pretrained, name, "face encoder", add_pooling_layer=False)
-    processor = from_pretrained(ViTImageProcessorPil.from_pretrained, name, "face image processor")
+    pin = {"revision": revision} if revision else {}
+    vit = from_pretrained(ViTModel.from_pretrained, name, "face encoder", add_pooling_layer=False, **pin)
+    processor = from_pretrained(ViTImageProcessorPil.from_pretrained, name, "face image processor", **pin)
     return ViTFaceEncoder(vit.to(device).eval().requires_grad_(False), processor)
+
+
+def vit_feature_dim(name: str) -> int:
+    """The size of a hub (or local) ViT's CLS vector (its hidden size: 768 for vit-face-expression)."""
+    from transformers import ViTConfig
+
+    return from_pretrained(ViTConfig.from_pretrained, name, "face encoder").hidden_size
 
 
 def component_features(owner: Checkpoint, name: str, store: ModelStore, device: str) -> FaceFeatures:
     """The face features of `owner`'s component `name`: a face-encoder checkpoint or a hub ViT."""
     component = owner.components.get(name) or {}
     if component.get("kind") == "hub":
-        vit = load_vit(component["name"], device)
+        check_hub_component(owner, name)
+        vit = load_vit(component["name"], device, load_kwargs(component).get("revision"))
         return lambda crops: vit(crops).cpu().numpy()
     return crop_features(store.component(owner, name), store, device)

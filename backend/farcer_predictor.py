@@ -28,6 +28,7 @@ from backend.errors import InputError, ModelUnavailableError
 from backend.face_encoder import FaceFeatures, component_features
 from backend.farcer_processor import FarcerProcessor, structured
 from backend.hub import from_pretrained
+from backend.hub_components import check_hub_component, load_kwargs
 from backend.model_store import ModelStore
 from backend.packaged import PACKAGED, converted_lm, packaged_for
 from backend.predictors import TurnInputs
@@ -52,11 +53,11 @@ def model_config(checkpoint: Checkpoint) -> FarcerConfig:
 
 
 def load_core(
-    source: Checkpoint | str, device: str, dtype: torch.dtype = torch.float32
+    source: Checkpoint | str, device: str, dtype: torch.dtype = torch.float32, revision: str | None = None
 ) -> tuple[nn.Module, Any]:
     """A core LM (eval mode, on `device`) and its tokenizer, from a farcer-core checkpoint, a packaged
-    LM by name (e.g. "smollm2", converted once into the model cache), or a hub name / local Hugging
-    Face folder; ModelUnavailableError when it is not on this machine."""
+    LM by name (e.g. "smollm2", converted once into the model cache), or a hub name (at `revision`
+    when given) / local Hugging Face folder; ModelUnavailableError when it is not on this machine."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if isinstance(source, Checkpoint):
@@ -65,8 +66,9 @@ def load_core(
         name = str(converted_lm(source, get_settings().model_cache_dir))
     else:
         name = source
-    tokenizer = from_pretrained(AutoTokenizer.from_pretrained, name, "FARCER tokenizer")
-    lm = from_pretrained(AutoModelForCausalLM.from_pretrained, name, "FARCER language model", dtype=dtype)
+    pin = {"revision": revision} if revision else {}
+    tokenizer = from_pretrained(AutoTokenizer.from_pretrained, name, "FARCER tokenizer", **pin)
+    lm = from_pretrained(AutoModelForCausalLM.from_pretrained, name, "FARCER language model", dtype=dtype, **pin)
     return lm.to(device).eval(), tokenizer
 
 
@@ -86,7 +88,10 @@ def core_source(checkpoint: Checkpoint, store: ModelStore) -> Checkpoint | str:
 def load_farcer(checkpoint: Checkpoint, store: ModelStore, device: str) -> tuple[Farcer, FarcerProcessor]:
     """The Farcer of a farcer or farcer-core checkpoint in eval mode, and its processor."""
     config = model_config(checkpoint)
-    lm, tokenizer = load_core(core_source(checkpoint, store), device)
+    revision = None
+    if checkpoint.model == MODEL and (checkpoint.components.get("core") or {}).get("kind") == "hub":
+        revision = load_kwargs(check_hub_component(checkpoint, "core")).get("revision")
+    lm, tokenizer = load_core(core_source(checkpoint, store), device, revision=revision)
     processor = FarcerProcessor(tokenizer, checkpoint.labels)
     farcer = Farcer(lm, config, processor.label_ids, processor.end_ids)
     if checkpoint.config.get("variant") == "lora":

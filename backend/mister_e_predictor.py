@@ -1,8 +1,9 @@
 """MiSTER-E in the analysis pipeline: per-turn label, probabilities, gate weights and expert votes.
 
-Each turn's transcript goes through the stage-1 text encoder; the turns' audio clips are packed
-together into Whisper windows and pooled per turn (backend.speech_encoder), then normalised per
-speaker by the speech encoder; the mixture of experts then reads the whole dialogue at once.
+Each turn's transcript goes through the stage-1 text encoder. The offline speech encoder packs the
+turns' audio clips together into Whisper windows, pools them per turn (backend.speech_encoder) and
+normalises them per speaker; the paper's reads each clip through its Qwen2-Audio tower. The mixture
+of experts then reads the whole dialogue at once.
 A "mister-e" checkpoint holds the stage-2 weights; its encoders are the checkpoint components
 "text" and "speech" (nested folders, checked against the versions it was trained with).
 """
@@ -15,7 +16,14 @@ from safetensors.torch import load_file
 
 from backend.checkpoints import Checkpoint
 from backend.dialogue import Turn
-from backend.encoders import SpeechEncoder, TextEncoder, load_speech_encoder, load_text_encoder, require_model
+from backend.encoders import (
+    SpeechEncoder,
+    TextEncoder,
+    TowerSpeechEncoder,
+    load_speech_encoder,
+    load_text_encoder,
+    require_model,
+)
 from backend.errors import ModelUnavailableError
 from backend.model_store import ModelStore
 from backend.predictors import TurnInputs
@@ -64,7 +72,7 @@ class MisterEPredictor:
         model: MisterE,
         labels: tuple[str, ...],
         text: TextEncoder,
-        speech: SpeechEncoder | None,
+        speech: SpeechEncoder | TowerSpeechEncoder | None,
         version: str,
         versions: dict[str, str],
     ):

@@ -1,4 +1,4 @@
-"""MiSTER-E stage 1: utterance encoders (text, paper speech, offline speech over pooled features) and LoRA placement.
+"""MiSTER-E stage 1: utterance encoders (text, paper speech over the Qwen2-Audio tower, offline speech over pooled features) and LoRA placement.
 
 Each encoder is an utterance classifier whose projection output is the embedding that stage 2
 reads: backbone -> LayerNorm -> pooling -> Linear(->E) = embedding -> ReLU -> Dropout -> Linear(E->C).
@@ -64,10 +64,10 @@ class LoraSpec:
 
 
 # Paper settings. BERT-style backbones (MiniLM) name their projections query/value; the speech
-# regex keeps adapters out of the audio tower, whose attention also has q_proj/k_proj.
+# adapters sit on the audio tower's attention (the tower is the whole speech backbone here).
 TEXT_LORA = LoraSpec(r=8, alpha=32, dropout=0.1, target_modules=["q_proj", "v_proj"])
 TEXT_LORA_BERT = LoraSpec(r=8, alpha=32, dropout=0.1, target_modules=["query", "value"])
-SPEECH_LORA = LoraSpec(r=16, alpha=8, dropout=0.05, target_modules=r".*language_model.*\.(q_proj|k_proj)")
+SPEECH_LORA = LoraSpec(r=16, alpha=8, dropout=0.05, target_modules=["q_proj", "v_proj"])
 
 
 class AttentiveStatsPooling(nn.Module):
@@ -132,42 +132,38 @@ class TextUtteranceEncoder(nn.Module):
         return self.head.classify(self.embed(input_ids, attention_mask))
 
 
-class SpeechUtteranceEncoder(nn.Module):
-    """Qwen2-Audio (audio tokens + prompt) -> LayerNorm -> mean over positions -> head.
+class AudioTowerEncoder(nn.Module):
+    """Qwen2-Audio's Whisper-style audio tower (LoRA on its attention) -> LayerNorm -> attentive
+    statistics pooling over the clip's real frames -> head. Padded mel frames are masked out of the
+    tower's attention and of the pooling, so a clip's embedding does not depend on its batch."""
 
-    The audio tower is frozen; only the language model (through LoRA) and the head train.
-    """
-
-    def __init__(self, backbone: nn.Module, config: HeadConfig):
+    def __init__(self, tower: nn.Module, config: HeadConfig):
         super().__init__()
-        hidden = backbone_hidden_size(backbone)
+        hidden = tower.config.d_model
         self.config = config
-        self.backbone = backbone
-        self.backbone.model.audio_tower.requires_grad_(False)
+        self.backbone = tower
         self.norm = nn.LayerNorm(hidden)
-        self.pool = MeanPooling()
-        self.head = _Head(hidden, config)
+        self.pool = AttentiveStatsPooling(hidden)
+        self.head = _Head(2 * hidden, config)
 
-    def embed(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        input_features: torch.Tensor,
-        feature_attention_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        # The inner Qwen2AudioModel gives the hidden states without computing vocabulary logits.
-        out = self.backbone.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            input_features=input_features,
-            feature_attention_mask=feature_attention_mask,
+    def embed(self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor) -> torch.Tensor:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        conv_lengths, out_lengths = self.backbone._get_feat_extract_output_lengths(feature_attention_mask.sum(-1))
+        positions = torch.arange((input_features.shape[-1] - 2) // 2 + 1, device=input_features.device)
+        conv_mask = (positions[None] < conv_lengths[:, None]).long()
+        attention = create_bidirectional_mask(
+            config=self.backbone.config,
+            inputs_embeds=torch.zeros(*conv_mask.shape, 1, dtype=self.norm.weight.dtype, device=conv_mask.device),
+            attention_mask=conv_mask,
         )
-        mask = out.attention_mask if out.attention_mask is not None else attention_mask
-        states = self.norm(out.last_hidden_state.to(self.norm.weight.dtype))
+        states = self.backbone(input_features, attention_mask=attention).last_hidden_state
+        states = self.norm(states.to(self.norm.weight.dtype))
+        mask = torch.arange(states.shape[1], device=states.device)[None] < out_lengths[:, None]
         return self.head.project(self.pool(states, mask))
 
-    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        return self.head.classify(self.embed(**inputs))
+    def forward(self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head.classify(self.embed(input_features, feature_attention_mask))
 
 
 class FeatureSpeechEncoder(nn.Module):

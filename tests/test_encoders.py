@@ -14,25 +14,26 @@ import torch
 from backend import packaged
 from backend.checkpoints import read_checkpoint, write_checkpoint
 from backend.encoders import (
+    load_audio_tower,
     load_speech_backbone,
     load_speech_encoder,
     load_text_backbone,
     load_text_encoder,
-    speech_inputs,
     text_inputs,
+    tower_inputs,
 )
 from backend.errors import ModelUnavailableError
 from backend.settings import CHECKPOINTS_DIR
+from tests.tiny_hf import save_qwen2_audio, save_qwen2_text
 from models.encoders import (
     SPEECH_LORA,
     TEXT_LORA,
     TEXT_LORA_BERT,
     AttentiveStatsPooling,
+    AudioTowerEncoder,
     FeatureEncoderConfig,
     FeatureSpeechEncoder,
     HeadConfig,
-    MeanPooling,
-    SpeechUtteranceEncoder,
     TextUtteranceEncoder,
     apply_lora,
     lora_dict,
@@ -61,9 +62,8 @@ def padded_pair(pool: torch.nn.Module, dim: int = 6) -> tuple[torch.Tensor, torc
     return alone[0], pool(batch, mask)[0]
 
 
-@pytest.mark.parametrize("pool", [AttentiveStatsPooling(6), MeanPooling()], ids=["attentive", "mean"])
-def test_padding_never_changes_pooled_output(pool):
-    alone, padded = padded_pair(pool)
+def test_padding_never_changes_pooled_output():
+    alone, padded = padded_pair(AttentiveStatsPooling(6))
     torch.testing.assert_close(alone, padded, atol=1e-6, rtol=1e-6)
 
 
@@ -115,24 +115,8 @@ def test_lora_on_minilm_trains_only_adapters_and_head(minilm):
     assert any(n.startswith("head.") for n in trainable) and any(n.startswith("pool.") for n in trainable)
 
 
-def tiny_tokenizer():
-    """A byte-level Qwen2 tokenizer with no merges (one token per byte) plus the audio tokens."""
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import Qwen2Tokenizer
-
-    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
-    return Qwen2Tokenizer(vocab=vocab, merges=[], extra_special_tokens=["<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"])
-
-
-QWEN_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-
-
 def test_paper_text_loader_on_tiny_qwen2(tmp_path):
-    from transformers import Qwen2Config, Qwen2Model
-
-    tokenizer = tiny_tokenizer()
-    Qwen2Model(Qwen2Config(vocab_size=len(tokenizer), **QWEN_TEXT)).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
+    save_qwen2_text(tmp_path)
     backbone, tokenizer = load_text_backbone(str(tmp_path))
     assert type(backbone).__name__ == "Qwen2Model" and tokenizer.pad_token == "<|endoftext|>"
     spec = text_lora_spec(backbone)
@@ -149,33 +133,29 @@ def test_paper_text_loader_on_tiny_qwen2(tmp_path):
     torch.testing.assert_close(embedding[1], alone[0], atol=1e-5, rtol=1e-4)  # right padding is invisible
 
 
-def test_paper_speech_loader_on_tiny_qwen2_audio(tmp_path):
-    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor, WhisperFeatureExtractor
+def test_paper_speech_tower_encoder_on_tiny_qwen2_audio(tmp_path):
+    save_qwen2_audio(tmp_path)
+    tower, extractor = load_audio_tower(str(tmp_path))
+    assert type(tower).__name__ == "Qwen2AudioEncoder"
+    apply_lora(tower, **lora_dict(SPEECH_LORA))
+    encoder = AudioTowerEncoder(tower, HeadConfig(n_labels=6, embed_dim=16)).eval()
+    adapted = {n.rsplit(".", 1)[0] for n, _ in tower.named_modules() if n.endswith(".lora_A")}
+    assert adapted == {f"layers.0.self_attn.{p}" for p in ("q_proj", "v_proj")}
+    trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}
+    assert all(".lora_" in n for n in trainable if n.startswith("backbone."))
 
-    tokenizer = tiny_tokenizer()
-    processor = Qwen2AudioProcessor(WhisperFeatureExtractor(feature_size=16, chunk_length=2), tokenizer)
-    config = Qwen2AudioConfig(
-        audio_config=dict(d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
-                          num_mel_bins=16, max_source_positions=100),
-        text_config=dict(model_type="qwen2", vocab_size=len(tokenizer), **QWEN_TEXT),
-        audio_token_id=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
-    )
-    Qwen2AudioForConditionalGeneration(config).save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
-
-    backbone, processor = load_speech_backbone(str(tmp_path))
-    apply_lora(backbone, **lora_dict(SPEECH_LORA))
-    encoder = SpeechUtteranceEncoder(backbone, HeadConfig(n_labels=6, embed_dim=16)).eval()
-    adapted = {n.rsplit(".", 1)[0] for n, _ in backbone.named_modules() if n.endswith(".lora_A")}
-    assert adapted == {f"model.language_model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "k_proj")}
-    assert not any(p.requires_grad for p in backbone.model.audio_tower.parameters())
-
-    inputs = speech_inputs(processor, [tone(220, 1.5), tone(440, 0.3)])
-    assert inputs["attention_mask"][1].sum() < inputs["attention_mask"][0].sum()  # fewer audio tokens
+    inputs = tower_inputs(extractor, [tone(220, 1.5), tone(440, 0.3)])
+    assert inputs["feature_attention_mask"][1].sum() < inputs["feature_attention_mask"][0].sum()
     with torch.no_grad():
         embedding = encoder.embed(**inputs)
         logits = encoder(**inputs)
+        noisy = {k: v.clone() for k, v in inputs.items()}
+        past = int(inputs["feature_attention_mask"][1].sum()) + 2  # the convolutions read one frame past the end
+        noisy["input_features"][1, :, past:] = torch.randn_like(noisy["input_features"][1, :, past:])
+        masked = encoder.embed(**noisy)
     assert embedding.shape == (2, 16) and logits.shape == (2, 6) and torch.isfinite(embedding).all()
+    # the frames past a clip's end are masked out of attention and pooling
+    torch.testing.assert_close(masked[1], embedding[1], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("loader", [load_text_backbone, load_speech_backbone])

@@ -15,11 +15,13 @@ versions (backend.farcer_predictor reads both).
 
 Faces: MELD ships no frames here, so with `--faces FOLDER` every turn is paired with a random face of
 the same emotion from a FER2013-style image folder (train faces for train, val for validation, test
-for test; seeded) and encoded once with the offline face encoder (vectors cached on disk). That leaks
-the label, so in evaluation it is a pipeline check; the honest views are `--paired-faces neutral` and
-`random` (training/pseudo_pairs.py). A corpus CSV's `face` column gives turns their own faces. Faces
-reach only a head trained with faces; any other model is evaluated text only and its report says so
-(`faces_used: false`).
+for test; seeded) and encoded once (vectors cached on disk) with the face encoder: the offline
+face-encoder checkpoint, or with `--face-encoder` a Hugging Face ViT (the paper's
+vit-face-expression, a hub id or local folder), whose CLS vector the projector then reads. That
+leaks the label, so in evaluation it is a pipeline check; the honest views are `--paired-faces
+neutral` and `random` (training/pseudo_pairs.py). A corpus CSV's `face` column gives turns their own
+faces. Faces reach only a head trained with faces; any other model is evaluated text only and its
+report says so (`faces_used: false`).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -45,7 +48,7 @@ from backend.errors import InputError, ModelUnavailableError
 from backend.face_encoder import MODEL as FACE_ENCODER
 from backend.face_encoder import build_model as build_face_encoder
 from backend.face_encoder import model_config as face_encoder_config
-from backend.face_encoder import normalise, to_pixels
+from backend.face_encoder import load_vit, normalise, to_pixels, vit_feature_dim
 from backend.farcer_predictor import (
     CORE,
     MODEL,
@@ -55,6 +58,7 @@ from backend.farcer_predictor import (
     save_trainable,
     trained_with_faces,
 )
+from backend.hub_components import hub_component
 from backend.farcer_processor import SHOT_COUNTS, Example, FarcerProcessor, sample_shots, training_prompts
 from backend.model_store import ModelStore, open_model_store
 from backend.packaged import PACKAGED, packaged_for
@@ -123,7 +127,7 @@ class Split:
 
 
 def load_split(
-    corpus: str, data: Path, name: str, faces: Path | None, encoder: Checkpoint, seed: int
+    corpus: str, data: Path, name: str, faces: Path | None, encoder: Checkpoint | str, seed: int
 ) -> Split:
     dialogues = split(load_corpus(corpus, data), name)
     if not dialogues:
@@ -134,7 +138,7 @@ def load_split(
 
 
 def paired_faces(
-    dialogues: Sequence[Dialogue], folder: Path, face_split: str, encoder: Checkpoint, seed: int
+    dialogues: Sequence[Dialogue], folder: Path, face_split: str, encoder: Checkpoint | str, seed: int
 ) -> list[list[np.ndarray | None]]:
     """Each turn gets the feature of a random face (seeded) with the turn's label from the image
     folder's split; a turn whose label has no faces there gets none."""
@@ -150,14 +154,22 @@ def paired_faces(
     return [[None if i is None else vectors[i] for i in row] for row in chosen]
 
 
-def face_features(paths: Sequence[Path], encoder: Checkpoint) -> np.ndarray:
-    """[N, feature_dim] features of image files from a face-encoder checkpoint, cached on disk."""
-    digest = hashlib.sha1(f"{encoder.model}\t{encoder.version}\n".encode())
+def face_features(paths: Sequence[Path], encoder: Checkpoint | str) -> np.ndarray:
+    """[N, feature_dim] features of image files from a face-encoder checkpoint or a Hugging Face ViT
+    (its CLS vector, as the app computes it from RGB crops), cached on disk."""
+    identity = json.dumps(hub_component(encoder), sort_keys=True) if isinstance(encoder, str) else (
+        f"{encoder.model}\t{encoder.version}")
+    digest = hashlib.sha1(f"{identity}\n".encode())
     for path in paths:
         digest.update(f"{Path(path).resolve()}\t{Path(path).stat().st_size}\n".encode())
     cache = get_settings().cache_dir / "farcer-faces" / f"{digest.hexdigest()[:20]}.npy"
     if cache.exists():
         return np.load(cache)
+    if isinstance(encoder, str):
+        out = _vit_features(paths, encoder)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, out)
+        return out
     model = build_face_encoder(encoder, open_model_store(get_settings()), "cpu")
     pixels = load_pixels([LabelledImage(Path(p), "") for p in paths], model.config.image_size)
     with torch.no_grad():
@@ -168,6 +180,19 @@ def face_features(paths: Sequence[Path], encoder: Checkpoint) -> np.ndarray:
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, out.astype(np.float32))
     return out.astype(np.float32)
+
+
+def _vit_features(paths: Sequence[Path], name: str, batch: int = 64) -> np.ndarray:
+    vit = load_vit(name, get_settings().torch_device())
+    rgb = [cv2.cvtColor(_read_image(p), cv2.COLOR_BGR2RGB) for p in paths]
+    return np.concatenate([vit(rgb[i : i + batch]).cpu().numpy() for i in range(0, len(rgb), batch)]).astype(np.float32)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f"{path}: not a readable image; remove it from the face folder")
+    return image
 
 
 def drop_faces(faces: list[np.ndarray | None], cfg: TrainConfig, rng: random.Random) -> list[np.ndarray | None]:
@@ -235,11 +260,22 @@ def resolve_core(ref: str) -> Checkpoint | str:
         return ref
 
 
+def resolve_face_encoder(ref: str | None) -> Checkpoint | str:
+    """--face-encoder: a face-encoder checkpoint folder or store version (default: the shipped one),
+    else a Hugging Face ViT name (hub id or local folder)."""
+    try:
+        return find_checkpoint(ref or FACE_ENCODER_BUILTIN, FACE_ENCODER)
+    except ModelUnavailableError:
+        if ref is None or (Path(ref) / MANIFEST).is_file():
+            raise
+        return ref
+
+
 def component(source: Checkpoint | str, store: ModelStore) -> dict:
     """How a farcer checkpoint names a component it was trained with. A checkpoint component must be in
     the model store (a built-in folder or a stored version) for the head to load."""
     if isinstance(source, str):
-        return PACKAGED[source].component() if source in PACKAGED else {"kind": "hub", "name": source}
+        return PACKAGED[source].component() if source in PACKAGED else hub_component(source)
     if not any(v.version == source.version for v in store.versions(source.model)):
         raise InputError(
             f"{source.path} is not in the model store, so a head trained on it could not find it; train it "
@@ -503,7 +539,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
                         help="keep training a core made here (text only), e.g. from a finished --core new run")
     parser.add_argument("--faces", type=Path, default=None, help="FER2013-style image folder for label-matched faces")
     parser.add_argument("--face-encoder", default=None,
-                        help="a face-encoder checkpoint folder or store version (default: the shipped one)")
+                        help="a face-encoder checkpoint folder or store version (default: the shipped one), or a "
+                        "Hugging Face ViT id or folder (the paper: trpakov/vit-face-expression) whose CLS vector is read")
     parser.add_argument("--out", type=Path, default=None,
                         help="a new checkpoint folder (default: a new version in the model store)")
     parser.add_argument("--variant", choices=VARIANTS, default=d.variant)
@@ -576,7 +613,7 @@ def train(args: argparse.Namespace) -> int:
     core = None if args.core == "new" else resolve_core(args.core)
     if args.train_core and not isinstance(core, Checkpoint):
         raise InputError(f"--train-core continues a farcer-core checkpoint; {args.core} is not one")
-    encoder = find_checkpoint(args.face_encoder or FACE_ENCODER_BUILTIN, FACE_ENCODER)
+    encoder = resolve_face_encoder(args.face_encoder)
     store = open_model_store(get_settings())
     components = {}
     if not trains_core(args):
@@ -599,7 +636,12 @@ def train(args: argparse.Namespace) -> int:
             val = Split(val.dialogues + held, val.faces + corrected_faces(corrections, held, encode),
                         views={"corpus": range(n), "corrections": range(n, n + len(held))})
     # A head's projector reads its face encoder's vectors; a core's is never trained.
-    image_dim = FarcerConfig.image_dim if trains_core(args) else face_encoder_config(encoder).feature_dim
+    if trains_core(args):
+        image_dim = FarcerConfig.image_dim
+    elif isinstance(encoder, str):
+        image_dim = vit_feature_dim(encoder)
+    else:
+        image_dim = face_encoder_config(encoder).feature_dim
     torch.manual_seed(cfg.seed)  # the adapters' and projector's initial weights follow the seed too
     farcer, processor, core_config = build_model(args, cfg, labels, train_split, core, image_dim)
     pool = shot_pool(train_split.dialogues, cfg.seed)
@@ -766,12 +808,15 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
                         help="also list the result in the checkpoint (and its card) under this name")
 
 
-def evaluation_face_encoder(checkpoint: Checkpoint, ref: str | None, store: ModelStore) -> Checkpoint:
+def evaluation_face_encoder(checkpoint: Checkpoint, ref: str | None, store: ModelStore) -> Checkpoint | str:
     """--face-encoder if given, else the one a head was trained with, else the shipped one."""
     if ref:
-        return find_checkpoint(ref, FACE_ENCODER)
-    if (checkpoint.components.get("face_encoder") or {}).get("kind") == "checkpoint":
+        return resolve_face_encoder(ref)
+    kind = (checkpoint.components.get("face_encoder") or {}).get("kind")
+    if kind == "checkpoint":
         return store.component(checkpoint, "face_encoder")
+    if kind == "hub":
+        return checkpoint.components["face_encoder"]["name"]
     return find_checkpoint(FACE_ENCODER_BUILTIN, FACE_ENCODER)
 
 

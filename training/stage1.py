@@ -2,8 +2,8 @@
 
 Training uses focal loss (gamma 2) and AdamW, keeps the epoch with the best validation weighted F1
 (never test), and writes a "text-encoder" / "speech-encoder" checkpoint holding only what trained
-(LoRA adapters and head, or the head over pooled Whisper states); the backbone, the Whisper
-weights and the feature code are components.
+(LoRA adapters and head on a text backbone or a Qwen2-Audio tower, or the head over pooled Whisper
+states); the backbone, the Whisper weights and the feature code are components.
 """
 from __future__ import annotations
 
@@ -26,19 +26,25 @@ from backend.encoders import (
     SPEECH_ENCODER,
     SPEECH_KIND,
     TEXT_ENCODER,
+    TOWER_KIND,
     backbone_component,
     embedding_dim,
+    load_audio_tower,
     load_speech_encoder,
     load_text_backbone,
     load_text_encoder,
     speech_components,
     text_inputs,
+    tower_inputs,
 )
 from backend.errors import InputError
 from backend.labels import normalize_label
+from backend.media import load_audio
 from backend.settings import get_settings
 from backend.speech_encoder import FEATURE_VERSION
 from models.encoders import (
+    SPEECH_LORA,
+    AudioTowerEncoder,
     FeatureEncoderConfig,
     FeatureSpeechEncoder,
     HeadConfig,
@@ -48,7 +54,7 @@ from models.encoders import (
     text_lora_spec,
 )
 from models.losses import focal_loss
-from training.embedding_cache import EmbeddingCache, text_key
+from training.embedding_cache import EmbeddingCache, file_key, text_key
 from training.metrics import classification_report, unweighted_average_recall
 from training.outputs import checkpoint_output
 from training.whisper_features import CorpusFeatures, augmented_features, clean_features, condition_features
@@ -201,6 +207,8 @@ def train_text_encoder(
     _require(val_turns, "validation", "")
     _seed_everything(seed)
     model_backbone, tokenizer = load_text_backbone(backbone)
+    component = backbone_component(backbone)  # after loading: a hub model's revision is then in the cache
+    backbone = MINILM if backbone == MINILM else component["name"]  # a folder as its absolute path
     lora_spec = text_lora_spec(model_backbone) if lora else None
     if lora_spec:
         apply_lora(model_backbone, **lora_dict(lora_spec))
@@ -223,7 +231,64 @@ def train_text_encoder(
         metrics.update(seconds=round(time.perf_counter() - started, 1),
                        trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
         write_checkpoint(pending.folder, model=TEXT_ENCODER, config=config, labels=labels,
-                         components={"backbone": backbone_component(backbone)},
+                         components={"backbone": component},
+                         data=_encoder_data(len(train_turns), len(val_turns), command), metrics=metrics)
+    return pending.checkpoint
+
+
+def _clips(turns: list[Turn]) -> list[np.ndarray]:
+    """The turns' audio as 16 kHz mono, read as the app reads media."""
+    return [load_audio(turn.audio, sr=16000) for turn in turns]
+
+
+def train_tower_speech_encoder(
+    dialogues_train: Sequence[Dialogue],
+    dialogues_val: Sequence[Dialogue],
+    labels: Sequence[str],
+    backbone: str,
+    epochs: int = 3,
+    lr: float = 1e-4,
+    batch_size: int = 8,
+    seed: int = 0,
+    *,
+    out_dir: Path | None,
+    embed_dim: int = 256,
+    device: str | None = None,
+    max_steps_per_epoch: int | None = None,
+    command: str | None = None,
+) -> Checkpoint:
+    """Fine-tune the audio tower of the Qwen2-Audio model `backbone` (hub id or folder) with LoRA, plus
+    an attentive-pooling head, on the turns' clips into a "qwen2-audio-tower" "speech-encoder"
+    checkpoint (in `out_dir`, which must not hold one yet, or a new version in the model store)."""
+    labels = list(labels)
+    train_turns, y_train = _labelled(dialogues_train, labels, need_audio=True)
+    val_turns, y_val = _labelled(dialogues_val, labels, need_audio=True)
+    _require(train_turns, "train", " with audio")
+    _require(val_turns, "validation", " with audio")
+    _seed_everything(seed)
+    tower, extractor = load_audio_tower(backbone)
+    component = backbone_component(backbone)  # after loading: a hub model's revision is then in the cache
+    apply_lora(tower, **lora_dict(SPEECH_LORA))
+    head = HeadConfig(n_labels=len(labels), embed_dim=embed_dim)
+    model = AudioTowerEncoder(tower, head).to(device or get_settings().torch_device())
+    config = {"kind": TOWER_KIND, "backbone": component["name"], "head": asdict(head), "lora": lora_dict(SPEECH_LORA)}
+
+    def clips_of(turns: list[Turn]) -> Callable[[np.ndarray], dict]:
+        # decoded batch by batch: a corpus's clips need not fit in memory
+        return lambda idx: tower_inputs(extractor, _clips([turns[i] for i in idx]))
+
+    with checkpoint_output(out_dir, SPEECH_ENCODER) as pending:
+        started = time.perf_counter()
+        metrics = _fit(
+            model, clips_of(train_turns), y_train,
+            lambda: _predict(model, clips_of(val_turns), len(val_turns), batch_size * 2), y_val,
+            labels, epochs, lr, batch_size, seed, lambda: _save_weights(model, pending.folder),
+            max_steps_per_epoch, desc="speech stage 1",
+        )
+        metrics.update(seconds=round(time.perf_counter() - started, 1),
+                       trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
+        write_checkpoint(pending.folder, model=SPEECH_ENCODER, config=config, labels=labels,
+                         components={"backbone": component},
                          data=_encoder_data(len(train_turns), len(val_turns), command), metrics=metrics)
     return pending.checkpoint
 
@@ -348,6 +413,12 @@ def _text_embedder(checkpoint: Checkpoint, device: str) -> _Embedder:
                      lambda texts: encoder.embed(texts).numpy())
 
 
+def _tower_embedder(checkpoint: Checkpoint, device: str) -> _Embedder:
+    encoder = load_speech_encoder(checkpoint, device)
+    return _Embedder(lambda turn: turn.audio is not None, lambda turn: Path(turn.audio), file_key,
+                     lambda paths: encoder.embed([load_audio(p, sr=16000) for p in paths]).numpy())
+
+
 def extract_embeddings(
     checkpoint: Checkpoint,
     dialogues: Sequence[Dialogue],
@@ -357,13 +428,17 @@ def extract_embeddings(
 ) -> dict[str, DialogueEmbeddings]:
     """Per-dialogue embeddings from a stage-1 encoder checkpoint, through the embedding cache.
 
-    Text embeddings are cached keyed by the checkpoint's version, so retraining never serves stale
-    vectors; speech embeddings are computed from the cached pooled Whisper states of each recording.
+    Text and Qwen2-Audio tower embeddings are cached keyed by the checkpoint's version, so retraining
+    never serves stale vectors; offline speech embeddings are computed from the cached pooled Whisper
+    states of each recording.
     """
     device = device or get_settings().torch_device()
-    if checkpoint.model != TEXT_ENCODER:
+    if checkpoint.model == TEXT_ENCODER:
+        embedder = _text_embedder(checkpoint, device)
+    elif checkpoint.config.get("kind") == TOWER_KIND:
+        embedder = _tower_embedder(checkpoint, device)
+    else:
         return _speech_embeddings(checkpoint, dialogues, cache_root, device)
-    embedder = _text_embedder(checkpoint, device)
     dim = embedding_dim(checkpoint)
     cache = EmbeddingCache(embedding_cache_root(cache_root), checkpoint.model, checkpoint.version)
     turns = [turn for dialogue in dialogues for turn in dialogue.turns if embedder.usable(turn)]
