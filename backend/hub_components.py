@@ -7,17 +7,26 @@ weights or tokenizer changed since training is refused instead of silently readi
 """
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from backend.checkpoints import Checkpoint, sha256_of
 from backend.errors import ModelUnavailableError
 
 
+@cache
+def _file_hash(path: Path, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, computed once per process while its size and modification time stay the same
+    (a 7B folder is ~15 GB: the app's models and the analysis queue load it more than once)."""
+    return sha256_of(path)
+
+
 def _folder_files(folder: Path) -> dict[str, str]:
+    files = (p for p in sorted(folder.rglob("*")) if p.is_file())
     return {
-        p.relative_to(folder).as_posix(): sha256_of(p)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        p.relative_to(folder).as_posix(): _file_hash(p, (st := p.stat()).st_size, st.st_mtime_ns)
+        for p in files
+        if not any(part.startswith(".") for part in p.relative_to(folder).parts)
     }
 
 
