@@ -205,12 +205,13 @@ class SpeechEncoder:
         return self.embed_features(pooled_states(self.states, list(clips)), speaker_groups(speakers))
 
 
-def load_text_encoder(checkpoint: Checkpoint, device: str = "cpu") -> TextEncoder:
-    """The text encoder of a "text-encoder" checkpoint, on its backbone, with its trained tensors."""
+def load_text_encoder(checkpoint: Checkpoint, device: str = "cpu", dtype: torch.dtype | None = None) -> TextEncoder:
+    """The text encoder of a "text-encoder" checkpoint, on its backbone (in `dtype`; the head stays
+    float32), with its trained tensors."""
     require_model(checkpoint, TEXT_ENCODER)
     config = checkpoint.config
     name, revision = _backbone_source(checkpoint)
-    backbone, tokenizer = load_text_backbone(name, revision=revision)
+    backbone, tokenizer = load_text_backbone(name, dtype=dtype, revision=revision)
     if config.get("lora"):
         apply_lora(backbone, **config["lora"])
     model = load_trained_state(TextUtteranceEncoder(backbone, HeadConfig(**config["head"])), checkpoint)
@@ -247,26 +248,29 @@ class TowerSpeechEncoder:
         return torch.cat(out) if out else torch.zeros(0, self.model.config.embed_dim)
 
 
-def load_tower_speech_encoder(checkpoint: Checkpoint, device: str = "cpu") -> TowerSpeechEncoder:
-    """The encoder of a "qwen2-audio-tower" speech-encoder checkpoint on the very backbone it recorded."""
+def load_tower_speech_encoder(
+    checkpoint: Checkpoint, device: str = "cpu", dtype: torch.dtype | None = None
+) -> TowerSpeechEncoder:
+    """The encoder of a "qwen2-audio-tower" speech-encoder checkpoint on the very backbone it recorded
+    (in `dtype`; the head stays float32)."""
     config = checkpoint.config
     name, revision = _backbone_source(checkpoint)
-    tower, extractor = load_audio_tower(name, revision=revision)
+    tower, extractor = load_audio_tower(name, dtype=dtype, revision=revision)
     apply_lora(tower, **config["lora"])
     model = load_trained_state(AudioTowerEncoder(tower, HeadConfig(**config["head"])), checkpoint)
     return TowerSpeechEncoder(model.to(device).eval(), extractor)
 
 
 def load_speech_encoder(
-    checkpoint: Checkpoint, device: str = "cpu", cache_dir: Path | None = None
+    checkpoint: Checkpoint, device: str = "cpu", cache_dir: Path | None = None, dtype: torch.dtype | None = None
 ) -> SpeechEncoder | TowerSpeechEncoder:
-    """The speech encoder of a "speech-encoder" checkpoint: a Qwen2-Audio tower encoder, or the head on
-    the packaged Whisper base it was trained on (joined once into `cache_dir`, by default the
-    settings' model cache)."""
+    """The speech encoder of a "speech-encoder" checkpoint: a Qwen2-Audio tower encoder (its tower in
+    `dtype`), or the head on the packaged Whisper base it was trained on (joined once into `cache_dir`,
+    by default the settings' model cache; CTranslate2 runs Whisper in its own precision)."""
     require_model(checkpoint, SPEECH_ENCODER)
     kind = checkpoint.config.get("kind")
     if kind == TOWER_KIND:
-        return load_tower_speech_encoder(checkpoint, device)
+        return load_tower_speech_encoder(checkpoint, device, dtype)
     if kind != SPEECH_KIND:
         raise ModelUnavailableError(
             f"{checkpoint.path}: a {kind!r} speech encoder cannot run in the app; it runs the {SPEECH_KIND} "

@@ -85,13 +85,16 @@ def core_source(checkpoint: Checkpoint, store: ModelStore) -> Checkpoint | str:
     return store.component(checkpoint, "core")
 
 
-def load_farcer(checkpoint: Checkpoint, store: ModelStore, device: str) -> tuple[Farcer, FarcerProcessor]:
-    """The Farcer of a farcer or farcer-core checkpoint in eval mode, and its processor."""
+def load_farcer(
+    checkpoint: Checkpoint, store: ModelStore, device: str, dtype: torch.dtype = torch.float32
+) -> tuple[Farcer, FarcerProcessor]:
+    """The Farcer of a farcer or farcer-core checkpoint in eval mode (its core in `dtype`; projector and
+    adapters stay float32), and its processor."""
     config = model_config(checkpoint)
     revision = None
     if checkpoint.model == MODEL and (checkpoint.components.get("core") or {}).get("kind") == "hub":
         revision = load_kwargs(check_hub_component(checkpoint, "core")).get("revision")
-    lm, tokenizer = load_core(core_source(checkpoint, store), device, revision=revision)
+    lm, tokenizer = load_core(core_source(checkpoint, store), device, dtype, revision=revision)
     processor = FarcerProcessor(tokenizer, checkpoint.labels)
     farcer = Farcer(lm, config, processor.label_ids, processor.end_ids)
     if checkpoint.config.get("variant") == "lora":
@@ -215,7 +218,7 @@ def load_predictor(checkpoint: Checkpoint, store: ModelStore, settings: Settings
             f"{checkpoint.path} is a {checkpoint.model} checkpoint; the app serves {MODEL} ones"
         )
     device = settings.torch_device()
-    farcer, processor = load_farcer(checkpoint, store, device)
+    farcer, processor = load_farcer(checkpoint, store, device, settings.torch_dtype())
     faces = component_features(checkpoint, "face_encoder", store, device) if trained_with_faces(checkpoint) else None
     return FarcerPredictor(
         farcer, processor, faces, served_past_labels(checkpoint), checkpoint.version, checkpoint.versions()

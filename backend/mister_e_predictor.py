@@ -159,8 +159,8 @@ def load_predictor(checkpoint: Checkpoint, store: ModelStore, settings: Settings
             f"{checkpoint.path}: a speech-only MiSTER-E checkpoint cannot label turns without audio; "
             "the app needs one trained with text (the default modalities)"
         )
-    text = load_text_encoder(store.component(checkpoint, "text"), device)
+    text = load_text_encoder(store.component(checkpoint, "text"), device, settings.torch_dtype())
     speech = None
     if "speech" in checkpoint_modalities(checkpoint):
-        speech = load_speech_encoder(store.component(checkpoint, "speech"), device)
+        speech = load_speech_encoder(store.component(checkpoint, "speech"), device, dtype=settings.torch_dtype())
     return MisterEPredictor(model, checkpoint.labels, text, speech, checkpoint.version, checkpoint.versions())

@@ -69,18 +69,19 @@ def unavailable(reason: str) -> PredictorLoader:
     return load
 
 
-_CACHE: dict[tuple[str, str, str, str], TurnPredictor] = {}
+_CACHE: dict[tuple[str, ...], TurnPredictor] = {}
 
 
 def model_status(profile: Profile, settings: Settings) -> dict[str, TurnPredictor | str]:
-    """Each registered model by analysis key, in display order: loaded (once per process and active
-    version), or the reason it is unavailable."""
+    """Each registered model by analysis key, in display order: loaded (once per process, active
+    version, device and dtype), or the reason it is unavailable."""
     status: dict[str, TurnPredictor | str] = {}
     store = open_model_store(settings)
     for spec in registry.MODELS:
         loader = PREDICTOR_LOADERS.get(spec.key) or registered_loader(spec)
         active = store.active_version(spec.name) or ""
-        cache_key = (spec.key, profile.name, str(settings.checkpoints_dir), active)
+        cache_key = (spec.key, profile.name, str(settings.checkpoints_dir), active, settings.torch_device(),
+                     str(settings.torch_dtype()))
         try:
             if cache_key not in _CACHE:
                 _CACHE[cache_key] = loader(profile, settings)

@@ -4,12 +4,15 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backend.profiles import PROFILES
+
+if TYPE_CHECKING:
+    import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"
@@ -41,6 +44,9 @@ class Settings(BaseSettings):
     database_url: str | None = None
     profile: str = PROFILES[0]
     device: str = "auto"
+    # Weights of the pretrained backbones and FARCER's core: "auto" is bfloat16 on a GPU (an 8B core
+    # in float32 needs 32 GB) and float32 on the CPU; trained heads and projectors stay float32.
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     checkpoints_dir: Path = CHECKPOINTS_DIR
     model_cache_dir: Path = Field(default_factory=_default_model_cache)
     max_upload_mb: float = Field(default=200.0, gt=0)
@@ -121,6 +127,14 @@ class Settings(BaseSettings):
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def torch_dtype(self) -> "torch.dtype":
+        """The dtype backbones load in (see `dtype`), for the device `torch_device` picks."""
+        import torch
+
+        if self.dtype != "auto":
+            return getattr(torch, self.dtype)
+        return torch.bfloat16 if self.torch_device().startswith("cuda") else torch.float32
 
 
 @lru_cache(maxsize=1)

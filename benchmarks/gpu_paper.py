@@ -1,6 +1,6 @@
 """Paper-size figures for a GPU machine: FARCER every-turn labels with a Llama-3-8B-shaped core,
 MiSTER-E stage 2 at the paper's sizes, and LoRA training throughput of both stage-1 encoders
-(Qwen2.5-7B text, Qwen2-Audio-7B speech).
+(Qwen2.5-7B text, Qwen2-Audio-7B's audio tower for speech).
 
     python -m benchmarks.gpu_paper --out runs/gpu-paper.json            # CUDA, bf16, paper shapes
     python -m benchmarks.gpu_paper --tiny --out runs/gpu-paper-tiny.json # same code, tiny shapes, any device
@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from backend.encoders import speech_inputs
+from backend.encoders import tower_inputs
 from backend.farcer_processor import FarcerProcessor
 from backend.labels import MELD7
 from benchmarks.farcer_incremental import SPEAKERS, WORDS, run as farcer_every_turn, word_tokenizer
 from models.encoders import (
     SPEECH_LORA,
+    AudioTowerEncoder,
     HeadConfig,
-    SpeechUtteranceEncoder,
     TextUtteranceEncoder,
     apply_lora,
     lora_dict,
@@ -40,21 +40,14 @@ LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, n
                  num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0)
 QWEN25_7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                  num_attention_heads=28, num_key_value_heads=4)
-QWEN2_AUDIO_7B = dict(
-    audio=dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120, num_mel_bins=128),
-    text=dict(vocab_size=156032, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-              num_attention_heads=32, num_key_value_heads=32),
-)
+QWEN2_AUDIO_TOWER = dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
+                         num_mel_bins=128)  # Qwen2-Audio-7B's Whisper-large-v3-shaped audio tower
 VIT_DIM = 768  # the ViT face-expression encoder's CLS vector
 TINY_LLAMA = dict(vocab_size=4000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2)
 TINY_QWEN = dict(vocab_size=4000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2)
-TINY_AUDIO = dict(
-    audio=dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, num_mel_bins=16),
-    text=dict(vocab_size=4000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2),
-)
+TINY_TOWER = dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, num_mel_bins=16)
 
 
 def synchronize(device: str) -> None:
@@ -163,38 +156,23 @@ def text_lora_figures(device: str, dtype: torch.dtype, tiny: bool, steps: int) -
 
 
 def speech_lora_figures(device: str, dtype: torch.dtype, tiny: bool, steps: int) -> dict:
-    """Qwen2-Audio-7B-shaped backbone (frozen audio tower, LoRA on the language model), 8 clips of
-    5 s a step; tokens counted are the language model's (audio tokens + prompt)."""
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import (
-        Qwen2AudioConfig,
-        Qwen2AudioForConditionalGeneration,
-        Qwen2AudioProcessor,
-        Qwen2Tokenizer,
-        WhisperFeatureExtractor,
-    )
+    """Qwen2-Audio-7B's audio tower (Whisper-large-shaped) with the speech LoRA, 8 clips of 5 s a step
+    (each padded to the tower's 30 s window, its padding masked out); tokens are the tower's frames."""
+    from transformers import Qwen2AudioEncoder, Qwen2AudioEncoderConfig, WhisperFeatureExtractor
 
-    sizes = TINY_AUDIO if tiny else QWEN2_AUDIO_7B
-    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}  # byte-level prompt tokens
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], extra_special_tokens=["<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"])
-    mels = sizes["audio"]["num_mel_bins"]
-    processor = Qwen2AudioProcessor(WhisperFeatureExtractor(feature_size=mels), tokenizer)
-    config = Qwen2AudioConfig(
-        audio_config=sizes["audio"],
-        text_config=dict(model_type="qwen2", **sizes["text"]),
-        audio_token_id=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
-    )
+    sizes = TINY_TOWER if tiny else QWEN2_AUDIO_TOWER
+    extractor = WhisperFeatureExtractor(feature_size=sizes["num_mel_bins"])
     torch.manual_seed(0)
-    backbone = build(lambda: Qwen2AudioForConditionalGeneration(config), device, dtype)
-    backbone.activation_checkpointing_enable()
-    apply_lora(backbone, **lora_dict(SPEECH_LORA))
-    encoder = SpeechUtteranceEncoder(backbone, HeadConfig(n_labels=len(MELD7))).to(device)
+    tower = build(lambda: Qwen2AudioEncoder(Qwen2AudioEncoderConfig(**sizes)), device, dtype)
+    tower.activation_checkpointing_enable()
+    apply_lora(tower, **lora_dict(SPEECH_LORA))
+    encoder = AudioTowerEncoder(tower, HeadConfig(n_labels=len(MELD7))).to(device)
     rng = np.random.default_rng(0)
     clips = [rng.standard_normal(5 * 16000).astype(np.float32) * 0.1 for _ in range(8)]
-    batch = {k: v.to(device) for k, v in speech_inputs(processor, clips).items()}
-    batch["input_features"] = batch["input_features"].to(dtype)
-    figures = lora_throughput(encoder, batch, int(batch["attention_mask"].sum()), device, steps)
-    del encoder, backbone
+    batch = {k: v.to(device) for k, v in tower_inputs(extractor, clips).items()}
+    frames = len(clips) * (batch["input_features"].shape[-1] // 2)  # the tower's positions (conv stride 2)
+    figures = lora_throughput(encoder, batch, frames, device, steps)
+    del encoder, tower
     return figures
 
 

@@ -149,12 +149,14 @@ class AudioTowerEncoder(nn.Module):
     def embed(self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor) -> torch.Tensor:
         from transformers.masking_utils import create_bidirectional_mask
 
+        dtype = next(self.backbone.parameters()).dtype  # a bf16 tower reads bf16 features and mask
+        input_features = input_features.to(dtype)
         conv_lengths, out_lengths = self.backbone._get_feat_extract_output_lengths(feature_attention_mask.sum(-1))
         positions = torch.arange((input_features.shape[-1] - 2) // 2 + 1, device=input_features.device)
         conv_mask = (positions[None] < conv_lengths[:, None]).long()
         attention = create_bidirectional_mask(
             config=self.backbone.config,
-            inputs_embeds=torch.zeros(*conv_mask.shape, 1, dtype=self.norm.weight.dtype, device=conv_mask.device),
+            inputs_embeds=torch.zeros(*conv_mask.shape, 1, dtype=dtype, device=conv_mask.device),
             attention_mask=conv_mask,
         )
         states = self.backbone(input_features, attention_mask=attention).last_hidden_state

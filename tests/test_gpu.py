@@ -57,8 +57,20 @@ def test_bf16_core_labels_every_turn_like_reencoding():
 
 
 def test_served_models_run_on_the_gpu_and_agree_with_the_cpu(monkeypatch, data_dir, dialogue):
+    from backend.model_store import open_model_store
+    from backend.registry import model_spec, resolve
+
+    monkeypatch.setenv("ERC_DEVICE", "cuda")
+    get_settings.cache_clear()
+    settings, store, spec = get_settings(), open_model_store(get_settings()), model_spec("farcer")
+    assert settings.torch_dtype() == torch.bfloat16  # the default on a GPU
+    farcer = resolve(spec.loader)(store.active("farcer", "farcer"), store, settings).farcer
+    assert farcer.device.type == "cuda" and farcer.lm.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert next(farcer.projector.parameters()).device.type == "cuda"
+
     video, subtitles = dialogue
     docs = {}
+    monkeypatch.setenv("ERC_DTYPE", "float32")  # same weights on both devices: the answers must agree
     for device in ("cpu", "cuda"):
         monkeypatch.setenv("ERC_DEVICE", device)
         get_settings.cache_clear()

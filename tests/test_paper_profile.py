@@ -109,6 +109,32 @@ def test_the_card_names_the_paper_backbones(paper):
     assert f"the audio tower of `{models['audio'].resolve()}`" in card and "MiniLM" not in card
 
 
+def test_bfloat16_backbones_serve_like_float32(paper, monkeypatch):
+    """What a GPU gets by default (ERC_DTYPE auto): backbones and core in bfloat16, heads, projector and
+    adapters in float32; the answers stay those of float32 weights (here on the CPU)."""
+    import torch
+
+    tmp, _, video = paper
+    store, spec = open_model_store(get_settings()), {m: model_spec(m) for m in ("mister-e", "farcer")}
+    docs = {}
+    for dtype in ("float32", "bfloat16"):
+        monkeypatch.setenv("ERC_DTYPE", dtype)
+        get_settings.cache_clear()
+        docs[dtype] = analyze(video, subtitles=tmp / "talk.srt", profile="paper")
+    settings = get_settings()
+    assert settings.torch_dtype() == torch.bfloat16
+    mister_e = resolve(spec["mister-e"].loader)(store.active("mister-e", "mister-e-paper"), store, settings)
+    assert next(mister_e.text_encoder.model.backbone.parameters()).dtype == torch.bfloat16
+    assert next(mister_e.speech_encoder.model.backbone.parameters()).dtype == torch.bfloat16
+    assert mister_e.text_encoder.model.head.project.weight.dtype == torch.float32
+    farcer = resolve(spec["farcer"].loader)(store.active("farcer", "farcer-paper"), store, settings).farcer
+    assert farcer.lm.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert next(farcer.projector.parameters()).dtype == torch.float32
+    for key in ("mister_e", "farcer"):
+        for exact, half in zip(docs["float32"]["turns"], docs["bfloat16"]["turns"]):
+            assert max(abs(exact[key]["probs"][c] - half[key]["probs"][c]) for c in MELD7) < 0.05, key
+
+
 def test_a_missing_backbone_folder_is_refused(paper):
     tmp, models, _ = paper
     moved = tmp / "qwen2-away"
