@@ -1,0 +1,82 @@
+"""MiSTER-E stage 2 on a small synthetic corpus, run by tests/test_distributed.py in one process and
+under `accelerate launch --num_processes 2 --cpu -m tests.distributed_stage2 OUT`; the main process
+saves the loss history and the final weights to OUT, and every process records how many dialogues it
+ran through the model."""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.mister_e import MisterE, MisterEConfig
+from training.distributed import build_accelerator
+from training.mister_e import Stage2Config, fit_stage2
+from training.pseudo_pairs import Stage2Dialogue
+
+LABELS = ("neutral", "joy", "anger")
+DIMS = {"speech_dim": 6, "text_dim": 5}
+# 7 dialogues in batches of 3: the last batch (1 dialogue) leaves the second process only a filler
+CFG = Stage2Config(epochs=3, batch_size=3, lr=1e-2, seed=0)
+
+
+def corpus(n: int, seed: int) -> list[Stage2Dialogue]:
+    """Dialogues of 2-6 turns whose embeddings lean towards their label; some turns lack a modality
+    or a label, so every masked path of the loss is used."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        t = int(rng.integers(2, 7))
+        labels = rng.integers(0, len(LABELS), t)
+        labels[rng.random(t) < 0.15] = -1
+        text = rng.normal(size=(t, DIMS["text_dim"])).astype(np.float32) + labels[:, None]
+        speech = rng.normal(size=(t, DIMS["speech_dim"])).astype(np.float32) - labels[:, None]
+        text_present, speech_present = rng.random(t) < 0.85, rng.random(t) < 0.7
+        text_present[~speech_present] = True
+        out.append(Stage2Dialogue(f"d{i}", text * text_present[:, None], text_present,
+                                  speech * speech_present[:, None], speech_present, labels))
+    return out
+
+
+def model() -> MisterE:
+    # no dropout: each process would draw its own masks, and the runs could not be compared exactly
+    torch.manual_seed(CFG.seed)
+    return MisterE(replace(MisterEConfig.tiny(len(LABELS), **DIMS), dropout=0.0, attn_dropout=0.0))
+
+
+def run() -> tuple[dict, MisterE, int]:
+    """Train; the result, the model and the real dialogues this process ran through the model."""
+    train, val = corpus(7, seed=1), {"main": corpus(4, seed=2)}
+    mister_e, seen = model(), [0]
+    forward = mister_e.forward
+
+    def counting(speech, text, mask, *rest):
+        if mister_e.training:  # training steps only, not validation
+            seen[0] += int(mask.any(-1).sum())
+        return forward(speech, text, mask, *rest)
+
+    mister_e.forward = counting
+    result = fit_stage2(mister_e, lambda rng: train, val, LABELS, CFG, save=lambda: None)
+    return result, mister_e, seen[0]
+
+
+def main(out: Path) -> None:
+    result, mister_e, seen = run()
+    accelerator = build_accelerator()
+    counts = accelerator.gather(torch.tensor([seen])).tolist()
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(mister_e.state_dict(), out / "weights.pt")
+        (out / "result.json").write_text(json.dumps({
+            "losses": [h["train_loss"] for h in result["history"]],
+            "best_epoch": result["best_epoch"],
+            "processes": accelerator.num_processes,
+            "seen_per_process": counts,
+        }))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
