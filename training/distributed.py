@@ -46,12 +46,19 @@ def build_accelerator(
     )
 
 
+def start_process() -> PartialState:
+    """This process's place in the run. Under `accelerate launch` the first call joins the process
+    group and binds the process's GPU, so that a model loaded on "cuda" lands on it: call it before
+    loading models."""
+    return PartialState()
+
+
 def is_main_process() -> bool:
     """True in a single-process run and in the main process of a launched one."""
-    return PartialState().is_main_process
+    return start_process().is_main_process
 
 
-def distributed(accelerator: Accelerator) -> bool:
+def distributed(accelerator: Accelerator | PartialState) -> bool:
     return accelerator.num_processes > 1
 
 
@@ -60,7 +67,7 @@ def prepare(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.o
     return accelerator.prepare(model, optimizer)
 
 
-def shard_bounds(n: int, accelerator: Accelerator) -> tuple[int, int]:
+def shard_bounds(n: int, accelerator: Accelerator | PartialState) -> tuple[int, int]:
     """[start, stop) of this process's contiguous share of `n` items; shares differ by at most one
     item, earlier processes take the larger ones, and in rank order they cover the items in order."""
     size, rank = accelerator.num_processes, accelerator.process_index
@@ -111,7 +118,9 @@ def gather_with_grad(tensor: torch.Tensor, accelerator: Accelerator) -> torch.Te
     return _GatherWithGrad.apply(tensor)
 
 
-def map_shards(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T], accelerator: Accelerator) -> list[R]:
+def map_shards(
+    fn: Callable[[Sequence[T]], list[R]], items: Sequence[T], accelerator: Accelerator | PartialState
+) -> list[R]:
     """`fn(items)` computed as each process's contiguous share and gathered back in order (every
     process gets the whole list); one process calls `fn` on all items."""
     if not distributed(accelerator):

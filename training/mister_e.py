@@ -432,6 +432,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-batch-size", type=int, default=32)
     parser.add_argument("--text-embed-dim", type=int, default=256)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="stage-1 text backbone: recompute activations in backward (for 7B backbones)")
     parser.add_argument("--speech-epochs", type=int, default=40)
     parser.add_argument("--speech-embed-dim", type=int, default=128)
     parser.add_argument("--speech-shrink", type=float, default=8.0,
@@ -545,6 +547,7 @@ def _train_stage1(folder: Path, args: argparse.Namespace, plan: _Plan, command: 
             out_dir=folder / "text",
             embed_dim=args.text_embed_dim,
             command=command,
+            gradient_checkpointing=args.gradient_checkpointing,
         )
     if "speech" in plan.modalities:
         train_speech_encoder(
