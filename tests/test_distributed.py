@@ -63,3 +63,37 @@ def test_two_processes_train_to_the_single_process_losses_and_weights(tmp_path):
     for name, value in single.items():
         torch.testing.assert_close(_gradient_free(name, launched[name]), _gradient_free(name, value),
                                    atol=1e-5, rtol=0, msg=name)
+
+
+def test_gradient_checkpointing_recomputes_a_lora_backbone_with_the_same_gradients():
+    from transformers import Qwen2Config, Qwen2Model
+
+    from models.encoders import apply_lora
+    from training.distributed import enable_gradient_checkpointing
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    backbone = apply_lora(Qwen2Model(config).train(), r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    for name, p in backbone.named_parameters():
+        if "lora_B" in name:  # LoRA starts with B = 0; a nonzero B makes every adapter's gradient nonzero
+            torch.nn.init.normal_(p, std=0.1)
+    calls = []
+    # inside the layer (its own hooks stay out of the recomputation), and before forward: the
+    # recomputation stops once it has what backward needs
+    backbone.layers[0].self_attn.register_forward_pre_hook(lambda *_: calls.append(1))
+    ids = torch.randint(0, 50, (2, 7))
+
+    def gradients() -> dict[str, torch.Tensor]:
+        backbone.zero_grad(set_to_none=True)
+        backbone(input_ids=ids).last_hidden_state.square().mean().backward()
+        return {n: p.grad.clone() for n, p in backbone.named_parameters() if p.requires_grad}
+
+    plain = gradients()
+    assert len(calls) == 1
+    assert enable_gradient_checkpointing(backbone) == 1
+    checkpointed = gradients()
+    assert len(calls) == 3  # forward, then the attention recomputed in backward
+    assert plain.keys() == checkpointed.keys() and all(g.abs().sum() > 0 for g in plain.values())
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], msg=name)

@@ -132,15 +132,12 @@ def map_shards(
 def enable_gradient_checkpointing(module: torch.nn.Module) -> int:
     """Gradient checkpointing in every transformers model inside `module` (recomputes activations in
     backward: the memory of a 7-8B backbone's activations for about a third more compute); the number
-    of models switched. Inputs get requires_grad so checkpointed blocks of a frozen backbone under
-    LoRA still pass gradients to the adapters."""
+    of models switched. transformers also gives the inputs requires_grad, so checkpointed blocks of a
+    frozen backbone under LoRA still pass gradients to the adapters."""
     switched = 0
     for sub in module.modules():
-        if getattr(sub, "supports_gradient_checkpointing", False) and hasattr(sub, "gradient_checkpointing_enable"):
-            if getattr(sub, "is_gradient_checkpointing", False):
-                continue
-            sub.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if hasattr(sub, "enable_input_require_grads"):
-                sub.enable_input_require_grads()
-            switched += 1
+        if not getattr(sub, "supports_gradient_checkpointing", False) or getattr(sub, "is_activation_checkpointing", False):
+            continue  # not a transformers model, or switched on through the model that holds it
+        sub.activation_checkpointing_enable({"use_reentrant": False})
+        switched += 1
     return switched
