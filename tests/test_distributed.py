@@ -1,5 +1,6 @@
 """Data-parallel training (training/distributed.py): two CPU processes (gloo) under `accelerate launch`
-train MiSTER-E stage 2 to the same losses and weights as one process on the same global batches."""
+train MiSTER-E stage 2 and a FARCER LoRA head to the same losses and weights as one process on the
+same global batches."""
 from __future__ import annotations
 
 import json
@@ -47,10 +48,12 @@ def _launch(out: Path, processes: int) -> dict:
 
 def test_two_processes_train_to_the_single_process_losses_and_weights(tmp_path):
     result, model, _ = distributed_stage2.run()
+    farcer_result, farcer, packed = distributed_stage2.run_farcer()
     two = _launch(tmp_path / "two", 2)
     assert two["processes"] == 2
-    # each process ran only its share of every global batch (3, 3 and 1 dialogues: 2+2+1 and 1+1+0,
-    # the short shares padded by an unlabelled filler), never the whole batch (7 per epoch)
+
+    # MiSTER-E: each process ran only its share of every global batch (3, 3 and 1 dialogues: 2+2+1 and
+    # 1+1+0, the short shares padded by an unlabelled filler), never the whole batch (7 per epoch)
     cfg: Stage2Config = distributed_stage2.CFG
     assert two["seen_per_process"] == [(2 + 2 + 1) * cfg.epochs] * 2
     losses = [h["train_loss"] for h in result["history"]]
@@ -63,6 +66,15 @@ def test_two_processes_train_to_the_single_process_losses_and_weights(tmp_path):
     for name, value in single.items():
         torch.testing.assert_close(_gradient_free(name, launched[name]), _gradient_free(name, value),
                                    atol=1e-5, rtol=0, msg=name)
+
+    # FARCER: rows of batches of 4, 4 and 1 packed 2+2+1 and 2+2+0 (+1 filler) per epoch, not 9
+    assert packed == 9 * 2 and two["packed_per_process"] == [5 * 2, 5 * 2]
+    farcer_losses = [row["train_label_loss"] for row in farcer_result["curve"]]
+    assert two["farcer_losses"] == pytest.approx(farcer_losses, abs=1e-5, rel=0)
+    assert two["farcer_best_step"] == farcer_result["best_step"]
+    launched = torch.load(tmp_path / "two" / "farcer.pt")
+    for name, value in farcer.trainable_state().items():
+        torch.testing.assert_close(launched[name], value, atol=1e-5, rtol=0, msg=name)
 
 
 def test_gradient_checkpointing_recomputes_a_lora_backbone_with_the_same_gradients():
