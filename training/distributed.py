@@ -49,8 +49,8 @@ def build_accelerator(
 def start_process() -> PartialState:
     """This process's place in the run. Under `accelerate launch` the first call joins the process
     group and binds the process's GPU, so that a model loaded on "cuda" lands on it: call it before
-    loading models."""
-    return PartialState()
+    loading models. Without CUDA it must say cpu, or accelerate leaves launched CPU processes apart."""
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def is_main_process() -> bool:
