@@ -24,6 +24,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, gather_object
 
 T = TypeVar("T")
@@ -36,6 +37,9 @@ def build_accelerator(
     """The run's Accelerator: bf16 mixed precision only when the run asks for it and CUDA is there,
     the CPU when there is no GPU (or `cpu`), `gradient_accumulation_steps` batches per optimiser step."""
     cpu = not torch.cuda.is_available() if cpu is None else cpu
+    # accelerate keeps one process-wide state that refuses a second precision; a command may train a
+    # bf16 stage and then an fp32 one (MiSTER-E stage 1 text, then stage 2). The process group stays.
+    AcceleratorState._reset_state()
     return Accelerator(
         cpu=cpu,
         mixed_precision="bf16" if bf16 and not cpu and torch.cuda.is_available() else "no",

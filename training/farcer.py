@@ -26,8 +26,8 @@ import os
 import random
 import time
 from collections import Counter
-from contextlib import nullcontext
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,8 +51,6 @@ from models.farcer import PAST_LABELS, Farcer, FarcerConfig, apply_lora
 from training.corpora.image_folder import load_image_folder
 from training.corpora.registry import CORPORA, corpus_labels, load_corpus, split
 from training.corrections import add_corrections_args, card_section, load_corrections
-from training.face_encoder import BUILTIN as FACE_ENCODER_BUILTIN
-from training.face_encoder import load_pixels
 from training.distributed import (
     build_accelerator,
     distributed,
@@ -61,6 +59,8 @@ from training.distributed import (
     prepare,
     shard_bounds,
 )
+from training.face_encoder import BUILTIN as FACE_ENCODER_BUILTIN
+from training.face_encoder import load_pixels
 from training.farcer_core import CoreConfig, new_core, save_core, train_tokenizer
 from training.farcer_corrections import corrected_faces, corrected_train, views_lines
 from training.metrics import classification_report
@@ -398,7 +398,8 @@ def fit(
     the run saves its state at each validation, and `resume` continues from the saved state."""
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
-    accelerator = build_accelerator(gradient_accumulation_steps=cfg.accumulate, cpu=farcer.device.type == "cpu")
+    accelerator = build_accelerator(bf16=cfg.bf16, gradient_accumulation_steps=cfg.accumulate,
+                                    cpu=farcer.device.type == "cpu")
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(farcer)
     samples = make_samples(train.dialogues, cfg, cfg.seed)
@@ -492,7 +493,9 @@ def fit(
                     scale = accelerator.num_processes * own / accelerator.reduce(own.clone(), "sum")
                 last = micro == cfg.accumulate - 1 or state.position >= len(state.order)
                 with nullcontext() if last else accelerator.no_sync(packed_loss):  # sync once per step
-                    with torch.autocast(farcer.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                    # accelerate autocasts on the GPU; on a CPU (avx512_bf16) the loop does it
+                    with torch.autocast(farcer.device.type, dtype=torch.bfloat16,
+                                        enabled=cfg.bf16 and accelerator.mixed_precision == "no"):
                         loss, parts = packed_loss(rows, cfg.text_weight)
                     accelerator.backward(loss * scale)  # divided by cfg.accumulate
                 if distributed(accelerator):  # the chunk's loss parts, as one process reports them

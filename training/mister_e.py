@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from accelerate import Accelerator
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from backend.checkpoints import CARD, MANIFEST, Checkpoint, read_checkpoint, update_metrics, write_checkpoint
@@ -52,8 +52,8 @@ from models.losses import mister_e_loss
 from models.mister_e import EXPERTS, MisterE, MisterEConfig, MisterEOutput
 from training.corpora.registry import corpus_labels, load_corpus, split
 from training.corrections import Corrections, add_corrections_args, card_section, load_corrections
-from training.mister_e_init import add_init_args, copy_encoders, init_modalities, initial_model, resolve_init
 from training.distributed import build_accelerator, distributed, gather_with_grad, local_batch, prepare
+from training.mister_e_init import add_init_args, copy_encoders, init_modalities, initial_model, resolve_init
 from training.metrics import classification_report, unweighted_average_recall
 from training.outputs import checkpoint_output
 from training.pseudo_pairs import PairMix, SpeechBank, Stage2Dialogue, drop_modalities, drop_speech
@@ -434,6 +434,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="stage-1 text backbone: recompute activations in backward (for 7B backbones)")
+    parser.add_argument("--bf16", action="store_true", help="stage-1 text backbone: bf16 autocast on a GPU")
     parser.add_argument("--speech-epochs", type=int, default=40)
     parser.add_argument("--speech-embed-dim", type=int, default=128)
     parser.add_argument("--speech-shrink", type=float, default=8.0,
@@ -548,6 +549,7 @@ def _train_stage1(folder: Path, args: argparse.Namespace, plan: _Plan, command: 
             embed_dim=args.text_embed_dim,
             command=command,
             gradient_checkpointing=args.gradient_checkpointing,
+            bf16=args.bf16,
         )
     if "speech" in plan.modalities:
         train_speech_encoder(

@@ -119,13 +119,14 @@ def _fit(
     max_steps_per_epoch: int | None,
     desc: str,
     gradient_checkpointing: bool = False,
+    bf16: bool = False,
 ) -> dict:
     """Train with focal loss + AdamW; after each epoch score validation and save when it improves.
 
     Under `accelerate launch` each process runs its share of every batch and the focal loss is taken
     over the logits gathered from all of them (training/distributed.py), so the steps are those of one
     process; `save` writes for real in the main process only (training/outputs.py)."""
-    accelerator = build_accelerator(cpu=next(model.parameters()).device.type == "cpu")
+    accelerator = build_accelerator(bf16=bf16, cpu=next(model.parameters()).device.type == "cpu")
     if gradient_checkpointing:
         enable_gradient_checkpointing(model)
     trained, optimizer = prepare(
@@ -223,10 +224,12 @@ def train_text_encoder(
     max_steps_per_epoch: int | None = None,
     command: str | None = None,
     gradient_checkpointing: bool = False,
+    bf16: bool = False,
 ) -> Checkpoint:
     """Fine-tune `backbone` + attentive-pooling head on transcripts into a "text-encoder" checkpoint
     (in `out_dir`, which must not hold one yet, or a new version in the model store);
-    `gradient_checkpointing` trades compute for the activation memory of a large backbone."""
+    `gradient_checkpointing` trades compute for the activation memory of a large backbone; `bf16`
+    autocasts the training forward on a GPU."""
     labels = list(labels)
     train_turns, y_train = _labelled(dialogues_train, labels, need_audio=False)
     val_turns, y_val = _labelled(dialogues_val, labels, need_audio=False)
@@ -251,7 +254,8 @@ def train_text_encoder(
             model, texts_of(train_turns), y_train,
             lambda: _predict(model, texts_of(val_turns), len(val_turns), batch_size * 2), y_val,
             labels, epochs, lr, batch_size, seed, lambda: _save_weights(model, pending.folder),
-            max_steps_per_epoch, desc="text stage 1", gradient_checkpointing=gradient_checkpointing,
+            max_steps_per_epoch, desc="text stage 1",
+            gradient_checkpointing=gradient_checkpointing, bf16=bf16,
         )
         metrics.update(seconds=round(time.perf_counter() - started, 1),
                        trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
