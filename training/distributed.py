@@ -1,17 +1,22 @@
 """Data-parallel training with accelerate: one place that builds the run's `Accelerator`, and the
 helpers the training loops share.
 
-    python -m training train mister-e ...                                  # one process, as always
-    accelerate launch --num_processes 4 -m training train mister-e ...     # 4 GPUs (or --cpu: 4 CPU processes)
-    accelerate launch --config_file ds.yaml -m training train farcer ...   # DeepSpeed / FSDP from accelerate's config
+    python -m training train mister-e ...                                # one process, as always
+    accelerate launch --multi_gpu --num_processes 4 -m training train mister-e ...   # 4 GPUs
+    accelerate launch --config_file fsdp.yaml -m training train farcer ...  # DeepSpeed / FSDP: accelerate's config
+
+Without CUDA, `--multi_gpu` starts CPU processes joined by gloo (accelerate's `--cpu` alone starts one).
 
 Every process draws the same seeded batch order and takes a contiguous share of each GLOBAL batch
-(`local_batch`), so a step sees the same examples whatever the process count. The loops compute their
-loss on model outputs gathered from all processes (`gather_with_grad`), so the loss of a step is the
-one a single process computes on the whole batch, and DDP's gradient average then equals the
-single-process gradient. Validation runs on a share of the items in each process and is gathered
-(`map_shards`), so every process selects the same best epoch; a checkpoint is written for real only by
-the main process (training/outputs.py gives the others a throwaway folder).
+(`local_batch`, `shard_bounds`), so a step sees the same examples whatever the process count. MiSTER-E
+stage 1 and stage 2 take their loss on the outputs gathered from all processes (`gather_with_grad`): the
+loss a single process computes on the whole batch, and DDP's gradient average is then the
+single-process gradient. FARCER's loss is a weighted mean inside the model, so each process weighs its
+label loss by its share of the batch's label weight (exact for heads; a core's LM-loss term is weighed
+the same way, approximately). Stage 1 and FARCER validate a share of the items in each process and
+gather the predictions (`map_shards`); stage 2 (a small model) validates in every process. So every
+process selects the same best epoch; a checkpoint is written for real only by the main process
+(training/outputs.py gives the others a throwaway folder).
 
 Under several processes a run matches the single-process run to float rounding when the model has no
 dropout; with dropout each process draws its own masks (as in any data-parallel run).
@@ -66,7 +71,9 @@ def distributed(accelerator: Accelerator | PartialState) -> bool:
     return accelerator.num_processes > 1
 
 
-def prepare(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+def prepare(
+    accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """The model (DDP-wrapped under several processes, on the process's device) and its optimizer."""
     return accelerator.prepare(model, optimizer)
 
