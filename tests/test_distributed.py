@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests import distributed_stage2
+from tests import distributed_training
 from training.mister_e import Stage2Config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def _launch(out: Path, processes: int) -> dict:
     done = subprocess.run(
         [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-         "-m", "tests.distributed_stage2", str(out)],
+         "-m", "tests.distributed_training", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-4000:]
@@ -47,21 +47,21 @@ def _launch(out: Path, processes: int) -> dict:
 
 
 def test_two_processes_train_to_the_single_process_losses_and_weights(tmp_path):
-    result, model, _ = distributed_stage2.run()
-    farcer_result, farcer, packed = distributed_stage2.run_farcer()
+    result, model, _ = distributed_training.run()
+    farcer_result, farcer, packed = distributed_training.run_farcer()
     two = _launch(tmp_path / "two", 2)
     assert two["processes"] == 2
 
     # MiSTER-E: each process ran only its share of every global batch (3, 3 and 1 dialogues: 2+2+1 and
     # 1+1+0, the short shares padded by an unlabelled filler), never the whole batch (7 per epoch)
-    cfg: Stage2Config = distributed_stage2.CFG
+    cfg: Stage2Config = distributed_training.CFG
     assert two["seen_per_process"] == [(2 + 2 + 1) * cfg.epochs] * 2
     losses = [h["train_loss"] for h in result["history"]]
     assert len(set(losses)) == cfg.epochs  # the loss moves, so matching it is not a coincidence
     assert two["losses"] == pytest.approx(losses, abs=1e-5, rel=0)
     assert two["best_epoch"] == result["best_epoch"]
     single, launched = model.state_dict(), torch.load(tmp_path / "two" / "weights.pt")
-    moved = max((single[k] - distributed_stage2.model().state_dict()[k]).abs().max().item() for k in single)
+    moved = max((single[k] - distributed_training.model().state_dict()[k]).abs().max().item() for k in single)
     assert moved > 1e-2  # training changed the weights well beyond the tolerance
     for name, value in single.items():
         torch.testing.assert_close(_gradient_free(name, launched[name]), _gradient_free(name, value),

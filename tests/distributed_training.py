@@ -1,5 +1,5 @@
 """MiSTER-E stage 2 and a FARCER LoRA head on small synthetic data, run by tests/test_distributed.py
-in one process and under `accelerate launch --multi_gpu --num_processes 2 -m tests.distributed_stage2 OUT`
+in one process and under `accelerate launch --multi_gpu --num_processes 2 -m tests.distributed_training OUT`
 (CPU processes without CUDA); the main process saves the loss histories and the final weights to OUT,
 and every process records how much of each batch it ran through the model."""
 from __future__ import annotations
