@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.action == "versions":
         return versions(args.model, args.json)
+    if args.action == "train":
+        from training.distributed import start_process
+
+        start_process()  # before any model is loaded
     return getattr(task_module(args.task), args.action)(args) or 0
 
 

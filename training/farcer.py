@@ -34,6 +34,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,6 +68,14 @@ from models.farcer import PAST_LABELS, Farcer, FarcerConfig, apply_lora
 from training.corpora.image_folder import load_image_folder
 from training.corpora.registry import CORPORA, corpus_labels, load_corpus, split
 from training.corrections import add_corrections_args, card_section, load_corrections
+from training.distributed import (
+    build_accelerator,
+    distributed,
+    enable_gradient_checkpointing,
+    map_shards,
+    prepare,
+    shard_bounds,
+)
 from training.face_encoder import BUILTIN as FACE_ENCODER_BUILTIN
 from training.face_encoder import load_pixels
 from training.farcer_core import CoreConfig, new_core, save_core, train_tokenizer
@@ -114,6 +123,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # 0: no time budget; otherwise stop (and validate) once it is spent
     val_every: int = 0  # 0: validate after each epoch; otherwise every this many optimiser steps
     bf16: bool = False  # bf16 autocast for the forward pass (CPUs with avx512_bf16 and GPUs)
+    gradient_checkpointing: bool = False  # recompute the core's activations in backward (7-8B cores)
 
 
 # ----------------------------------------------------------------------------- data
@@ -411,6 +421,24 @@ def load_state(path: Path, farcer: Farcer, opt, sched, rng: random.Random) -> Ru
     return RunState(**saved["run"])
 
 
+class _PackedLoss(torch.nn.Module):
+    """`Farcer.packed_loss` as a module's forward, so that DDP (which hooks `forward`) can wrap it."""
+
+    def __init__(self, farcer: Farcer):
+        super().__init__()
+        self.farcer = farcer
+
+    def forward(self, rows: list, text_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.farcer.packed_loss(rows, text_weight)
+
+
+def _label_weight(farcer: Farcer, rows: list) -> torch.Tensor:
+    """The weight `packed_loss` divides the rows' label loss by: their answers' token weights summed."""
+    ids = torch.cat([r.label_ids for r in rows]).to(farcer.device)
+    return farcer.token_weights[ids].sum() if farcer.token_weights is not None else torch.tensor(
+        float(len(ids)), device=farcer.device)
+
+
 def fit(
     farcer: Farcer, processor: FarcerProcessor, train: Split, val: Split, pool: list[Example],
     cfg: TrainConfig, on_best: Callable[[dict, int], None], state_path: Path | None = None, resume: bool = False,
@@ -421,9 +449,12 @@ def fit(
     the run saves its state at each validation, and `resume` continues from the saved state."""
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
+    accelerator = build_accelerator(bf16=cfg.bf16, gradient_accumulation_steps=cfg.accumulate,
+                                    cpu=farcer.device.type == "cpu")
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(farcer)
     samples = make_samples(train.dialogues, cfg, cfg.seed)
     counts = Counter(train.dialogues[s.dialogue].turns[s.start + t].label for s in samples for t in s.targets)
-    farcer.set_token_weights(processor.token_weights(counts))
     prompts = training_prompts(pool, cfg.prompts, cfg.shots, cfg.seed) if cfg.shots else [[]]
     val_shots = sample_shots(pool, cfg.shots, cfg.seed)
     val_past = {"mixed": "predicted"}.get(cfg.past_labels, cfg.past_labels)
@@ -432,6 +463,8 @@ def fit(
     params = [p for p in farcer.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(max(1, int(cfg.warmup * total)), total))
+    packed_loss, opt = prepare(accelerator, _PackedLoss(farcer), opt)
+    farcer.set_token_weights(processor.token_weights(counts))  # on the device the accelerator chose
     state = RunState(best={"weighted_f1": -1.0}, curve=[])
     if resume:
         if state_path is None or not state_path.is_file():
@@ -441,7 +474,7 @@ def fit(
     # `spent` is the run's training time in all; the time budget counts this process only, so that a
     # run stopped by its budget can be resumed with a new one.
     started, process_started, sums = time.time() - state.seconds, time.time(), Counter()
-    bar = tqdm(total=total, initial=state.step, desc="farcer", unit="step")
+    bar = tqdm(total=total, initial=state.step, desc="farcer", unit="step", disable=not accelerator.is_main_process)
 
     def spent() -> float:
         return time.time() - started
@@ -452,7 +485,10 @@ def fit(
     def validate() -> None:
         farcer.eval()
         t = time.time()
-        predicted = label_split(farcer, processor, val, val_shots, val_past)
+        predicted = map_shards(
+            lambda rows: label_split(farcer, processor, Split([val.dialogues[i] for i in rows], [val.faces[i] for i in rows]),
+                                     val_shots, val_past),
+            range(len(val.dialogues)), accelerator)
         report = reports(val, predicted, processor.labels)
         if val.views:
             report["views"] = {name: reports(Split([val.dialogues[i] for i in run], []), predicted[run.start : run.stop],
@@ -470,7 +506,8 @@ def fit(
         if improved:
             state.best = {**report, "epoch": state.epoch, "step": state.step}
             on_best(report, state.epoch)
-        bar.write(f"validation: {row}" + (" *" if improved else ""))
+        if accelerator.is_main_process:
+            bar.write(f"validation: {row}" + (" *" if improved else ""))
         farcer.train()
 
     farcer.train()
@@ -479,23 +516,44 @@ def fit(
             state.order, state.position = rng.sample(range(len(samples)), len(samples)), 0
         while state.position < len(state.order) and not out_of_time():
             opt.zero_grad(set_to_none=True)
-            for _ in range(cfg.accumulate):
+            for micro in range(cfg.accumulate):
                 chunk = state.order[state.position : state.position + cfg.batch_size]
                 if not chunk:
                     break
                 state.position += len(chunk)
                 rows = []
-                for s in (samples[k] for k in chunk):
+                # every process draws every row (the same rng in each) and packs only its share
+                start, stop = shard_bounds(len(chunk), accelerator)
+                for i, s in enumerate(samples[k] for k in chunk):
                     d = train.dialogues[s.dialogue]
                     past = cfg.past_labels if cfg.past_labels in PAST_LABELS else rng.choice(("none", "gold"))
                     faces = drop_faces(train.faces[s.dialogue][s.start : s.end], cfg, rng)
                     shots = rng.choice(prompts)
-                    rows.append(processor.pack(farcer, d.turns[s.start : s.end], faces, s.targets, shots, past))
-                with torch.autocast(farcer.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                    loss, parts = farcer.packed_loss(rows, cfg.text_weight)
-                (loss / cfg.accumulate).backward()
+                    if start <= i < stop:
+                        rows.append(processor.pack(farcer, d.turns[s.start : s.end], faces, s.targets, shots, past))
+                scale = 1.0
+                if distributed(accelerator):
+                    # a process without a row runs the chunk's first one with weight 0 (DDP needs every
+                    # process in each backward); the others weigh their label loss by their share of
+                    # the chunk's label weight, so DDP's mean is the whole chunk's label loss
+                    if not rows:
+                        s = samples[chunk[0]]
+                        rows = [processor.pack(farcer, train.dialogues[s.dialogue].turns[s.start : s.end],
+                                               train.faces[s.dialogue][s.start : s.end], s.targets, [], "none")]
+                    own = _label_weight(farcer, rows) if stop > start else torch.zeros((), device=accelerator.device)
+                    scale = accelerator.num_processes * own / accelerator.reduce(own.clone(), "sum")
+                last = micro == cfg.accumulate - 1 or state.position >= len(state.order)
+                with nullcontext() if last else accelerator.no_sync(packed_loss):  # sync once per step
+                    # accelerate autocasts on the GPU; on a CPU (avx512_bf16) the loop does it
+                    with torch.autocast(farcer.device.type, dtype=torch.bfloat16,
+                                        enabled=cfg.bf16 and accelerator.mixed_precision == "no"):
+                        loss, parts = packed_loss(rows, cfg.text_weight)
+                    accelerator.backward(loss * scale)  # divided by cfg.accumulate
+                if distributed(accelerator):  # the chunk's loss parts, as one process reports them
+                    mine = torch.tensor([v * float(scale) for v in parts.values()], device=accelerator.device)
+                    parts = dict(zip(parts, accelerator.reduce(mine, "mean").tolist()))
                 sums.update({**parts, "n": 1})
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            accelerator.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             state.step += 1
@@ -503,19 +561,19 @@ def fit(
             bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
             if cfg.val_every and state.step % cfg.val_every == 0:
                 validate()
-                if state_path is not None:
+                if state_path is not None and accelerator.is_main_process:
                     state.seconds = spent()
                     save_state(state_path, state, farcer, opt, sched, rng)
         if state.position >= len(state.order):
             if not cfg.val_every:
                 validate()
             state.epoch, state.order = state.epoch + 1, None
-            if state_path is not None:
+            if state_path is not None and accelerator.is_main_process:
                 state.seconds = spent()
                 save_state(state_path, state, farcer, opt, sched, rng)
     if not state.curve or state.curve[-1]["steps"] != state.step:
         validate()  # the budget ran out between validations: judge the last weights too
-    if state_path is not None:
+    if state_path is not None and accelerator.is_main_process:
         state.seconds = spent()
         save_state(state_path, state, farcer, opt, sched, rng)
     bar.close()
@@ -572,6 +630,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-targets", default=",".join(d.lora_targets),
                         help="comma-separated module names (the paper: q_proj,k_proj,v_proj)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute the core LM's activations in backward (memory for 7-8B cores)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the unfinished run in --out from the state it saved beside it (OUT.state.pt)")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -603,7 +663,7 @@ def train(args: argparse.Namespace) -> int:
                       face_drop_dialogue=args.face_drop_dialogue, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
                       lora_targets=tuple(t for t in args.lora_targets.split(",") if t), accumulate=args.accumulate,
                       max_minutes=args.max_minutes, val_every=args.val_every, bf16=args.bf16,
-                      max_turns=args.max_turns)
+                      max_turns=args.max_turns, gradient_checkpointing=args.gradient_checkpointing)
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.accumulate < 1 or cfg.lr <= 0:
         raise InputError("--epochs, --batch-size and --accumulate must be at least 1 and --lr positive")
     if args.resume and args.out is None:

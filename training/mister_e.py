@@ -35,11 +35,12 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -53,9 +54,10 @@ from backend.model_store import ModelStore, open_model_store
 from backend.registry import model_spec
 from backend.settings import get_settings
 from models.losses import mister_e_loss
-from models.mister_e import EXPERTS, MisterE, MisterEConfig
+from models.mister_e import EXPERTS, MisterE, MisterEConfig, MisterEOutput
 from training.corpora.registry import corpus_labels, load_corpus, split
 from training.corrections import Corrections, add_corrections_args, card_section, load_corrections
+from training.distributed import build_accelerator, distributed, gather_with_grad, local_batch, prepare
 from training.mister_e_init import add_init_args, copy_encoders, init_modalities, initial_model, resolve_init
 from training.metrics import classification_report, unweighted_average_recall
 from training.outputs import checkpoint_output
@@ -215,9 +217,10 @@ def stage2_dialogues(
     return out
 
 
-def collate(batch: list[Stage2Dialogue]) -> dict[str, torch.Tensor]:
-    """Pad a list of dialogues into model inputs ([B, T, ...], real turns first)."""
-    b, t = len(batch), max(len(d) for d in batch)
+def collate(batch: list[Stage2Dialogue], turns: int | None = None) -> dict[str, torch.Tensor]:
+    """Pad a list of dialogues into model inputs ([B, T, ...], real turns first; T = `turns` or the
+    longest dialogue)."""
+    b, t = len(batch), turns or max(len(d) for d in batch)
     text = torch.zeros(b, t, batch[0].text.shape[1])
     speech = torch.zeros(b, t, batch[0].speech.shape[1])
     mask, text_present, speech_present = (torch.zeros(b, t, dtype=torch.bool) for _ in range(3))
@@ -250,15 +253,16 @@ def predict_dialogues(
 ) -> list[dict[str, np.ndarray]]:
     """Per dialogue: "mixed" and per-expert probabilities [T, C] and "gate" [T, 3]."""
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for batch in _batches(dialogues, batch_size):
-        x = collate(batch)
+        x = {k: v.to(device) for k, v in collate(batch).items()}
         result = model(x["speech"], x["text"], x["mask"], x["speech_present"], x["text_present"])
         probs = {"mixed": result.logits.softmax(-1), "gate": result.gate}
         for i, name in enumerate(EXPERTS):
             probs[name] = result.expert_logits[name].softmax(-1) * result.available[..., i, None]
         for i, d in enumerate(batch):
-            out.append({k: v[i, : len(d)].numpy() for k, v in probs.items()})
+            out.append({k: v[i, : len(d)].cpu().numpy() for k, v in probs.items()})
     return out
 
 
@@ -276,25 +280,49 @@ def score(model: MisterE, dialogues: list[Stage2Dialogue], labels: tuple[str, ..
 # ----------------------------------------------------------------------------- stage-2 training
 
 
+def _unlabelled(item: Stage2Dialogue) -> Stage2Dialogue:
+    """A filler for a process's short share of a batch: it runs through the model but, with no
+    label, adds nothing to the loss."""
+    return replace(item, labels=np.full_like(item.labels, -1))
+
+
+def _gathered(out: MisterEOutput, accelerator: Accelerator) -> MisterEOutput:
+    """The whole batch's outputs, from every process's share (see training/distributed.py)."""
+    def gather(value):
+        if isinstance(value, dict):
+            return {k: gather_with_grad(v, accelerator) for k, v in value.items()}
+        return gather_with_grad(value, accelerator)
+
+    return MisterEOutput(**{f.name: gather(getattr(out, f.name)) for f in fields(out)})
+
+
 def train_one_epoch(
     model: MisterE,
     optimizer: torch.optim.Optimizer,
     items: list[Stage2Dialogue],
     cfg: Stage2Config,
     rng: np.random.Generator,
+    accelerator: Accelerator,
 ) -> float:
-    """One pass over `items` in random order, `cfg.batch_size` dialogues per step; the mean loss."""
+    """One pass over `items` in random order, `cfg.batch_size` dialogues per step; the mean loss.
+
+    `model` and `optimizer` are prepared by `accelerator`. Under several processes (the same `rng`
+    state in each) every process runs its share of each batch and the loss is taken on the outputs
+    gathered from all of them: the whole batch's loss, as in one process."""
+    config = accelerator.unwrap_model(model).config
     model.train()
     losses = []
     for idx in _batches(rng.permutation(len(items)).tolist(), cfg.batch_size):
-        x = collate([items[i] for i in idx])
+        batch = [items[i] for i in idx]
+        share, _ = local_batch(batch, accelerator, _unlabelled)
+        x = {k: v.to(accelerator.device) for k, v in collate(share, max(len(d) for d in batch)).items()}
         out = model(x["speech"], x["text"], x["mask"], x["speech_present"], x["text_present"])
-        loss = mister_e_loss(out, x["labels"].clamp(min=0), x["mask"] & (x["labels"] >= 0), model.config)[
-            "total"
-        ]
+        if distributed(accelerator):
+            out, x = _gathered(out, accelerator), {k: gather_with_grad(x[k], accelerator) for k in ("labels", "mask")}
+        loss = mister_e_loss(out, x["labels"].clamp(min=0), x["mask"] & (x["labels"] >= 0), config)["total"]
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         losses.append(loss.item())
     return float(np.mean(losses))
@@ -316,12 +344,14 @@ def fit_stage2(
     the mean weighted F1 of the views outside REPORT_ONLY improves (validation only, never test)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    optimizer = make_optimizer(model, cfg)
+    accelerator = build_accelerator()
+    trained, optimizer = prepare(accelerator, model, make_optimizer(model, cfg))
     history, best = [], {"epoch": -1, "score": -1.0}
-    bar = tqdm(range(cfg.epochs), desc="mister-e stage 2")
+    bar = tqdm(range(cfg.epochs), desc="mister-e stage 2", disable=not accelerator.is_main_process)
     for epoch in bar:
         started = time.perf_counter()
-        loss = train_one_epoch(model, optimizer, train_epoch(rng), cfg, rng)
+        # every process draws the same epoch (same seed), then trains on its share of each batch
+        loss = train_one_epoch(trained, optimizer, train_epoch(rng), cfg, rng, accelerator)
         train_seconds = time.perf_counter() - started
         reports = {name: score(model, view, labels) for name, view in val_views.items()}
         mean_f1 = float(np.mean([r["weighted_f1"] for name, r in reports.items() if name not in REPORT_ONLY]))
@@ -431,6 +461,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-batch-size", type=int, default=32)
     parser.add_argument("--text-embed-dim", type=int, default=256)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="stage-1 text backbone: recompute activations in backward (for 7B backbones)")
+    parser.add_argument("--bf16", action="store_true", help="stage-1 text backbone: bf16 autocast on a GPU")
     parser.add_argument("--speech-epochs", type=int, default=40)
     parser.add_argument("--speech-embed-dim", type=int, default=128)
     parser.add_argument("--speech-shrink", type=float, default=8.0,
@@ -547,6 +580,8 @@ def _train_stage1(folder: Path, args: argparse.Namespace, plan: _Plan, command: 
             out_dir=folder / "text",
             embed_dim=args.text_embed_dim,
             command=command,
+            gradient_checkpointing=args.gradient_checkpointing,
+            bf16=args.bf16,
         )
     if "speech" in plan.modalities and args.speech_backbone != WHISPER_BASE:
         train_tower_speech_encoder(

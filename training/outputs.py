@@ -3,6 +3,7 @@ checkpoints a command names (a folder, or a version in the model store)."""
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +12,10 @@ from backend.checkpoints import MANIFEST, Checkpoint, read_checkpoint
 from backend.errors import InputError, ModelUnavailableError
 from backend.model_store import NewVersion, open_model_store
 from backend.settings import get_settings
+from training.distributed import is_main_process
+
+
+_REPLICAS: list[Path] = []  # the throwaway folders a non-main process is writing into
 
 
 @contextmanager
@@ -20,7 +25,21 @@ def checkpoint_output(out: Path | None, model: str, resume: bool = False) -> Ite
     Without `out` it is a new version of `model` in the model store, stored under its version id
     when the run ends well. An `out` that already holds a checkpoint is refused, so a run never
     overwrites a shipped or earlier checkpoint; with `resume`, only an unfinished one (a manifest whose
-    data says `finished: false`) is taken up again."""
+    data says `finished: false`) is taken up again.
+
+    Under `accelerate launch` only the main process writes where it is told: the others, which train
+    in step with it, write into a throwaway folder (and a checkpoint nested in it, such as MiSTER-E's
+    stage-1 encoders, into that folder, where their stage 2 reads it)."""
+    if not is_main_process() and not any(root in Path(out or "").resolve().parents for root in _REPLICAS):
+        with tempfile.TemporaryDirectory(prefix=f"{model}-replica-") as folder:
+            _REPLICAS.append(Path(folder).resolve())
+            try:
+                pending = NewVersion(Path(folder))
+                yield pending
+                pending.checkpoint = read_checkpoint(pending.folder) if (pending.folder / MANIFEST).is_file() else None
+            finally:
+                _REPLICAS.pop()
+        return
     if out is None:
         with open_model_store(get_settings()).new_version(model) as pending:
             yield pending

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from accelerate import PartialState
 from tqdm import tqdm
 
 from backend.checkpoints import Checkpoint, write_checkpoint
@@ -54,6 +55,14 @@ from models.encoders import (
     text_lora_spec,
 )
 from models.losses import focal_loss
+from training.distributed import (
+    build_accelerator,
+    enable_gradient_checkpointing,
+    gather_with_grad,
+    local_batch,
+    map_shards,
+    prepare,
+)
 from training.embedding_cache import EmbeddingCache, file_key, text_key
 from training.metrics import classification_report, unweighted_average_recall
 from training.outputs import checkpoint_output
@@ -115,24 +124,39 @@ def _fit(
     save: Callable[[], None],
     max_steps_per_epoch: int | None,
     desc: str,
+    gradient_checkpointing: bool = False,
+    bf16: bool = False,
 ) -> dict:
-    """Train with focal loss + AdamW; after each epoch score validation and save when it improves."""
-    device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    """Train with focal loss + AdamW; after each epoch score validation and save when it improves.
+
+    Under `accelerate launch` each process runs its share of every batch and the focal loss is taken
+    over the logits gathered from all of them (training/distributed.py), so the steps are those of one
+    process; `save` writes for real in the main process only (training/outputs.py)."""
+    accelerator = build_accelerator(bf16=bf16, cpu=next(model.parameters()).device.type == "cpu")
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    trained, optimizer = prepare(
+        accelerator, model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr))
+    device = accelerator.device
     rng = np.random.default_rng(seed)
     y_val = [labels[i] for i in val_targets]
     history, best = [], {"epoch": -1, "weighted_f1": -1.0}
     for epoch in range(epochs):
-        model.train()
+        trained.train()
         started, losses = time.perf_counter(), []
         steps = list(_batches(len(targets), batch_size, rng))[:max_steps_per_epoch]
-        bar = tqdm(steps, desc=f"{desc} epoch {epoch + 1}/{epochs}")
+        bar = tqdm(steps, desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not accelerator.is_main_process)
         for idx in bar:
-            logits = model(**{k: v.to(device) for k, v in step_inputs(idx).items()})
-            y = torch.as_tensor(targets[idx], device=device)
-            loss = focal_loss(logits.float(), y, FOCAL_GAMMA, mask=torch.ones_like(y, dtype=torch.bool))
+            # a short share is padded with the batch's first row, left out of the loss by the mask
+            share, real = local_batch(idx, accelerator, lambda first: first)
+            share = np.asarray(share)
+            logits = trained(**{k: v.to(device) for k, v in step_inputs(share).items()})
+            y = torch.as_tensor(targets[share], device=device)
+            mask = torch.arange(len(share), device=device) < real
+            logits, y, mask = (gather_with_grad(t, accelerator) for t in (logits, y, mask))
+            loss = focal_loss(logits.float(), y, FOCAL_GAMMA, mask=mask)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            accelerator.backward(loss)
             optimizer.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
@@ -153,10 +177,18 @@ def _fit(
 
 @torch.no_grad()
 def _predict(model: torch.nn.Module, inputs: Callable[[np.ndarray], dict], n: int, batch_size: int) -> np.ndarray:
+    """Predicted class ids of rows 0..n-1; under `accelerate launch` each process predicts its share."""
     model.eval()
     device = next(model.parameters()).device
-    preds = [model(**{k: v.to(device) for k, v in inputs(idx).items()}).argmax(-1).cpu() for idx in _batches(n, batch_size)]
-    return torch.cat(preds).numpy()
+
+    def predict(rows: Sequence[int]) -> list[int]:
+        out = []
+        for start in range(0, len(rows), batch_size):
+            batch = inputs(np.asarray(rows[start : start + batch_size]))
+            out += model(**{k: v.to(device) for k, v in batch.items()}).argmax(-1).tolist()
+        return out
+
+    return np.array(map_shards(predict, range(n), PartialState()), dtype=np.int64)
 
 
 def trained_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -197,9 +229,13 @@ def train_text_encoder(
     device: str | None = None,
     max_steps_per_epoch: int | None = None,
     command: str | None = None,
+    gradient_checkpointing: bool = False,
+    bf16: bool = False,
 ) -> Checkpoint:
     """Fine-tune `backbone` + attentive-pooling head on transcripts into a "text-encoder" checkpoint
-    (in `out_dir`, which must not hold one yet, or a new version in the model store)."""
+    (in `out_dir`, which must not hold one yet, or a new version in the model store);
+    `gradient_checkpointing` trades compute for the activation memory of a large backbone; `bf16`
+    autocasts the training forward on a GPU."""
     labels = list(labels)
     train_turns, y_train = _labelled(dialogues_train, labels, need_audio=False)
     val_turns, y_val = _labelled(dialogues_val, labels, need_audio=False)
@@ -227,6 +263,7 @@ def train_text_encoder(
             lambda: _predict(model, texts_of(val_turns), len(val_turns), batch_size * 2), y_val,
             labels, epochs, lr, batch_size, seed, lambda: _save_weights(model, pending.folder),
             max_steps_per_epoch, desc="text stage 1",
+            gradient_checkpointing=gradient_checkpointing, bf16=bf16,
         )
         metrics.update(seconds=round(time.perf_counter() - started, 1),
                        trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
