@@ -28,6 +28,7 @@ from backend.errors import InputError
 from models.farcer import (
     IMAGE,
     PAST_LABELS,
+    TURNS_PER_PASS,
     DialogueTurn,
     Farcer,
     Packed,
@@ -459,7 +460,7 @@ class FarcerProcessor:
         faces: Sequence[Any] | None,
         prefix: PrefixCache,
         past_labels: PastLabels = "none",
-        turns_per_pass: int = 16,
+        turns_per_pass: int = TURNS_PER_PASS,
     ) -> DialogueLabels:
         """Every turn labelled incrementally on top of the cached prefix (`Farcer.label_dialogue`)."""
         inputs = self.dialogue_turns(turns, faces, past_labels)

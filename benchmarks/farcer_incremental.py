@@ -23,7 +23,7 @@ import torch
 from backend.dialogue import Turn
 from backend.farcer_processor import Example, FarcerProcessor, sample_shots
 from backend.labels import MELD7
-from models.farcer import Farcer, FarcerConfig
+from models.farcer import TURNS_PER_PASS, Farcer, FarcerConfig
 from training.farcer_core import SPECIAL_TOKENS, chat_tokenizer
 
 T = TypeVar("T")
@@ -179,6 +179,7 @@ def run(
         "turn_by_turn_s": round(turn_by_turn_s, 3),
         "speedup_turn_by_turn": round(naive_s / (prefix_s + turn_by_turn_s), 2),
         "turns": turns,
+        "turns_per_pass": TURNS_PER_PASS,
         "shots": shots,
         "repeats": repeats,
         "prefix_tokens": prefix.length,

@@ -299,7 +299,7 @@ def test_label_argmax_equals_greedy_decoding_when_valid():
     assert checked, "greedy decoding never produced a valid label"
 
 
-@pytest.mark.parametrize("turns_per_pass", [1, 3, 16])
+@pytest.mark.parametrize("turns_per_pass", [1, 3, 8, 16])
 @pytest.mark.parametrize("past_labels", ["none", "gold", "predicted"])
 def test_incremental_labelling_matches_naive(pair, shots, past_labels, turns_per_pass):
     farcer, proc = pair
