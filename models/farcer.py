@@ -4,7 +4,7 @@ The model takes prompts as `Tokens`: token ids with IMAGE (-1) at each image slo
 vector per slot (backend.farcer_processor turns dialogues into them). Text ids go through the LM's
 embedding table, image slots through the modality projector. A label is scored as log P(label
 tokens + end of turn | prompt) for every candidate at once; every-turn labelling extends one KV
-cache pass by pass on top of a cached instructions + examples prefix, each pass appending up to 16
+cache pass by pass on top of a cached instructions + examples prefix, each pass appending up to TURNS_PER_PASS
 turns and asking each turn's label on a branch it crops off.
 """
 
