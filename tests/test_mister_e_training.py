@@ -424,6 +424,7 @@ def test_aligned_speech_trains_and_selects_on_clips_with_their_own_words(tmp_pat
     leak_free = [f for name, f in best["val_weighted_f1"].items() if name != "paired"]
     assert best["val_selection"] == pytest.approx(np.mean(leak_free), abs=1e-4)
     assert ckpt.data["data"]["aligned_speech"] is True
+    assert ckpt.data["train"]["pair_mix"] == [0.3, 0.3, 0.4]  # the default mix leaks no label
     assert "Real aligned pairs too" in (out / "MODEL_CARD.md").read_text()
     with pytest.raises(InputError, match="--aligned-speech needs --speech-corpus"):
         run("train", "mister-e", "--corpus", "csv", "--data", text_data, "--aligned-speech", "--out", tmp_path / "x")

@@ -95,7 +95,9 @@ class Stage2Config:
     grad_clip: float = 1.0
     speech_drop_turn: float = 0.2  # teach the gate to cope with missing speech
     speech_drop_dialogue: float = 0.3
-    pair_mix: tuple[float, float, float] = (1.0, 0.0, 0.0)  # PairMix shares: matched, neutral, random
+    # PairMix shares (matched, neutral, random) of the pseudo-pairs: label-matched pairs alone leak the
+    # label (issue 12); this is the shipped checkpoint's mix.
+    pair_mix: tuple[float, float, float] = (0.3, 0.3, 0.4)
     seed: int = 0
 
 
@@ -448,7 +450,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         "--pair-mix",
         type=_pair_mix_arg,
         default=d.pair_mix,
-        help="shares of pseudo-paired clips of the turn's emotion, neutral, and a random emotion (e.g. 0.4,0.3,0.3)",
+        help="shares of pseudo-paired clips of the turn's emotion, neutral, and a random emotion "
+        "(default 0.3,0.3,0.4; 1,0,0 pairs by label alone, which leaks it)",
     )
     parser.add_argument("--text-backbone", default=MINILM,
                         help="stage-1 text backbone: minilm (the packaged one), a Hugging Face id such as "
@@ -706,8 +709,11 @@ def _train_stage2(folder: Path, args: argparse.Namespace, plan: _Plan, command: 
         pair_mix=args.pair_mix,
     )
     mix, neutral = PairMix(*cfg.pair_mix), neutral_id(plan.labels)
-    if mix.neutral and neutral is None:
-        raise InputError("--pair-mix gives neutral clips a share, but the label set has no neutral")
+    if data.bank is not None and mix.neutral and neutral is None:
+        raise InputError(
+            f"--pair-mix gives neutral clips a share ({mix.neutral:g}), but the label set has no neutral; "
+            "give it none, e.g. --pair-mix 0.4,0,0.6"
+        )
 
     def train_epoch(rng: np.random.Generator) -> list[Stage2Dialogue]:
         items = [data.bank.pair(d, rng, mix, neutral or 0) if data.bank is not None else d for d in data.main_train]
