@@ -40,7 +40,7 @@ def paper(tmp_path_factory):
     corpus = write_csv_corpus(tmp / "corpus")
     assert run("train", "mister-e", "--corpus", "csv", "--data", corpus, "--out", checkpoints / "mister-e-paper",
                "--cache", tmp / "cache", "--text-backbone", models["text"], "--speech-backbone", models["audio"],
-               *TINY, "--text-batch-size", "8", "--speech-epochs", "1") == 0
+               *TINY, "--text-batch-size", "8", "--speech-epochs", "1", "--gradient-checkpointing") == 0
     meld, faces = write_meld(tmp / "meld", {"train": 2, "dev": 1, "test": 1}, turns=4), write_faces(tmp / "fer", 1)
     assert run("train", "farcer", "--data", meld, "--core", models["core"], "--face-encoder", models["vit"],
                "--faces", faces, "--shots", "0", "--epochs", "1", "--max-steps", "2", "--batch-size", "1",

@@ -465,8 +465,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-embed-dim", type=int, default=256)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--gradient-checkpointing", action="store_true",
-                        help="stage-1 text backbone: recompute activations in backward (for 7B backbones)")
-    parser.add_argument("--bf16", action="store_true", help="stage-1 text backbone: bf16 autocast on a GPU")
+                        help="stage-1 text backbone and Qwen2-Audio tower: recompute activations in backward (for 7B backbones)")
+    parser.add_argument("--bf16", action="store_true", help="stage-1 text backbone and Qwen2-Audio tower: bf16 autocast on a GPU")
     parser.add_argument("--speech-epochs", type=int, default=40)
     parser.add_argument("--speech-embed-dim", type=int, default=128)
     parser.add_argument("--speech-shrink", type=float, default=8.0,
@@ -597,6 +597,8 @@ def _train_stage1(folder: Path, args: argparse.Namespace, plan: _Plan, command: 
             out_dir=folder / "speech",
             embed_dim=args.speech_embed_dim,
             command=command,
+            gradient_checkpointing=args.gradient_checkpointing,
+            bf16=args.bf16,
         )
     elif "speech" in plan.modalities:
         train_speech_encoder(

@@ -256,20 +256,47 @@ def train_text_encoder(
     def texts_of(turns: list[Turn]) -> Callable[[np.ndarray], dict]:
         return lambda idx: text_inputs(tokenizer, [turns[i].text for i in idx], max_tokens)
 
-    with checkpoint_output(out_dir, TEXT_ENCODER) as pending:
+    return _fit_encoder(
+        model, TEXT_ENCODER, config, component, (texts_of(train_turns), y_train, len(train_turns)),
+        (texts_of(val_turns), y_val, len(val_turns)), labels, epochs, lr, batch_size, seed, out_dir,
+        max_steps_per_epoch, "text stage 1", command, gradient_checkpointing, bf16,
+    )
+
+
+def _fit_encoder(
+    model: torch.nn.Module,
+    name: str,
+    config: dict,
+    component: dict,
+    train: tuple[Callable[[np.ndarray], dict], np.ndarray, int],
+    val: tuple[Callable[[np.ndarray], dict], np.ndarray, int],
+    labels: list[str],
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    out_dir: Path | None,
+    max_steps_per_epoch: int | None,
+    desc: str,
+    command: str | None,
+    gradient_checkpointing: bool,
+    bf16: bool,
+) -> Checkpoint:
+    """Train a backbone encoder (`_fit`) on (inputs of batch indices, class ids, count) and write its
+    `name` checkpoint with the backbone as its component."""
+    (train_inputs, y_train, n_train), (val_inputs, y_val, n_val) = train, val
+    with checkpoint_output(out_dir, name) as pending:
         started = time.perf_counter()
         metrics = _fit(
-            model, texts_of(train_turns), y_train,
-            lambda: _predict(model, texts_of(val_turns), len(val_turns), batch_size * 2), y_val,
+            model, train_inputs, y_train, lambda: _predict(model, val_inputs, n_val, batch_size * 2), y_val,
             labels, epochs, lr, batch_size, seed, lambda: _save_weights(model, pending.folder),
-            max_steps_per_epoch, desc="text stage 1",
-            gradient_checkpointing=gradient_checkpointing, bf16=bf16,
+            max_steps_per_epoch, desc=desc, gradient_checkpointing=gradient_checkpointing, bf16=bf16,
         )
         metrics.update(seconds=round(time.perf_counter() - started, 1),
                        trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
-        write_checkpoint(pending.folder, model=TEXT_ENCODER, config=config, labels=labels,
-                         components={"backbone": component},
-                         data=_encoder_data(len(train_turns), len(val_turns), command), metrics=metrics)
+        write_checkpoint(pending.folder, model=name, config=config, labels=labels,
+                         components={"backbone": component}, data=_encoder_data(n_train, n_val, command),
+                         metrics=metrics)
     return pending.checkpoint
 
 
@@ -293,10 +320,13 @@ def train_tower_speech_encoder(
     device: str | None = None,
     max_steps_per_epoch: int | None = None,
     command: str | None = None,
+    gradient_checkpointing: bool = False,
+    bf16: bool = False,
 ) -> Checkpoint:
     """Fine-tune the audio tower of the Qwen2-Audio model `backbone` (hub id or folder) with LoRA, plus
     an attentive-pooling head, on the turns' clips into a "qwen2-audio-tower" "speech-encoder"
-    checkpoint (in `out_dir`, which must not hold one yet, or a new version in the model store)."""
+    checkpoint (in `out_dir`, which must not hold one yet, or a new version in the model store);
+    `gradient_checkpointing` and `bf16` as for `train_text_encoder`."""
     labels = list(labels)
     train_turns, y_train = _labelled(dialogues_train, labels, need_audio=True)
     val_turns, y_val = _labelled(dialogues_val, labels, need_audio=True)
@@ -314,20 +344,11 @@ def train_tower_speech_encoder(
         # decoded batch by batch: a corpus's clips need not fit in memory
         return lambda idx: tower_inputs(extractor, _clips([turns[i] for i in idx]))
 
-    with checkpoint_output(out_dir, SPEECH_ENCODER) as pending:
-        started = time.perf_counter()
-        metrics = _fit(
-            model, clips_of(train_turns), y_train,
-            lambda: _predict(model, clips_of(val_turns), len(val_turns), batch_size * 2), y_val,
-            labels, epochs, lr, batch_size, seed, lambda: _save_weights(model, pending.folder),
-            max_steps_per_epoch, desc="speech stage 1",
-        )
-        metrics.update(seconds=round(time.perf_counter() - started, 1),
-                       trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
-        write_checkpoint(pending.folder, model=SPEECH_ENCODER, config=config, labels=labels,
-                         components={"backbone": component},
-                         data=_encoder_data(len(train_turns), len(val_turns), command), metrics=metrics)
-    return pending.checkpoint
+    return _fit_encoder(
+        model, SPEECH_ENCODER, config, component, (clips_of(train_turns), y_train, len(train_turns)),
+        (clips_of(val_turns), y_val, len(val_turns)), labels, epochs, lr, batch_size, seed, out_dir,
+        max_steps_per_epoch, "speech stage 1", command, gradient_checkpointing, bf16,
+    )
 
 
 def embedding_cache_root(cache_root: Path | None) -> Path:
