@@ -236,10 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ModelUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if process_state().is_main_process:
+    state = process_state()
+    if state.is_main_process:
         print(summary.text())
         if args.summary_json:
             args.summary_json.write_text(json.dumps(summary.to_json(), indent=2) + "\n", encoding="utf-8")
+    if state.num_processes > 1:  # leave the process group before exiting (an exit inside it can abort)
+        state.wait_for_everyone()
+        state.destroy_process_group()
     # Failed videos are a result, not a crash: a nonzero status would make `accelerate launch` report
     # every process as failed; --summary-json tells them to scripts.
     return 0

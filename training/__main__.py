@@ -57,11 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.action == "versions":
         return versions(args.model, args.json)
-    if args.action == "train":
-        from training.distributed import start_process
+    run = getattr(task_module(args.task), args.action)
+    if args.action != "train":
+        return run(args) or 0
+    from training.distributed import end_process, start_process
 
-        start_process()  # before any model is loaded
-    return getattr(task_module(args.task), args.action)(args) or 0
+    start_process()  # before any model is loaded
+    status = run(args) or 0
+    end_process()
+    return status
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -62,6 +62,16 @@ def start_process() -> PartialState:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def end_process() -> None:
+    """Leave the run's process group once every process is done. A launched process that exits with
+    the group's communication threads still alive can abort at exit ("terminate called without an
+    active exception", SIGABRT), and the launcher then fails the whole run."""
+    state = start_process()
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        state.destroy_process_group()
+
+
 def is_main_process() -> bool:
     """True in a single-process run and in the main process of a launched one."""
     return start_process().is_main_process
