@@ -202,6 +202,28 @@ def test_lora_variant_saves_adapters_and_projector_only(trained, tmp_path):
     assert any("lora_A" in name for name, _ in farcer.lm.named_parameters())
 
 
+def test_init_starts_a_head_from_another_heads_adapters_and_projector(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    meld, faces, core, _ = trained
+    base = ["train", "farcer", "--data", str(meld), "--core", core.name, "--faces", str(faces), "--shots", "0",
+            "--epochs", "1", "--max-steps", "1"]
+    first = tmp_path / "first"
+    assert main([*base, "--variant", "lora", "--lr", "0.05", "--out", str(first)]) == 0
+    again = tmp_path / "again"  # a step so small that the weights stay the ones it started from
+    assert main([*base, "--variant", "lora", "--lr", "1e-12", "--init", str(first), "--out", str(again)]) == 0
+    start, end = load_file(str(first / WEIGHTS)), load_file(str(again / WEIGHTS))
+    assert set(start) == set(end)
+    for name in start:
+        torch.testing.assert_close(end[name], start[name], atol=1e-6, rtol=0)
+    fresh = tmp_path / "fresh"  # without --init the same run starts elsewhere
+    assert main([*base, "--variant", "lora", "--lr", "1e-12", "--out", str(fresh)]) == 0
+    assert any(not torch.allclose(load_file(str(fresh / WEIGHTS))[n], start[n]) for n in start)
+    assert read_checkpoint(again).data["init"]["version"] == read_checkpoint(first).version
+    with pytest.raises(InputError, match="differs from this run's in its variant"):
+        main([*base, "--variant", "base", "--init", str(first), "--out", str(tmp_path / "bad")])
+
+
 def test_iemocap_sub_dialogues_train_with_six_labels(tmp_path, data_dir):
     root = make_iemocap_fixture(tmp_path / "iemocap", utterances=12)
     out = tmp_path / "core"

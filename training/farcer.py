@@ -56,6 +56,7 @@ from backend.farcer_predictor import (
     WEIGHTS,
     load_core,
     load_farcer,
+    load_trainable,
     save_trainable,
     trained_with_faces,
 )
@@ -63,6 +64,7 @@ from backend.hub_components import hub_component
 from backend.farcer_processor import SHOT_COUNTS, Example, FarcerProcessor, sample_shots, training_prompts
 from backend.model_store import ModelStore, open_model_store
 from backend.packaged import PACKAGED, packaged_for
+from backend.registry import model_spec
 from backend.settings import get_settings
 from models.farcer import PAST_LABELS, Farcer, FarcerConfig, apply_lora
 from training.corpora.image_folder import load_image_folder
@@ -358,6 +360,31 @@ def _cosine(warmup: int, total: int):
     return factor
 
 
+def start_from(farcer: Farcer, ref: str, labels: tuple[str, ...], components: dict, variant: str) -> Checkpoint:
+    """Load the trained adapters and projector of the head `ref` names into `farcer` (built by this run);
+    the head it names must have been built the same way, or an InputError says what differs."""
+    if ref == "active":
+        settings = get_settings()
+        init = open_model_store(settings).active(MODEL, model_spec(MODEL).checkpoints[settings.profile])
+    else:
+        init = find_checkpoint(ref, MODEL)
+    differs = [what for what, same in (
+        ("labels", init.labels == labels),
+        ("core", init.components.get("core") == components.get("core")),
+        ("face encoder", init.components.get("face_encoder") == components.get("face_encoder")),
+        ("variant", init.config.get("variant") == variant),
+    ) if not same]
+    if not differs:
+        try:
+            load_trainable(farcer, init.file(WEIGHTS))
+        except (ModelUnavailableError, ValueError, RuntimeError) as exc:
+            differs.append(f"adapters or projector ({exc})")
+    if differs:
+        raise InputError(f"--init {ref}: that head differs from this run's in its {', '.join(differs)}; "
+                         "give the same --core, --variant, --lora-* and --face-encoder, or train from scratch")
+    return init
+
+
 def build_model(
     args: argparse.Namespace, cfg: TrainConfig, labels: tuple[str, ...], train: Split,
     core: Checkpoint | str | None, image_dim: int,
@@ -632,6 +659,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute the core LM's activations in backward (memory for 7-8B cores)")
+    parser.add_argument("--init", default=None,
+                        help="start from this FARCER head (folder, version id, built-in name or `active`): its "
+                        "adapters and projector; the run must build the same head (core, variant, LoRA settings, "
+                        "face encoder)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the unfinished run in --out from the state it saved beside it (OUT.state.pt)")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -704,12 +735,15 @@ def train(args: argparse.Namespace) -> int:
         image_dim = face_encoder_config(encoder).feature_dim
     torch.manual_seed(cfg.seed)  # the adapters' and projector's initial weights follow the seed too
     farcer, processor, core_config = build_model(args, cfg, labels, train_split, core, image_dim)
+    init = None if args.init is None else start_from(farcer, args.init, labels, components, cfg.variant)
     pool = shot_pool(train_split.dialogues, cfg.seed)
     started = time.time()
     data = {"corpus": args.corpus, "data": str(args.data), "faces": str(args.faces) if args.faces else None,
             "command": command, "train": asdict(cfg)}
     if corrections is not None:
         data["corrections"] = corrections.card_data()
+    if init is not None:
+        data["init"] = {"version": init.version, "val": init.metrics.get("val")}
     if args.train_core:
         data["continued_from"] = [*core.data.get("continued_from", []),
                                   {"command": core.data["command"], "curve": core.metrics["curve"],
