@@ -64,7 +64,6 @@ from backend.hub_components import hub_component
 from backend.farcer_processor import SHOT_COUNTS, Example, FarcerProcessor, sample_shots, training_prompts
 from backend.model_store import ModelStore, open_model_store
 from backend.packaged import PACKAGED, packaged_for
-from backend.registry import model_spec
 from backend.settings import get_settings
 from models.farcer import PAST_LABELS, Farcer, FarcerConfig, apply_lora
 from training.corpora.image_folder import load_image_folder
@@ -363,11 +362,7 @@ def _cosine(warmup: int, total: int):
 def start_from(farcer: Farcer, ref: str, labels: tuple[str, ...], components: dict, variant: str) -> Checkpoint:
     """Load the trained adapters and projector of the head `ref` names into `farcer` (built by this run);
     the head it names must have been built the same way, or an InputError says what differs."""
-    if ref == "active":
-        settings = get_settings()
-        init = open_model_store(settings).active(MODEL, model_spec(MODEL).checkpoints[settings.profile])
-    else:
-        init = find_checkpoint(ref, MODEL)
+    init = find_checkpoint(ref, MODEL)
     differs = [what for what, same in (
         ("labels", init.labels == labels),
         ("core", init.components.get("core") == components.get("core")),

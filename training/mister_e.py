@@ -51,7 +51,6 @@ from backend.errors import InputError
 from backend.labels import LABEL_SETS, label_set, normalize_label
 from backend.mister_e_predictor import MODEL, build_model, checkpoint_modalities
 from backend.model_store import ModelStore, open_model_store
-from backend.registry import model_spec
 from backend.settings import get_settings
 from models.losses import mister_e_loss
 from models.mister_e import EXPERTS, MisterE, MisterEConfig, MisterEOutput
@@ -60,7 +59,7 @@ from training.corrections import Corrections, add_corrections_args, card_section
 from training.distributed import build_accelerator, distributed, gather_with_grad, local_batch, prepare
 from training.mister_e_init import add_init_args, copy_encoders, init_modalities, initial_model, resolve_init
 from training.metrics import classification_report, unweighted_average_recall
-from training.outputs import checkpoint_output
+from training.outputs import active_checkpoint, checkpoint_output
 from training.pseudo_pairs import (
     PAIRED_VIEWS,
     PairMix,
@@ -868,7 +867,7 @@ def find_checkpoint(store: ModelStore, name: str | None) -> Checkpoint:
     """The verified "mister-e" checkpoint `name` (a folder, or a store version / built-in name);
     without a name, the version the profile's analyses use."""
     if name is None:
-        return store.active(MODEL, model_spec(MODEL).checkpoints[get_settings().profile])
+        return active_checkpoint(MODEL, store)
     checkpoint = read_checkpoint(name) if Path(name).is_dir() else store.find(MODEL, name)
     require_model(checkpoint, MODEL)
     return checkpoint

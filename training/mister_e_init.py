@@ -14,7 +14,6 @@ from backend.checkpoints import Checkpoint
 from backend.errors import InputError
 from backend.mister_e_predictor import MODEL, build_model, checkpoint_modalities
 from backend.model_store import open_model_store
-from backend.registry import model_spec
 from backend.settings import get_settings
 from models.mister_e import MisterE
 from training.outputs import find_checkpoint
@@ -33,11 +32,7 @@ def resolve_init(ref: str, labels: tuple[str, ...], modalities: tuple[str, ...],
     """The checkpoint `ref` names, checked against the run's labels and modalities."""
     if stage != "both":
         raise InputError("--init replaces stage 1 and starts stage 2 from a version; drop --stage")
-    if ref == "active":
-        settings = get_settings()
-        init = open_model_store(settings).active(MODEL, model_spec(MODEL).checkpoints[settings.profile])
-    else:
-        init = find_checkpoint(ref, MODEL)
+    init = find_checkpoint(ref, MODEL)
     if init.labels != labels:
         raise InputError(
             f"--init {ref}: that version predicts {', '.join(init.labels)}, not this run's labels "

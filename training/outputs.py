@@ -10,7 +10,8 @@ from pathlib import Path
 
 from backend.checkpoints import MANIFEST, Checkpoint, read_checkpoint
 from backend.errors import InputError, ModelUnavailableError
-from backend.model_store import NewVersion, open_model_store
+from backend.model_store import ModelStore, NewVersion, open_model_store
+from backend.registry import model_spec
 from backend.settings import get_settings
 from training.distributed import is_main_process
 
@@ -57,9 +58,20 @@ def checkpoint_output(out: Path | None, model: str, resume: bool = False) -> Ite
 
 
 
+def active_checkpoint(model: str, store: ModelStore | None = None) -> Checkpoint:
+    """The version of `model` the app's analyses use in the configured profile: the activated one,
+    else the profile's built-in checkpoint."""
+    settings = get_settings()
+    store = store or open_model_store(settings)
+    return store.active(model, model_spec(model).checkpoints[settings.profile])
+
+
 def find_checkpoint(ref: str | Path, *models: str) -> Checkpoint:
     """A checkpoint named on the command line: a folder holding one, else a version (or built-in
-    folder name) of one of `models` in the model store."""
+    folder name) of one of `models` in the model store, or `active` (see `active_checkpoint`) when
+    one model is asked for."""
+    if str(ref) == "active" and len(models) == 1:
+        return active_checkpoint(models[0])
     path = Path(ref)
     if (path / MANIFEST).is_file():
         checkpoint = read_checkpoint(path)

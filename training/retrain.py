@@ -19,9 +19,9 @@ from pathlib import Path
 
 from backend.errors import InputError, ModelUnavailableError
 from backend.model_store import open_model_store
-from backend.registry import model_spec
 from backend.settings import get_settings
 from training.corrections import load_corrections
+from training.outputs import active_checkpoint
 from training.tasks import task_module
 
 VIEWS = ("corpus validation", "held-out corrections")
@@ -118,10 +118,8 @@ def retrain(model: str, report_path: Path, train_argv: list[str]) -> int:
     args.action, args.task = "train", model
     if getattr(args, "out", None) is not None:
         raise InputError("retrain adds a version to the model store; drop --out")
-    settings = get_settings()
-    store = open_model_store(settings)
-    spec = model_spec(model)
-    active = store.active(model, spec.checkpoints[settings.profile])
+    store = open_model_store(get_settings())
+    active = active_checkpoint(model, store)
     before = {v.version for v in store.versions(model)}
     _say("training")
     task.train(args)
