@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from accelerate import PartialState
 from accelerate.utils import gather_object
 
 from backend.errors import InputError, ModelUnavailableError
+from backend.processes import leave_process_group, process_state
 from backend.profiles import PROFILES
 from backend.service import TRANSCRIPT_SUFFIXES, Service
 from backend.settings import Settings, get_settings
@@ -96,12 +96,6 @@ def subtitles_beside(video: Path, suffixes: Sequence[str] = SUBTITLE_SUFFIXES) -
 def say(line: str) -> None:
     """The default report: a line on stdout at once (a batch's log is often a pipe or a file)."""
     print(line, flush=True)
-
-
-def process_state() -> PartialState:
-    """This process's place in an `accelerate launch` run (one process of one when not launched). On a
-    machine without CUDA the processes run on the CPU, joined by gloo."""
-    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def _process_settings(settings: Settings, device: str) -> Settings:
@@ -236,14 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ModelUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    state = process_state()
-    if state.is_main_process:
+    if process_state().is_main_process:
         print(summary.text())
         if args.summary_json:
             args.summary_json.write_text(json.dumps(summary.to_json(), indent=2) + "\n", encoding="utf-8")
-    if state.num_processes > 1:  # leave the process group before exiting (an exit inside it can abort)
-        state.wait_for_everyone()
-        state.destroy_process_group()
+    leave_process_group()
     # Failed videos are a result, not a crash: a nonzero status would make `accelerate launch` report
     # every process as failed; --summary-json tells them to scripts.
     return 0

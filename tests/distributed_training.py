@@ -17,7 +17,8 @@ from benchmarks.farcer_incremental import random_farcer, synthetic_dialogue, syn
 from models.farcer import Farcer, FarcerConfig, apply_lora
 from models.mister_e import MisterE, MisterEConfig
 from training.farcer import Split, TrainConfig, fit
-from training.distributed import build_accelerator, end_process
+from backend.processes import leave_process_group
+from training.distributed import build_accelerator
 from training.mister_e import Stage2Config, fit_stage2
 from training.pseudo_pairs import Stage2Dialogue
 
@@ -119,7 +120,7 @@ def main(out: Path) -> None:
             "seen_per_process": [c[0] for c in counts],
             "packed_per_process": [c[1] for c in counts],
         }))
-    end_process()
+    leave_process_group()
 
 
 if __name__ == "__main__":

@@ -60,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     run = getattr(task_module(args.task), args.action)
     if args.action != "train":
         return run(args) or 0
-    from training.distributed import end_process, start_process
+    from backend.processes import leave_process_group, process_state
 
-    start_process()  # before any model is loaded
+    process_state()  # joins an `accelerate launch` run before any model is loaded
     status = run(args) or 0
-    end_process()
+    leave_process_group()
     return status
 
 

@@ -32,6 +32,8 @@ from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, gather_object
 
+from backend.processes import process_state
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -55,26 +57,9 @@ def build_accelerator(
     )
 
 
-def start_process() -> PartialState:
-    """This process's place in the run. Under `accelerate launch` the first call joins the process
-    group and binds the process's GPU, so that a model loaded on "cuda" lands on it: call it before
-    loading models. Without CUDA it must say cpu, or accelerate leaves launched CPU processes apart."""
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
-def end_process() -> None:
-    """Leave the run's process group once every process is done. A launched process that exits with
-    the group's communication threads still alive can abort at exit ("terminate called without an
-    active exception", SIGABRT), and the launcher then fails the whole run."""
-    state = start_process()
-    if state.num_processes > 1:
-        state.wait_for_everyone()
-        state.destroy_process_group()
-
-
 def is_main_process() -> bool:
     """True in a single-process run and in the main process of a launched one."""
-    return start_process().is_main_process
+    return process_state().is_main_process
 
 
 def distributed(accelerator: Accelerator | PartialState) -> bool:
