@@ -61,26 +61,41 @@ def word_tokenizer(words: Iterable[str], vocab_size: int | None = None):
     return chat_tokenizer(backend)
 
 
-def random_llama(vocab_size: int, context: int = 2048, seed: int = 0, **sizes: int):
-    """A randomly initialised Llama (fp32, eval mode); sizes are LlamaConfig fields."""
+def built_on(make: Callable[[], T], device: str = "cpu", dtype: torch.dtype = torch.float32) -> T:
+    """`make()` with its tensors created directly on `device` in `dtype` (an 8B model never passes
+    through host memory in float32)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return make()
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def random_llama(
+    vocab_size: int, context: int = 2048, seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32,
+    **sizes: float,
+):
+    """A randomly initialised Llama in eval mode, built on `device` in `dtype`; sizes are LlamaConfig fields."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size, max_position_embeddings=context, tie_word_embeddings=False, **sizes
     )
-    return LlamaForCausalLM(config).eval()
+    return built_on(lambda: LlamaForCausalLM(config), device, dtype).eval()
 
 
 def random_farcer(
     config: FarcerConfig, vocab_size: int | None = None, context: int = 2048, seed: int = 0,
-    labels: Sequence[str] = MELD7, **sizes: int,
+    labels: Sequence[str] = MELD7, device: str = "cpu", dtype: torch.dtype = torch.float32, **sizes: float,
 ) -> tuple[Farcer, FarcerProcessor]:
-    """A Farcer around a random Llama, and its processor with a word tokenizer covering the synthetic
-    dialogues."""
+    """A Farcer around a random Llama (its core on `device` in `dtype`, the projector float32), and its
+    processor with a word tokenizer covering the synthetic dialogues."""
     tokenizer = word_tokenizer([*WORDS, *SPEAKERS, "DIALOGUE", "EMOTION", "LABEL"], vocab_size)
     processor = FarcerProcessor(tokenizer, labels)
-    lm = random_llama(len(processor.tokenizer), context, seed, **sizes)
+    lm = random_llama(len(processor.tokenizer), context, seed, device, dtype, **sizes)
     torch.manual_seed(seed + 1)
     return Farcer(lm, config, processor.label_ids, processor.end_ids).eval(), processor
 

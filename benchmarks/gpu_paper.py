@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from backend.encoders import tower_inputs
-from backend.farcer_processor import FarcerProcessor
 from backend.labels import MELD7
-from benchmarks.farcer_incremental import SPEAKERS, WORDS, run as farcer_every_turn, word_tokenizer
+from benchmarks.farcer_incremental import built_on, random_farcer, timed
+from benchmarks.farcer_incremental import run as farcer_every_turn
 from models.encoders import (
     SPEECH_LORA,
     AudioTowerEncoder,
@@ -32,7 +30,7 @@ from models.encoders import (
     lora_dict,
     text_lora_spec,
 )
-from models.farcer import Farcer, FarcerConfig
+from models.farcer import FarcerConfig
 from models.mister_e import MisterE, MisterEConfig
 
 # Shapes of the papers' models (their published configs), and tiny ones of the same classes.
@@ -55,35 +53,17 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def build(make: Callable[[], torch.nn.Module], device: str, dtype: torch.dtype) -> torch.nn.Module:
-    """A module built directly on `device` in `dtype` (an 8B model never passes through host memory)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            return make()
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def farcer_figures(device: str, dtype: torch.dtype, tiny: bool, repeats: int) -> dict:
     """Every-turn labels of a 20-turn dialogue, 7-shot prefix, incremental vs re-encoding."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    sizes = TINY_LLAMA if tiny else LLAMA3_8B
-    tokenizer = word_tokenizer([*WORDS, *SPEAKERS, "DIALOGUE", "EMOTION", "LABEL"], sizes["vocab_size"])
-    processor = FarcerProcessor(tokenizer, MELD7)
-    config = LlamaConfig(**sizes, max_position_embeddings=8192, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    lm = build(lambda: LlamaForCausalLM(config), device, dtype).eval()
-    image_dim = 16 if tiny else VIT_DIM
-    farcer = Farcer(lm, FarcerConfig(max_context=8192, image_dim=image_dim), processor.label_ids, processor.end_ids)
+    sizes = dict(TINY_LLAMA if tiny else LLAMA3_8B)
+    config = FarcerConfig(max_context=8192, image_dim=16 if tiny else VIT_DIM)
+    farcer, processor = random_farcer(config, sizes.pop("vocab_size"), 8192, device=device, dtype=dtype, **sizes)
     with torch.no_grad():
-        figures = farcer_every_turn(farcer.eval(), processor, turns=20, shots=7, repeats=repeats)
-    figures["core_params_b"] = round(sum(p.numel() for p in lm.parameters()) / 1e9, 3)
+        figures = farcer_every_turn(farcer, processor, turns=20, shots=7, repeats=repeats)
+    figures["core_params_b"] = round(sum(p.numel() for p in farcer.lm.parameters()) / 1e9, 3)
     # The app encodes the instructions and examples once per process: a dialogue costs the rest.
     figures["dialogue_s_prefix_cached"] = round(figures["incremental_s"] - figures["prefix_s"], 3)
-    del farcer, lm
+    del farcer
     return figures
 
 
@@ -91,26 +71,17 @@ def mister_e_figures(device: str, dtype: torch.dtype, tiny: bool, repeats: int) 
     """Stage-2 inference at the paper's sizes: one 20-turn dialogue, and a batch of 32 dialogues."""
     config = MisterEConfig.tiny(len(MELD7)) if tiny else MisterEConfig.paper(len(MELD7))
     torch.manual_seed(0)
-    model = build(lambda: MisterE(config), device, dtype).eval()
+    model = built_on(lambda: MisterE(config), device, dtype).eval()
     result = {"params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
     for name, batch in (("one_dialogue_s", 1), ("batch32_s", 32)):
         speech = torch.randn(batch, 20, config.speech_dim, device=device, dtype=dtype)
         text = torch.randn(batch, 20, config.text_dim, device=device, dtype=dtype)
         mask = torch.ones(batch, 20, dtype=torch.bool, device=device)
         with torch.no_grad():
-            result[name] = round(timed(lambda: model(speech, text, mask).logits.float().sum().item(), repeats), 4)
+            run = lambda: model(speech, text, mask).logits.float().sum().item()  # noqa: E731 (.item() syncs)
+            run()  # warm-up: kernels chosen and memory allocated
+            result[name] = round(timed(run, repeats)[0], 4)
     return result
-
-
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Median seconds of `repeats` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def lora_throughput(
@@ -129,7 +100,8 @@ def lora_throughput(
         optimizer.zero_grad(set_to_none=True)
         synchronize(device)
 
-    seconds = timed(step, steps)
+    step()  # warm-up: kernels chosen and optimiser state allocated
+    seconds, _ = timed(step, steps)
     return {
         "tokens_per_step": tokens,
         "step_s": round(seconds, 4),
@@ -144,7 +116,7 @@ def text_lora_figures(device: str, dtype: torch.dtype, tiny: bool, steps: int) -
 
     sizes = TINY_QWEN if tiny else QWEN25_7B
     torch.manual_seed(0)
-    backbone = build(lambda: Qwen2Model(Qwen2Config(**sizes)), device, dtype)
+    backbone = built_on(lambda: Qwen2Model(Qwen2Config(**sizes)), device, dtype)
     backbone.activation_checkpointing_enable()
     apply_lora(backbone, **lora_dict(text_lora_spec(backbone)))
     encoder = TextUtteranceEncoder(backbone, HeadConfig(n_labels=len(MELD7))).to(device)
@@ -163,7 +135,7 @@ def speech_lora_figures(device: str, dtype: torch.dtype, tiny: bool, steps: int)
     sizes = TINY_TOWER if tiny else QWEN2_AUDIO_TOWER
     extractor = WhisperFeatureExtractor(feature_size=sizes["num_mel_bins"])
     torch.manual_seed(0)
-    tower = build(lambda: Qwen2AudioEncoder(Qwen2AudioEncoderConfig(**sizes)), device, dtype)
+    tower = built_on(lambda: Qwen2AudioEncoder(Qwen2AudioEncoderConfig(**sizes)), device, dtype)
     tower.activation_checkpointing_enable()
     apply_lora(tower, **lora_dict(SPEECH_LORA))
     encoder = AudioTowerEncoder(tower, HeadConfig(n_labels=len(MELD7))).to(device)
