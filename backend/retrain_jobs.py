@@ -20,7 +20,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -92,7 +91,6 @@ class RetrainJobs:
         self.settings = settings
         self.root = settings.jobs_dir
         self._children: dict[str, subprocess.Popen] = {}  # started by this process: reaped by poll()
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ starting
 
@@ -139,11 +137,11 @@ class RetrainJobs:
         folder = self.root / job_id
         argv = self.command(model, options, folder / "report.json")
         self.root.mkdir(parents=True, exist_ok=True)
-        # Claiming the marker and writing the job's record happen under one lock that other app
-        # processes on this machine honour too: without it a second process could read the marker
-        # between its creation and the job id written into it, take it for a dead job's, and start
-        # a second job beside the first.
-        with self._lock, _exclusive(self.root / ".claim.lock"):
+        # Claiming the marker and writing the job's record happen under one file lock, which every
+        # thread and every app process on this machine honours (each open of the file is a lock
+        # holder of its own): without it a second one could read the marker between its creation and
+        # the job id written into it, take it for a dead job's, and start a second job beside the first.
+        with _exclusive(self.root / ".claim.lock"):
             self._claim(job_id)
             try:
                 folder.mkdir()
