@@ -98,7 +98,8 @@ def load_farcer(
     processor = FarcerProcessor(tokenizer, checkpoint.labels)
     farcer = Farcer(lm, config, processor.label_ids, processor.end_ids)
     if checkpoint.config.get("variant") == "lora":
-        apply_lora(farcer, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets)
+        apply_lora(farcer, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets,
+                   config.lora_layers)
     if checkpoint.has_file(WEIGHTS):
         load_trainable(farcer, checkpoint.file(WEIGHTS))
     return farcer.eval(), processor

@@ -11,7 +11,8 @@ turns and asking each turn's label on a branch it crops off.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from itertools import accumulate
@@ -43,12 +44,15 @@ class FarcerConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.1
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+    lora_layers: int = 0  # adapters on the last lora_layers decoder layers only; 0: on every layer
     max_context: int = 8192
 
     def __post_init__(self) -> None:
         self.lora_targets = tuple(self.lora_targets)
         if self.projector not in PROJECTORS:
             raise ValueError(f"unknown projector {self.projector!r}; choose 'base' or 'three-layer'")
+        if self.lora_layers < 0:
+            raise ValueError(f"lora_layers must be 0 (every layer) or positive, got {self.lora_layers}")
         if self.image_dim < 1 or self.max_context < 1:
             raise ValueError(
                 f"image_dim and max_context must be positive, got {self.image_dim} and {self.max_context}"
@@ -291,17 +295,14 @@ class Farcer(nn.Module):
         )
 
     def packed_loss(
-        self, rows: Sequence[Packed], text_weight: float = 0.0
+        self, rows: Sequence[Packed], text_weight: float = 0.0, start_layer: int = 0
     ) -> tuple[Tensor, dict[str, float]]:
         """Weighted label cross-entropy over all rows' answers (+ text_weight x the LM loss on the
-        dialogue lines), from one pass over the right-padded batch."""
-        longest = max(len(r.x) for r in rows)
-        x = torch.stack([F.pad(r.x, (0, 0, 0, longest - len(r.x))) for r in rows])
-        allowed = torch.stack(
-            [F.pad(r.allowed, (0, longest - len(r.x), 0, longest - len(r.x))) for r in rows]
-        )
-        positions = torch.stack([F.pad(r.positions, (0, longest - len(r.x))) for r in rows])
-        hidden = self._decode(x, allowed, positions, None)
+        dialogue lines), from one pass over the right-padded batch. With `start_layer` the rows' x
+        are the states entering that decoder layer (`frozen_states`), and only the layers above run."""
+        x, allowed, positions = _padded(rows)
+        with self._decoder_layers(start_layer, None):
+            hidden = self._decode(x, allowed, positions, None)
         head = self.lm.get_output_embeddings()
 
         def gather(at: str, ids: str) -> tuple[Tensor, Tensor]:
@@ -322,6 +323,40 @@ class Farcer(nn.Module):
         text = F.cross_entropy(logits, target)
         parts["text"] = text.item()
         return label + text_weight * text, parts
+
+    @property
+    def frozen_layers(self) -> int:
+        """How many bottom decoder layers hold nothing that trains: on a fixed row their output never
+        changes, so training may compute it once (`frozen_states`) and run only the layers above."""
+        layers = self.lm.get_decoder().layers
+        trains = [any(p.requires_grad for p in layer.parameters()) for layer in layers]
+        return trains.index(True) if True in trains else len(layers)
+
+    @torch.no_grad()
+    def frozen_states(self, rows: Sequence[Packed], layers: int) -> list[Tensor]:
+        """Each row's states entering decoder layer `layers` (unpadded, [len(row), d]). Right padding
+        never changes a real position's state: the padded keys are masked out of every query."""
+        x, allowed, positions = _padded(rows)
+        with self._decoder_layers(0, layers):
+            hidden = self._decode(x, allowed, positions, None)
+        return [hidden[b, : len(r.x)] for b, r in enumerate(rows)]
+
+    @contextmanager
+    def _decoder_layers(self, start: int, stop: int | None) -> Iterator[None]:
+        """The decoder runs only layers[start:stop]. Stopping below the top skips the final norm too,
+        so the output is the residual stream entering layer `stop`."""
+        decoder = self.lm.get_decoder()
+        layers, norm = decoder.layers, decoder.norm
+        if start == 0 and stop is None:
+            yield
+            return
+        decoder.layers = nn.ModuleList(layers[start:stop])
+        if stop is not None and stop < len(layers):
+            decoder.norm = nn.Identity()
+        try:
+            yield
+        finally:
+            decoder.layers, decoder.norm = layers, norm
 
     @torch.no_grad()
     def label_logprobs(self, prompts: Sequence[Tokens]) -> Tensor:
@@ -649,6 +684,15 @@ class Packed:
     text_ids: Tensor
 
 
+def _padded(rows: Sequence[Packed]) -> tuple[Tensor, Tensor, Tensor]:
+    """The rows right-padded to the longest: x [B, L, d], allowed [B, L, L], positions [B, L]."""
+    longest = max(len(r.x) for r in rows)
+    x = torch.stack([F.pad(r.x, (0, 0, 0, longest - len(r.x))) for r in rows])
+    allowed = torch.stack([F.pad(r.allowed, (0, longest - len(r.x), 0, longest - len(r.x))) for r in rows])
+    positions = torch.stack([F.pad(r.positions, (0, longest - len(r.x))) for r in rows])
+    return x, allowed, positions
+
+
 class _Window:
     """Which past turns fit: the oldest are dropped (never the prefix) once the context is full; the
     start only moves forward, so incremental and from-scratch labelling see the same turns."""
@@ -711,16 +755,23 @@ def apply_lora(
     alpha: int = 16,
     dropout: float = 0.1,
     targets: Sequence[str] = ("q_proj", "k_proj", "v_proj"),
+    layers: int = 0,
 ) -> Farcer:
-    """Add LoRA adapters to the LM in place; only they (and the projector) train. Their dropout follows
-    the module's train/eval mode, which nothing here overrides."""
+    """Add LoRA adapters to the LM in place (on the last `layers` decoder layers, or on all with 0);
+    only they (and the projector) train. Their dropout follows the module's train/eval mode, which
+    nothing here overrides."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets))
+    depth = len(farcer.lm.get_decoder().layers)
+    if not 0 <= layers <= depth:
+        raise ValueError(f"the LM has {depth} decoder layers; LoRA cannot go on the last {layers}")
+    top = {"layers_to_transform": list(range(depth - layers, depth))} if layers else {}
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), **top)
     inject_adapter_in_model(config, farcer.lm)
     for name, param in farcer.lm.named_parameters():
         param.requires_grad_("lora_" in name)
     farcer.config = replace(
-        farcer.config, lora_r=r, lora_alpha=alpha, lora_dropout=dropout, lora_targets=tuple(targets)
+        farcer.config, lora_r=r, lora_alpha=alpha, lora_dropout=dropout, lora_targets=tuple(targets),
+        lora_layers=layers,
     )
     return farcer

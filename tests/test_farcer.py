@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -373,6 +375,45 @@ def test_label_token_weights_are_balanced(pair):
     assert weights[eot] == pytest.approx(total / (classes * 10))
     with pytest.raises(InputError, match="not one of"):
         label_token_weights(MELD7, proc.tokenizer, {"frustration": 1})
+
+
+def test_lora_on_top_layers_trains_from_frozen_states_as_from_the_embeddings(shots):
+    """Adapters on the last layer only: the layer below holds nothing that trains, and a batch that
+    enters the top layer with `frozen_states` gives the same loss and adapter gradients as one run
+    from the embeddings (right padding included)."""
+    farcer, proc = random_farcer(FarcerConfig(image_dim=DIM), seed=4, **{**TINY, "num_hidden_layers": 3})
+    apply_lora(farcer, r=4, alpha=8, dropout=0.0, layers=1)
+    trainable = [n for n, p in farcer.lm.named_parameters() if p.requires_grad]
+    assert trainable and all(".layers.2." in n for n in trainable)
+    assert farcer.frozen_layers == 2 and farcer.config.lora_layers == 1
+    with torch.no_grad():
+        for name, param in farcer.lm.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)  # B starts at zero: give the adapters a say
+    farcer.set_token_weights(proc.token_weights({label: i + 1 for i, label in enumerate(MELD7)}))
+    rows = []
+    for n, seed in ((5, 31), (2, 32)):
+        turns, _ = synthetic_dialogue(n, DIM, seed=seed)
+        rows.append(proc.pack(farcer, turns, [None] * n, range(n), shots, "none"))
+
+    def loss_and_grads(rows, start_layer):
+        farcer.zero_grad()
+        loss, _ = farcer.packed_loss(rows, 0.5, start_layer)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for n, p in farcer.lm.named_parameters() if "lora_" in n]
+
+    full, full_grads = loss_and_grads(rows, 0)
+    states = farcer.frozen_states(rows, 2)
+    assert [len(s) for s in states] == [len(r.x) for r in rows]
+    cut, cut_grads = loss_and_grads([replace(r, x=x) for r, x in zip(rows, states)], 2)
+    assert cut == pytest.approx(full, abs=1e-5)
+    assert len(cut_grads) == len(full_grads) > 0
+    for a, b in zip(cut_grads, full_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # the decoder is whole again afterwards, and a depth the LM does not have is refused
+    assert len(farcer.lm.get_decoder().layers) == 3
+    with pytest.raises(ValueError, match="has 2 decoder layers"):
+        apply_lora(random_farcer(FarcerConfig(image_dim=DIM), seed=4, **TINY)[0], layers=3)
 
 
 def test_lora_dropout_is_active_in_train_mode_and_adapters_are_saved(tmp_path):

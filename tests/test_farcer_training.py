@@ -20,13 +20,14 @@ from backend.model_store import open_model_store
 from backend.settings import CHECKPOINTS_DIR, get_settings
 from tests.fixtures_iemocap import make_iemocap_fixture
 from training.__main__ import main
+from models.farcer import Farcer
 from training.farcer import TrainConfig, drop_faces, make_samples
 from training.metrics import REPORT_KEYS
 
 WORDS = ["oh", "my", "god", "you", "know", "what", "I", "mean", "this", "is", "the", "best", "day", "ever", "no",
          "way", "we", "were", "on", "a", "break"]
 FER_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
-TINY_CORE = ["--core", "new", "--vocab-size", "1000", "--hidden-size", "64", "--layers", "1", "--context", "1024"]
+TINY_CORE = ["--core", "new", "--vocab-size", "1000", "--hidden-size", "64", "--layers", "2", "--context", "1024"]
 
 
 def write_meld(root: Path, dialogues: dict[str, int] | None = None, turns: int = 6, seed: int = 0) -> Path:
@@ -200,6 +201,36 @@ def test_lora_variant_saves_adapters_and_projector_only(trained, tmp_path):
     assert checkpoint.components["core"]["version"] == core.name  # --core named by its store version
     farcer, _ = load_farcer(checkpoint, open_model_store(get_settings()), "cpu")
     assert any("lora_A" in name for name, _ in farcer.lm.named_parameters())
+
+
+def test_lora_on_the_top_layer_runs_text_rows_through_the_frozen_layer_once(trained, tmp_path, monkeypatch):
+    """--lora-layers 1 on the 2-layer core: adapters only on the top layer, recorded for serving; text
+    rows enter it with the bottom layer's states, computed once per row over two epochs."""
+    meld, _, core, _ = trained
+    frozen_rows, trained_rows, real_states, real_loss = [], [], Farcer.frozen_states, Farcer.packed_loss
+
+    def frozen_states(self, rows, layers):
+        frozen_rows.append(len(rows))
+        return real_states(self, rows, layers)
+
+    def packed_loss(self, rows, text_weight=0.0, start_layer=0):
+        trained_rows.append((len(rows), start_layer))
+        return real_loss(self, rows, text_weight, start_layer)
+
+    monkeypatch.setattr(Farcer, "frozen_states", frozen_states)
+    monkeypatch.setattr(Farcer, "packed_loss", packed_loss)
+    out = tmp_path / "top"
+    assert main(["train", "farcer", "--data", str(meld), "--core", core.name, "--variant", "lora", "--lora-layers",
+                 "1", "--shots", "0", "--epochs", "2", "--out", str(out)]) == 0
+    assert {start for _, start in trained_rows} == {1}
+    assert 2 * sum(frozen_rows) == sum(n for n, _ in trained_rows) > 0
+    with safe_open(str(out / WEIGHTS), framework="pt") as f:
+        adapters = [k for k in f.keys() if "lora_" in k]
+    assert adapters and all(".layers.1." in k for k in adapters)
+    checkpoint = read_checkpoint(out)
+    assert checkpoint.config["model"]["lora_layers"] == 1
+    farcer, _ = load_farcer(checkpoint, open_model_store(get_settings()), "cpu")
+    assert farcer.frozen_layers == 1
 
 
 def test_init_starts_a_head_from_another_heads_adapters_and_projector(trained, tmp_path):

@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -120,6 +120,7 @@ class TrainConfig:
     lora_r: int = 8  # the paper's adapters: r8/a16/0.1 on q/k/v
     lora_alpha: int = 16
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+    lora_layers: int = 0  # adapters on the core's last this many decoder layers; 0: on all (the paper)
     accumulate: int = 1  # batches per optimiser step
     max_minutes: float = 0.0  # 0: no time budget; otherwise stop (and validate) once it is spent
     val_every: int = 0  # 0: validate after each epoch; otherwise every this many optimiser steps
@@ -409,7 +410,7 @@ def build_model(
         farcer.projector.requires_grad_(False)
         return farcer, processor, core.config["core_config"]
     if cfg.variant == "lora":
-        apply_lora(farcer, cfg.lora_r, cfg.lora_alpha, targets=cfg.lora_targets)
+        apply_lora(farcer, cfg.lora_r, cfg.lora_alpha, targets=cfg.lora_targets, layers=cfg.lora_layers)
     return farcer, processor, None
 
 
@@ -450,8 +451,29 @@ class _PackedLoss(torch.nn.Module):
         super().__init__()
         self.farcer = farcer
 
-    def forward(self, rows: list, text_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.farcer.packed_loss(rows, text_weight)
+    def forward(self, rows: list, start_layer: int, text_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.farcer.packed_loss(rows, text_weight, start_layer)
+
+
+class FrozenStates:
+    """Text-only rows enter the first decoder layer that trains with the states the frozen layers below
+    give them, computed without gradient (no activations kept, no backward through them). A row that is
+    the same every epoch (no shots to rotate, fixed past labels) keeps its states after the first."""
+
+    def __init__(self, farcer: Farcer, reusable: bool):
+        self.layers, self.reusable, self.saved = farcer.frozen_layers, reusable, {}
+
+    def rows(self, farcer: Farcer, keys: Sequence[int | None], rows: list, text_only: bool) -> tuple[list, int]:
+        """The rows to train on and the decoder layer they enter; rows with image slots enter at the
+        bottom, since the projector that fills the slots trains."""
+        if not self.layers or not text_only or not rows:
+            return rows, 0
+        missing = [i for i, k in enumerate(keys) if k not in self.saved]
+        computed = dict(zip(missing, farcer.frozen_states([rows[i] for i in missing], self.layers) if missing else []))
+        if self.reusable:
+            self.saved.update({keys[i]: state for i, state in computed.items() if keys[i] is not None})
+        states = [computed[i] if i in computed else self.saved[k] for i, k in enumerate(keys)]
+        return [replace(r, x=x) for r, x in zip(rows, states)], self.layers
 
 
 def _label_weight(farcer: Farcer, rows: list) -> torch.Tensor:
@@ -486,6 +508,8 @@ def fit(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(max(1, int(cfg.warmup * total)), total))
     packed_loss, opt = prepare(accelerator, _PackedLoss(farcer), opt)
+    # text_weight trains every layer; rows change between epochs when shots rotate or past labels mix
+    frozen = FrozenStates(farcer, reusable=len(prompts) == 1 and cfg.past_labels in PAST_LABELS)
     farcer.set_token_weights(processor.token_weights(counts))  # on the device the accelerator chose
     state = RunState(best={"weighted_f1": -1.0}, curve=[])
     if resume:
@@ -543,16 +567,18 @@ def fit(
                 if not chunk:
                     break
                 state.position += len(chunk)
-                rows = []
+                rows, keys, text_only = [], [], True
                 # every process draws every row (the same rng in each) and packs only its share
                 start, stop = shard_bounds(len(chunk), accelerator)
-                for i, s in enumerate(samples[k] for k in chunk):
+                for i, (k, s) in enumerate((k, samples[k]) for k in chunk):
                     d = train.dialogues[s.dialogue]
                     past = cfg.past_labels if cfg.past_labels in PAST_LABELS else rng.choice(("none", "gold"))
                     faces = drop_faces(train.faces[s.dialogue][s.start : s.end], cfg, rng)
                     shots = rng.choice(prompts)
                     if start <= i < stop:
                         rows.append(processor.pack(farcer, d.turns[s.start : s.end], faces, s.targets, shots, past))
+                        keys.append(k)
+                        text_only &= all(f is None for f in faces)
                 scale = 1.0
                 if distributed(accelerator):
                     # a process without a row runs the chunk's first one with weight 0 (DDP needs every
@@ -560,8 +586,10 @@ def fit(
                     # the chunk's label weight, so DDP's mean is the whole chunk's label loss
                     if not rows:
                         s = samples[chunk[0]]
+                        faces = train.faces[s.dialogue][s.start : s.end]
                         rows = [processor.pack(farcer, train.dialogues[s.dialogue].turns[s.start : s.end],
-                                               train.faces[s.dialogue][s.start : s.end], s.targets, [], "none")]
+                                               faces, s.targets, [], "none")]
+                        keys, text_only = [None], all(f is None for f in faces)  # None: not kept
                     own = _label_weight(farcer, rows) if stop > start else torch.zeros((), device=accelerator.device)
                     scale = accelerator.num_processes * own / accelerator.reduce(own.clone(), "sum")
                 last = micro == cfg.accumulate - 1 or state.position >= len(state.order)
@@ -569,7 +597,7 @@ def fit(
                     # accelerate autocasts on the GPU; on a CPU (avx512_bf16) the loop does it
                     with torch.autocast(farcer.device.type, dtype=torch.bfloat16,
                                         enabled=cfg.bf16 and accelerator.mixed_precision == "no"):
-                        loss, parts = packed_loss(rows, cfg.text_weight)
+                        loss, parts = packed_loss(*frozen.rows(farcer, keys, rows, text_only), cfg.text_weight)
                     accelerator.backward(loss * scale)  # divided by cfg.accumulate
                 if distributed(accelerator):  # the chunk's loss parts, as one process reports them
                     mine = torch.tensor([v * float(scale) for v in parts.values()], device=accelerator.device)
@@ -651,6 +679,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
     parser.add_argument("--lora-targets", default=",".join(d.lora_targets),
                         help="comma-separated module names (the paper: q_proj,k_proj,v_proj)")
+    parser.add_argument("--lora-layers", type=int, default=d.lora_layers,
+                        help="adapters on the core's last N decoder layers only (0: all, the paper). The layers "
+                        "below then never train, so text-only rows run them once, without gradient")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute the core LM's activations in backward (memory for 7-8B cores)")
@@ -687,7 +718,8 @@ def train(args: argparse.Namespace) -> int:
                       text_weight=args.text_weight if args.text_weight is not None else float(trains_core(args)),
                       val_dialogues=args.val_dialogues, seed=args.seed, face_drop_turn=args.face_drop_turn,
                       face_drop_dialogue=args.face_drop_dialogue, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
-                      lora_targets=tuple(t for t in args.lora_targets.split(",") if t), accumulate=args.accumulate,
+                      lora_targets=tuple(t for t in args.lora_targets.split(",") if t), lora_layers=args.lora_layers,
+                      accumulate=args.accumulate,
                       max_minutes=args.max_minutes, val_every=args.val_every, bf16=args.bf16,
                       max_turns=args.max_turns, gradient_checkpointing=args.gradient_checkpointing)
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.accumulate < 1 or cfg.lr <= 0:
