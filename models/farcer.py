@@ -46,9 +46,13 @@ class FarcerConfig:
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
     lora_layers: int = 0  # adapters on the last lora_layers decoder layers only; 0: on every layer
     max_context: int = 8192
+    # Added to each label's log-probability before labels are compared (a prior correction chosen on
+    # validation, see training.farcer.choose_label_bias); (): nothing added.
+    label_bias: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         self.lora_targets = tuple(self.lora_targets)
+        self.label_bias = tuple(float(b) for b in self.label_bias)
         if self.projector not in PROJECTORS:
             raise ValueError(f"unknown projector {self.projector!r}; choose 'base' or 'three-layer'")
         if self.lora_layers < 0:
@@ -181,6 +185,7 @@ class Farcer(nn.Module):
         self.end_ids = [int(i) for i in end_ids]
         self.candidates = candidates
         self.token_weights: Tensor | None = None
+        self.set_label_bias(config.label_bias)
 
     @property
     def device(self) -> torch.device:
@@ -189,6 +194,12 @@ class Farcer(nn.Module):
     @property
     def n_labels(self) -> int:
         return len(self.candidates)
+
+    def set_label_bias(self, bias: Sequence[float]) -> None:
+        """Add `bias[j]` to label j's log-probability wherever labels are scored (() adds nothing)."""
+        if bias and len(bias) != self.n_labels:
+            raise ValueError(f"label_bias has {len(bias)} values for {self.n_labels} labels")
+        self.config = replace(self.config, label_bias=tuple(float(b) for b in bias))
 
     def set_token_weights(self, weights: Mapping[int, float] | None) -> None:
         """Weight the training loss per target token (tokens not named weigh 1); None: unweighted."""
@@ -577,14 +588,17 @@ class Farcer(nn.Module):
 
     def _label_logprobs(self, hidden: Tensor) -> Tensor:
         """[B, n_labels] from the hidden states [B, 1 + F, d] of each prompt's last token and the
-        candidate tokens after it."""
+        candidate tokens after it (plus the label bias: every scoring path comes through here)."""
         owner, _, _, target = self._fed
         logits = self.lm.get_output_embeddings()(hidden).float().log_softmax(-1)
         steps = logits[:, 1 + torch.arange(len(owner), device=self.device), target.to(self.device)]
         per_label = torch.zeros(len(owner), len(self.candidates), device=self.device)
         per_label[torch.arange(len(owner), device=self.device), owner.to(self.device)] = 1.0
         first = torch.tensor([c[0] for c in self.candidates], device=self.device)
-        return logits[:, 0, first] + steps @ per_label
+        scores = logits[:, 0, first] + steps @ per_label
+        if self.config.label_bias:
+            scores = scores + torch.tensor(self.config.label_bias, device=self.device)
+        return scores
 
     def _score(self, x: Tensor, allowed: Tensor, positions: Tensor) -> Tensor:
         """[B, n_labels] log-probs of every candidate continuation of the left-padded prompts `x`.

@@ -377,6 +377,28 @@ def test_label_token_weights_are_balanced(pair):
         label_token_weights(MELD7, proc.tokenizer, {"frustration": 1})
 
 
+def test_label_bias_is_added_to_every_labels_score_and_moves_the_labels(shots):
+    farcer, proc = tiny(seed=6)
+    turns, faces = synthetic_dialogue(4, DIM, seed=41)
+    prefix = proc.encode_prefix(farcer, shots, "none")
+    plain = proc.label_dialogue(farcer, turns, faces, prefix, "none")
+    bias = [0.0] * len(MELD7)
+    bias[MELD7.index("fear")] = 100.0  # far above any log-prob gap: every turn becomes fear
+    farcer.set_label_bias(bias)
+    try:
+        biased = proc.label_dialogue(farcer, turns, faces, prefix, "none")
+        torch.testing.assert_close(biased.logprobs, plain.logprobs + torch.tensor(bias))
+        assert biased.labels == ["fear"] * 4 != plain.labels
+        assert farcer.config.label_bias == tuple(bias)
+        one = [proc.tokens(build_dialogue_prompt(turns[:1], MELD7, faces=faces[:1], shots=shots, chat=proc.chat))]
+        assert int(farcer.label_logprobs(one).argmax()) == MELD7.index("fear")
+        with pytest.raises(ValueError, match="3 values for 7 labels"):
+            farcer.set_label_bias([1.0, 2.0, 3.0])
+    finally:
+        farcer.set_label_bias(())
+    torch.testing.assert_close(proc.label_dialogue(farcer, turns, faces, prefix, "none").logprobs, plain.logprobs)
+
+
 def test_lora_on_top_layers_trains_from_frozen_states_as_from_the_embeddings(shots):
     """Adapters on the last layer only: the layer below holds nothing that trains, and a batch that
     enters the top layer with `frozen_states` gives the same loss and adapter gradients as one run

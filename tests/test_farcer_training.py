@@ -21,7 +21,7 @@ from backend.settings import CHECKPOINTS_DIR, get_settings
 from tests.fixtures_iemocap import make_iemocap_fixture
 from training.__main__ import main
 from models.farcer import Farcer
-from training.farcer import TrainConfig, drop_faces, make_samples
+from training.farcer import PRIOR_SCALES, TrainConfig, drop_faces, make_samples
 from training.metrics import REPORT_KEYS
 
 WORDS = ["oh", "my", "god", "you", "know", "what", "I", "mean", "this", "is", "the", "best", "day", "ever", "no",
@@ -231,6 +231,41 @@ def test_lora_on_the_top_layer_runs_text_rows_through_the_frozen_layer_once(trai
     assert checkpoint.config["model"]["lora_layers"] == 1
     farcer, _ = load_farcer(checkpoint, open_model_store(get_settings()), "cpu")
     assert farcer.frozen_layers == 1
+    # the prior correction was chosen on validation, and serving with it scores what the choice measured
+    chosen = checkpoint.data["label_bias"]
+    assert chosen["scale"] in PRIOR_SCALES and set(chosen["validation"]) == {str(s) for s in PRIOR_SCALES}
+    assert chosen["validation"][str(chosen["scale"])] == max(chosen["validation"].values())
+    assert list(farcer.config.label_bias) == chosen["bias"] == checkpoint.config["model"]["label_bias"]
+    assert len(chosen["bias"]) in (0, len(MELD7)) and "Label prior correction: scale" in (out / "MODEL_CARD.md").read_text()
+    report = tmp_path / "val.json"
+    assert main(["evaluate", "farcer", "--checkpoint", str(out), "--data", str(meld), "--split", "validation",
+                 "--out", str(report)]) == 0
+    assert round(json.loads(report.read_text())["weighted_f1"], 4) == chosen["validation"][str(chosen["scale"])]
+
+
+def test_choose_label_bias_rewrites_a_head_folder_and_refuses_test_data_and_store_versions(trained, tmp_path):
+    meld, _, core, _ = trained
+    out = tmp_path / "head"
+    assert main(["train", "farcer", "--data", str(meld), "--core", core.name, "--variant", "lora", "--shots", "0",
+                 "--epochs", "1", "--max-steps", "1", "--out", str(out)]) == 0
+    before = read_checkpoint(out)
+    report = tmp_path / "val.json"
+    args = ["evaluate", "farcer", "--checkpoint", str(out), "--data", str(meld), "--out", str(report)]
+    with pytest.raises(InputError, match="--split validation"):
+        main([*args, "--split", "test", "--choose-label-bias"])
+    assert main([*args, "--split", "validation", "--choose-label-bias"]) == 0
+    after = read_checkpoint(out)
+    assert after.data["label_bias"]["command"].startswith("python -m training evaluate farcer")
+    assert after.config["model"]["label_bias"] == after.data["label_bias"]["bias"]
+    assert after.manifest["files"] == before.manifest["files"]  # the weights are untouched
+    chosen = after.data["label_bias"]
+    assert round(json.loads(report.read_text())["weighted_f1"], 4) == chosen["validation"][str(chosen["scale"])]
+    assert main(["train", "farcer", "--data", str(meld), "--core", core.name, "--variant", "lora", "--shots", "0",
+                 "--epochs", "1", "--max-steps", "1"]) == 0
+    stored = [v for v in open_model_store(get_settings()).versions("farcer") if not v.builtin][-1]
+    with pytest.raises(InputError, match="never changes"):
+        main(["evaluate", "farcer", "--checkpoint", stored.version, "--data", str(meld), "--split", "validation",
+              "--out", str(report), "--choose-label-bias"])
 
 
 def test_init_starts_a_head_from_another_heads_adapters_and_projector(trained, tmp_path):

@@ -323,6 +323,39 @@ def label_split(
 
 
 CONTENT_FREE = ("N/A", "[MASK]", "")
+PRIOR_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+
+
+@torch.no_grad()
+def choose_label_bias(
+    farcer: Farcer, processor: FarcerProcessor, val: Split, shots: Sequence[Example], past_labels: str,
+    label_counts: Mapping[str, int],
+) -> dict:
+    """A prior correction chosen on validation (logit adjustment, Menon et al. 2021). The balanced label
+    loss trains a head toward p(label | dialogue) / prior(label), which over-predicts rare labels;
+    adding scale x log prior(label) to the label scores brings the prior back. The scale (from
+    PRIOR_SCALES; 0 keeps the head as trained, ties go to the smaller) is the one with the best
+    validation weighted F1. Sets the bias on `farcer`; returns {scale, bias, validation, n}."""
+    if past_labels == "predicted":
+        raise InputError("a label bias is chosen for heads that do not read their own past labels (past labels "
+                         "none or gold): with predicted past labels each scale would need its own labelling")
+    farcer.set_label_bias(())
+    prefix = processor.encode_prefix(farcer, shots, past_labels)
+    scores = torch.cat([processor.label_dialogue(farcer, d.turns, faces, prefix, past_labels).logprobs
+                        for d, faces in zip(tqdm(val.dialogues, desc="label bias", leave=False), val.faces)])
+    true = [t.label for d in val.dialogues for t in d.turns]
+    present = sorted(set(true), key=processor.labels.index)
+    counts = torch.tensor([float(label_counts.get(label, 0)) for label in processor.labels])
+    log_prior = (counts.clamp(min=1) / counts.clamp(min=1).sum()).log().to(scores.device)
+    by_scale = {}
+    for scale in PRIOR_SCALES:
+        predicted = [processor.labels[int(i)] for i in (scores + scale * log_prior).argmax(-1)]
+        by_scale[scale] = classification_report(true, predicted, processor.labels, present)["weighted_f1"]
+    best = max(PRIOR_SCALES, key=lambda scale: (by_scale[scale], -scale))
+    bias = [round(float(b), 6) for b in best * log_prior] if best else []
+    farcer.set_label_bias(bias)
+    return {"scale": best, "bias": bias, "validation": {str(k): round(v, 4) for k, v in by_scale.items()},
+            "n": len(true)}
 
 
 @torch.no_grad()
@@ -807,6 +840,11 @@ def train(args: argparse.Namespace) -> int:
         finished = result["steps"] >= result["planned_steps"]
         data.update(label_counts=result["label_counts"], finished=finished, steps=result["steps"],
                     planned_steps=result["planned_steps"])
+        if not trains_core(args) and cfg.past_labels in ("none", "gold"):  # on the selected weights
+            load_trainable(farcer, pending.folder / WEIGHTS)
+            data["label_bias"] = choose_label_bias(farcer.eval(), processor, val, sample_shots(pool, cfg.shots, cfg.seed),
+                                                   cfg.past_labels, result["label_counts"])
+            manifest["config"]["model"]["label_bias"] = data["label_bias"]["bias"]
         manifest["metrics"].update(curve=result["curve"], train_minutes=result["train_minutes"],
                                    best_step=result["best_step"])
         write(pending.folder, manifest, card=True)
@@ -825,6 +863,18 @@ def selection(metrics: Mapping, cfg: Mapping) -> str:
     return (f"{lora}{cfg['accumulate']} batch(es) per step{', bf16 autocast' if cfg['bf16'] else ''}; weights "
             f"selected on validation weighted F1 only: step {metrics['best_step']} of {metrics['curve'][-1]['steps']} "
             f"(validated {len(metrics['curve'])} times)")
+
+
+def bias_line(data: Mapping) -> str:
+    """The card's account of the label prior correction, when one was chosen."""
+    chosen = data.get("label_bias")
+    if not chosen:
+        return ""
+    command = f" (`{reproducible(chosen['command'])}`)" if "command" in chosen else " (chosen by `train`)"
+    return (f"\nLabel prior correction: scale {chosen['scale']} x log of the training label distribution is added to "
+            f"the label scores, the scale with the best weighted F1 on {chosen['n']} validation turns{command}; by "
+            f"scale: {', '.join(f'{k}: {v:.4f}' for k, v in chosen['validation'].items())}. It offsets the balanced "
+            "label loss, which trains the head to over-predict rare labels (logit adjustment).\n")
 
 
 def core_line(manifest: Mapping) -> str:
@@ -882,7 +932,7 @@ lr {cfg['lr']}; {selection(metrics, cfg)},
 
 Validation (every utterance, selected epoch): weighted F1 {val['weighted_f1']:.4f}, accuracy {val['accuracy']:.4f},
 n={val['n']}.
-{card_section(data)}{views_lines(val)}
+{bias_line(data)}{card_section(data)}{views_lines(val)}
 ## Results
 
 {tests or 'None recorded yet: run `python -m training evaluate farcer ... --record NAME`.'}
@@ -927,6 +977,9 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON report")
     parser.add_argument("--record", default=None,
                         help="also list the result in the checkpoint (and its card) under this name")
+    parser.add_argument("--choose-label-bias", action="store_true",
+                        help="choose the head's prior correction on this validation split (as `train` does after "
+                        "training) and write it into the checkpoint folder, then report with it")
 
 
 def evaluation_face_encoder(checkpoint: Checkpoint, ref: str | None, store: ModelStore) -> Checkpoint | str:
@@ -1003,6 +1056,27 @@ def turn_faces(
     return [[None if p is None else vectors[p] for p in row] for row in paths]
 
 
+def rewrite_label_bias(
+    checkpoint: Checkpoint | None, farcer: Farcer, processor: FarcerProcessor, val: Split, shots: Sequence[Example],
+    past: str, args: argparse.Namespace,
+) -> Checkpoint:
+    """`evaluate --choose-label-bias`: the bias chosen on `val`, written into the checkpoint folder (a new
+    version of it: the config changes). Store versions never change, so they are refused."""
+    if checkpoint is None or args.split != "validation" or args.calibrate:
+        raise InputError("--choose-label-bias chooses a trained head's bias on validation data: give --checkpoint "
+                         "and --split validation, without --calibrate")
+    if checkpoint.path.name == checkpoint.version:
+        raise InputError(f"{checkpoint.path} is a model-store version, which never changes; train a new version "
+                         "(train chooses the bias itself) or copy the folder and choose on the copy")
+    chosen = choose_label_bias(farcer, processor, val, shots, past, checkpoint.data["label_counts"])
+    manifest = {k: v for k, v in checkpoint.manifest.items() if k not in ("format", "files", "version")}
+    manifest["config"] = {**checkpoint.config, "model": {**checkpoint.config["model"], "label_bias": chosen["bias"]}}
+    manifest["data"] = {**checkpoint.data, "label_bias": {**chosen, "command": _command("evaluate", args, ("record",))}}
+    write(checkpoint.path, manifest, card=True)
+    print(f"label bias: scale {chosen['scale']} (validation weighted F1 by scale: {chosen['validation']})")
+    return read_checkpoint(checkpoint.path)
+
+
 def evaluate(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     store = open_model_store(get_settings())
@@ -1037,6 +1111,8 @@ def evaluate(args: argparse.Namespace) -> int:
     data = Split(dialogues, turn_faces(dialogues, faces, args, processor.labels, encoder))
     pool = shot_pool(split(loaded, "train"), trained["seed"])
     shots = sample_shots(pool, shots_k, args.seed)
+    if args.choose_label_bias:
+        checkpoint = rewrite_label_bias(checkpoint, farcer, processor, data, shots, past, args)
     bias = content_free_bias(farcer, processor, shots) if args.calibrate else None
     report = reports(data, label_split(farcer, processor, data, shots, past, bias), processor.labels, args.protocol)
     report.update(
