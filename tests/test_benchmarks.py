@@ -21,3 +21,22 @@ def test_paper_shapes_refuse_a_cpu(tmp_path, capsys):
     with pytest.raises(SystemExit):
         gpu_paper.main(["--device", "cpu", "--out", str(tmp_path / "x.json")])
     assert "need a CUDA device" in capsys.readouterr().err
+
+
+def test_simulated_annotator_corrects_training_actors_and_holds_out_the_test_actors(tmp_path):
+    """`benchmarks.retraining --domain ravdess-aligned`: corrections come from RAVDESS's training actors
+    only, whole dialogues until the turn budget is met, and the held-out dialogues are the test actors'."""
+    from benchmarks.retraining import simulated_corrections
+
+    for actor in (1, 2, 18, 19, 21, 24):
+        folder = tmp_path / f"Actor_{actor:02d}"
+        folder.mkdir()
+        for emotion in range(1, 9):
+            (folder / f"03-01-{emotion:02d}-01-01-01-{actor:02d}.wav").write_bytes(b"")
+    corrected, held_out = simulated_corrections(tmp_path, 10, seed=0, domain="ravdess-aligned")
+    assert len(corrected) == 10 and {d.split for d in corrected} == {"train"}
+    assert {d.turns[0].speaker for d in held_out} == {"Actor_21", "Actor_24"} and len(held_out) == 16
+    again, _ = simulated_corrections(tmp_path, 10, seed=0, domain="ravdess-aligned")
+    assert [d.id for d in again] == [d.id for d in corrected]
+    other, _ = simulated_corrections(tmp_path, 10, seed=1, domain="ravdess-aligned")
+    assert [d.id for d in other] != [d.id for d in corrected]
