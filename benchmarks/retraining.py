@@ -82,8 +82,8 @@ def retrain_farcer(args: argparse.Namespace) -> dict:
         csv = write_corpus_csv(Path(tmp) / "corrections.csv", corrected)
         started = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):
-            training(["train", "farcer", "--corpus", "meld", "--data", str(args.meld), "--core",
-                      init.components["core"].get("name") or "smollm2", "--variant", "lora", "--init", args.init,
+            # the head's core, variant and LoRA settings follow --init
+            training(["train", "farcer", "--corpus", "meld", "--data", str(args.meld), "--init", args.init,
                       "--shots", "0", "--corrections", str(csv), "--corrections-weight", str(args.weight),
                       "--max-steps", str(args.max_steps), "--val-every", str(args.max_steps), "--val-dialogues", "20",
                       "--batch-size", "4", "--max-turns", "12", "--bf16", "--threads", str(args.threads), "--lr", str(args.lr),

@@ -286,6 +286,13 @@ def test_init_starts_a_head_from_another_heads_adapters_and_projector(trained, t
     assert main([*base, "--variant", "lora", "--lr", "1e-12", "--out", str(fresh)]) == 0
     assert any(not torch.allclose(load_file(str(fresh / WEIGHTS))[n], start[n]) for n in start)
     assert read_checkpoint(again).data["init"]["version"] == read_checkpoint(first).version
+    # --init alone: the head's shape (core, variant, LoRA settings) comes from the head it continues
+    inherited = tmp_path / "inherited"
+    assert main([*base, "--lr", "1e-12", "--lora-layers", "0", "--init", str(first), "--out", str(inherited)]) == 0
+    assert read_checkpoint(inherited).config == read_checkpoint(again).config
+    assert "--variant lora" in read_checkpoint(inherited).data["command"]
+    with pytest.raises(InputError, match="adapters or projector"):
+        main([*base, "--lora-layers", "1", "--init", str(first), "--out", str(tmp_path / "top")])
     with pytest.raises(InputError, match="differs from this run's in its variant"):
         main([*base, "--variant", "base", "--init", str(first), "--out", str(tmp_path / "bad")])
 

@@ -673,9 +673,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     parser.add_argument("--corpus", choices=sorted(CORPORA), default="meld")
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--core", default="smollm2",
-                        help="a packaged LM (default: smollm2), a farcer-core checkpoint folder or store version, a Hugging "
-                        "Face name, or `new` to train a small Llama + tokenizer here (text only)")
+    parser.add_argument("--core", default=None,
+                        help="a packaged LM (default: the --init head's, else smollm2), a farcer-core checkpoint folder or "
+                        "store version, a Hugging Face name, or `new` to train a small Llama + tokenizer here (text only)")
     parser.add_argument("--train-core", action="store_true",
                         help="keep training a core made here (text only), e.g. from a finished --core new run")
     parser.add_argument("--faces", type=Path, default=None, help="FER2013-style image folder for label-matched faces")
@@ -684,7 +684,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
                         "Hugging Face ViT id or folder (the paper: trpakov/vit-face-expression) whose CLS vector is read")
     parser.add_argument("--out", type=Path, default=None,
                         help="a new checkpoint folder (default: a new version in the model store)")
-    parser.add_argument("--variant", choices=VARIANTS, default=d.variant)
+    parser.add_argument("--variant", choices=VARIANTS, default=None, help=f"default: the --init head's, else {d.variant}")
     parser.add_argument("--shots", type=int, choices=SHOT_COUNTS, default=d.shots)
     parser.add_argument("--past-labels", choices=(*PAST_LABELS, "mixed"), default=d.past_labels,
                         help="training shows gold past labels for gold/predicted; mixed: none or gold per row")
@@ -708,13 +708,16 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, default=d.max_minutes,
                         help="time budget of this invocation: stop and validate once it is spent (0: none); "
                         "a run stopped early can continue with --resume")
-    parser.add_argument("--lora-r", type=int, default=d.lora_r)
-    parser.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
-    parser.add_argument("--lora-targets", default=",".join(d.lora_targets),
-                        help="comma-separated module names (the paper: q_proj,k_proj,v_proj)")
-    parser.add_argument("--lora-layers", type=int, default=d.lora_layers,
-                        help="adapters on the core's last N decoder layers only (0: all, the paper). The layers "
-                        "below then never train, so text-only rows run them once, without gradient")
+    # The head's shape defaults to the --init head's (head_defaults), else to TrainConfig's.
+    parser.add_argument("--lora-r", type=int, default=None, help=f"default: the --init head's, else {d.lora_r}")
+    parser.add_argument("--lora-alpha", type=int, default=None, help=f"default: the --init head's, else {d.lora_alpha}")
+    parser.add_argument("--lora-targets", default=None,
+                        help="comma-separated module names (default: the --init head's, else the paper's "
+                        f"{','.join(d.lora_targets)})")
+    parser.add_argument("--lora-layers", type=int, default=None,
+                        help="adapters on the core's last N decoder layers only (0: all, the paper; default: the "
+                        "--init head's, else 0). The layers below then never train, so text-only rows run them once, "
+                        "without gradient")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute the core LM's activations in backward (memory for 7-8B cores)")
@@ -739,8 +742,26 @@ def _command(action: str, args: argparse.Namespace, skip: tuple[str, ...] = ()) 
     return f"python -m training {action} farcer " + " ".join(f.replace(" True", "") for f in flags)
 
 
+def head_defaults(args: argparse.Namespace) -> None:
+    """Fill the head-shape options not given (core, variant, LoRA settings) from the --init head, so that
+    continuing a head needs only --init; without --init, from TrainConfig (core: smollm2)."""
+    d = TrainConfig()
+    shape = {"core": "smollm2", "variant": d.variant, "lora_r": d.lora_r, "lora_alpha": d.lora_alpha,
+             "lora_targets": ",".join(d.lora_targets), "lora_layers": d.lora_layers}
+    if args.init is not None:
+        init = find_checkpoint(args.init, MODEL)
+        model = init.config["model"]
+        shape.update(core=model["lm"], variant=init.config["variant"], lora_r=model["lora_r"],
+                     lora_alpha=model["lora_alpha"], lora_targets=",".join(model["lora_targets"]),
+                     lora_layers=model.get("lora_layers", 0))
+    for name, value in shape.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
 def train(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
+    head_defaults(args)
     command = _command("train", args)
     if trains_core(args) and (args.faces or args.variant != "base"):
         raise InputError("--core new / --train-core train the text-only core LM; drop --faces/--variant and train "
