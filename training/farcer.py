@@ -327,35 +327,51 @@ PRIOR_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 
 
 @torch.no_grad()
+def label_scores(
+    farcer: Farcer, processor: FarcerProcessor, data: Split, shots: Sequence[Example], past_labels: str,
+) -> list[np.ndarray]:
+    """Per dialogue, every turn's label scores [turns, labels] (the model's label bias included)."""
+    prefix = processor.encode_prefix(farcer, shots, past_labels)
+    return [processor.label_dialogue(farcer, d.turns, faces, prefix, past_labels).logprobs.float().cpu().numpy()
+            for d, faces in zip(tqdm(data.dialogues, desc="labelling", leave=False), data.faces)]
+
+
+def best_label_bias(
+    scores: Sequence[np.ndarray], data: Split, labels: Sequence[str], label_counts: Mapping[str, int],
+) -> tuple[dict, list[list[str]]]:
+    """A prior correction chosen on validation (logit adjustment, Menon et al. 2021). The balanced label
+    loss trains a head toward p(label | dialogue) / prior(label), which over-predicts rare labels;
+    adding scale x log prior(label) to the unbiased label `scores` brings the prior back. The scale (from
+    PRIOR_SCALES; 0 keeps the head as trained, ties go to the smaller) is the one with the best weighted
+    F1 on `data`. Returns ({scale, bias, validation: {scale: weighted F1}, n}, the labels at that scale)."""
+    counts = np.array([float(label_counts.get(label, 0)) for label in labels]).clip(min=1)
+    log_prior = np.log(counts / counts.sum())
+    true = [t.label for d in data.dialogues for t in d.turns]
+    present = sorted(set(true), key=list(labels).index)
+    flat = np.concatenate(scores)
+    by_scale = {}
+    for scale in PRIOR_SCALES:
+        predicted = [labels[int(i)] for i in (flat + scale * log_prior).argmax(-1)]
+        by_scale[scale] = classification_report(true, predicted, labels, present)["weighted_f1"]
+    best = max(PRIOR_SCALES, key=lambda scale: (by_scale[scale], -scale))
+    chosen = {"scale": best, "bias": [round(float(b), 6) for b in best * log_prior] if best else [],
+              "validation": {str(k): round(v, 4) for k, v in by_scale.items()}, "n": len(true)}
+    return chosen, [[labels[int(i)] for i in (row + best * log_prior).argmax(-1)] for row in scores]
+
+
 def choose_label_bias(
     farcer: Farcer, processor: FarcerProcessor, val: Split, shots: Sequence[Example], past_labels: str,
     label_counts: Mapping[str, int],
 ) -> dict:
-    """A prior correction chosen on validation (logit adjustment, Menon et al. 2021). The balanced label
-    loss trains a head toward p(label | dialogue) / prior(label), which over-predicts rare labels;
-    adding scale x log prior(label) to the label scores brings the prior back. The scale (from
-    PRIOR_SCALES; 0 keeps the head as trained, ties go to the smaller) is the one with the best
-    validation weighted F1. Sets the bias on `farcer`; returns {scale, bias, validation, n}."""
+    """`best_label_bias` of the head on `val`, set on `farcer`; returns its {scale, bias, validation, n}."""
     if past_labels == "predicted":
         raise InputError("a label bias is chosen for heads that do not read their own past labels (past labels "
                          "none or gold): with predicted past labels each scale would need its own labelling")
     farcer.set_label_bias(())
-    prefix = processor.encode_prefix(farcer, shots, past_labels)
-    scores = torch.cat([processor.label_dialogue(farcer, d.turns, faces, prefix, past_labels).logprobs
-                        for d, faces in zip(tqdm(val.dialogues, desc="label bias", leave=False), val.faces)])
-    true = [t.label for d in val.dialogues for t in d.turns]
-    present = sorted(set(true), key=processor.labels.index)
-    counts = torch.tensor([float(label_counts.get(label, 0)) for label in processor.labels])
-    log_prior = (counts.clamp(min=1) / counts.clamp(min=1).sum()).log().to(scores.device)
-    by_scale = {}
-    for scale in PRIOR_SCALES:
-        predicted = [processor.labels[int(i)] for i in (scores + scale * log_prior).argmax(-1)]
-        by_scale[scale] = classification_report(true, predicted, processor.labels, present)["weighted_f1"]
-    best = max(PRIOR_SCALES, key=lambda scale: (by_scale[scale], -scale))
-    bias = [round(float(b), 6) for b in best * log_prior] if best else []
-    farcer.set_label_bias(bias)
-    return {"scale": best, "bias": bias, "validation": {str(k): round(v, 4) for k, v in by_scale.items()},
-            "n": len(true)}
+    chosen, _ = best_label_bias(label_scores(farcer, processor, val, shots, past_labels), val, processor.labels,
+                                label_counts)
+    farcer.set_label_bias(chosen["bias"])
+    return chosen
 
 
 @torch.no_grad()
@@ -535,6 +551,8 @@ def fit(
     prompts = training_prompts(pool, cfg.prompts, cfg.shots, cfg.seed) if cfg.shots else [[]]
     val_shots = sample_shots(pool, cfg.shots, cfg.seed)
     val_past = {"mixed": "predicted"}.get(cfg.past_labels, cfg.past_labels)
+    # a head (not a core) that does not read its own past labels gets a label prior correction
+    chooses_bias = cfg.text_weight == 0 and val_past in ("none", "gold")
     batches_per_epoch = math.ceil(len(samples) / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * math.ceil(batches_per_epoch / cfg.accumulate)
     params = [p for p in farcer.parameters() if p.requires_grad]
@@ -564,11 +582,22 @@ def fit(
     def validate() -> None:
         farcer.eval()
         t = time.time()
-        predicted = map_shards(
-            lambda rows: label_split(farcer, processor, Split([val.dialogues[i] for i in rows], [val.faces[i] for i in rows]),
-                                     val_shots, val_past),
-            range(len(val.dialogues)), accelerator)
+
+        def shard(rows: Sequence[int]) -> Split:
+            return Split([val.dialogues[i] for i in rows], [val.faces[i] for i in rows])
+
+        if chooses_bias:  # the weights are judged with the label bias that suits them best on validation
+            farcer.set_label_bias(())
+            scores = map_shards(lambda rows: label_scores(farcer, processor, shard(rows), val_shots, val_past),
+                                range(len(val.dialogues)), accelerator)
+            prior, predicted = best_label_bias(scores, val, processor.labels, counts)
+            farcer.set_label_bias(prior["bias"])  # what on_best saves with the weights
+        else:
+            predicted = map_shards(lambda rows: label_split(farcer, processor, shard(rows), val_shots, val_past),
+                                   range(len(val.dialogues)), accelerator)
         report = reports(val, predicted, processor.labels)
+        if chooses_bias:
+            report["label_bias"] = prior
         if val.views:
             report["views"] = {name: reports(Split([val.dialogues[i] for i in run], []), predicted[run.start : run.stop],
                                              processor.labels) for name, run in val.views.items()}
@@ -577,6 +606,7 @@ def fit(
         n = max(sums["n"], 1)
         row = {"epoch": state.epoch, "steps": state.step, **{f"train_{k}_loss": sums[k] / n for k in sums if k != "n"},
                "val_weighted_f1": report["weighted_f1"], "val_accuracy": report["accuracy"],
+               **({"label_bias_scale": prior["scale"]} if chooses_bias else {}),
                "val_predicted": {label: predicted_counts[label] for label in processor.labels},
                "minutes": round(spent() / 60, 1), "val_seconds": round(time.time() - t, 1)}
         sums.clear()
@@ -861,11 +891,8 @@ def train(args: argparse.Namespace) -> int:
         finished = result["steps"] >= result["planned_steps"]
         data.update(label_counts=result["label_counts"], finished=finished, steps=result["steps"],
                     planned_steps=result["planned_steps"])
-        if not trains_core(args) and cfg.past_labels in ("none", "gold"):  # on the selected weights
-            load_trainable(farcer, pending.folder / WEIGHTS)
-            data["label_bias"] = choose_label_bias(farcer.eval(), processor, val, sample_shots(pool, cfg.shots, cfg.seed),
-                                                   cfg.past_labels, result["label_counts"])
-            manifest["config"]["model"]["label_bias"] = data["label_bias"]["bias"]
+        if "label_bias" in result["val"]:  # chosen with the selected weights (and saved in their config)
+            data["label_bias"] = result["val"]["label_bias"]
         manifest["metrics"].update(curve=result["curve"], train_minutes=result["train_minutes"],
                                    best_step=result["best_step"])
         write(pending.folder, manifest, card=True)
