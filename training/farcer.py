@@ -913,6 +913,17 @@ def selection(metrics: Mapping, cfg: Mapping) -> str:
             f"(validated {len(metrics['curve'])} times)")
 
 
+def reselected_line(data: Mapping) -> str:
+    """The card's account of a step chosen again after the run, by a later selection rule."""
+    again = data.get("reselected")
+    if not again:
+        return ""
+    steps = "; ".join(f"step {step}: " + ", ".join(f"{k}: {v:.4f}" for k, v in by_scale.items())
+                      for step, by_scale in again["steps"].items())
+    return (f"\nThe step was chosen again after the run ({again['rule']}; `{again['command']}`), by weighted F1 per "
+            f"label-bias scale: {steps}.\n")
+
+
 def bias_line(data: Mapping) -> str:
     """The card's account of the label prior correction, when one was chosen."""
     chosen = data.get("label_bias")
@@ -980,7 +991,7 @@ lr {cfg['lr']}; {selection(metrics, cfg)},
 
 Validation (every utterance, selected epoch): weighted F1 {val['weighted_f1']:.4f}, accuracy {val['accuracy']:.4f},
 n={val['n']}.
-{bias_line(data)}{card_section(data)}{views_lines(val)}
+{reselected_line(data)}{bias_line(data)}{card_section(data)}{views_lines(val)}
 ## Results
 
 {tests or 'None recorded yet: run `python -m training evaluate farcer ... --record NAME`.'}
