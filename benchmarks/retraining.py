@@ -18,7 +18,7 @@ stage-2 minutes, and held-out weighted F1 before and after. Domains (`--domain`)
   with text and speech). A MiSTER-E whose stage 2 never read such turns (e.g. one trained on MELD with
   pseudo-paired clips only) has not seen this domain; the shipped one was trained with it.
 
-`--model farcer` times what the app's FARCER retraining runs: `train farcer --variant lora --init INIT
+`--model farcer` times what the app's FARCER retraining runs: `train farcer --init INIT
 --corrections CSV --max-steps N --lr 1e-4` (a step budget; validation on 20 corpus dialogues and the
 held-out corrections), and prints the validation the run recorded beside the one of INIT.
 """

@@ -199,7 +199,7 @@ class Farcer(nn.Module):
         """Add `bias[j]` to label j's log-probability wherever labels are scored (() adds nothing)."""
         if bias and len(bias) != self.n_labels:
             raise ValueError(f"label_bias has {len(bias)} values for {self.n_labels} labels")
-        self.config = replace(self.config, label_bias=tuple(float(b) for b in bias))
+        self.config = replace(self.config, label_bias=tuple(bias))  # __post_init__ makes them floats
 
     def set_token_weights(self, weights: Mapping[int, float] | None) -> None:
         """Weight the training loss per target token (tokens not named weigh 1); None: unweighted."""

@@ -304,24 +304,6 @@ def write(folder: Path, manifest: dict, card: bool = False) -> None:
 # ----------------------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
-def label_split(
-    farcer: Farcer, processor: FarcerProcessor, data: Split, shots: Sequence[Example], past_labels: str,
-    bias: torch.Tensor | None = None,
-) -> list[list[str]]:
-    """Every turn's predicted label, dialogue by dialogue, with the incremental `label_dialogue`; with
-    `bias` (log-probabilities per label, past labels none) the label is argmax(log p - bias)."""
-    prefix = processor.encode_prefix(farcer, shots, past_labels)
-    predicted = []
-    for d, faces in zip(tqdm(data.dialogues, desc="labelling", leave=False), data.faces):
-        result = processor.label_dialogue(farcer, d.turns, faces, prefix, past_labels)
-        if bias is None:
-            predicted.append(result.labels)
-        else:
-            predicted.append([processor.labels[int(i)] for i in (result.logprobs - bias).argmax(-1)])
-    return predicted
-
-
 CONTENT_FREE = ("N/A", "[MASK]", "")
 PRIOR_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 
@@ -334,6 +316,14 @@ def label_scores(
     prefix = processor.encode_prefix(farcer, shots, past_labels)
     return [processor.label_dialogue(farcer, d.turns, faces, prefix, past_labels).logprobs.float().cpu().numpy()
             for d, faces in zip(tqdm(data.dialogues, desc="labelling", leave=False), data.faces)]
+
+
+def label_split(
+    farcer: Farcer, processor: FarcerProcessor, data: Split, shots: Sequence[Example], past_labels: str,
+) -> list[list[str]]:
+    """Every turn's predicted label (the best of its `label_scores`), dialogue by dialogue."""
+    return [[processor.labels[int(i)] for i in scores.argmax(-1)]
+            for scores in label_scores(farcer, processor, data, shots, past_labels)]
 
 
 def best_label_bias(
@@ -362,16 +352,17 @@ def best_label_bias(
 def choose_label_bias(
     farcer: Farcer, processor: FarcerProcessor, val: Split, shots: Sequence[Example], past_labels: str,
     label_counts: Mapping[str, int],
-) -> dict:
-    """`best_label_bias` of the head on `val`, set on `farcer`; returns its {scale, bias, validation, n}."""
+) -> tuple[dict, list[list[str]]]:
+    """`best_label_bias` of the head on `val`, set on `farcer`; returns its {scale, bias, validation, n}
+    and `val`'s labels with it."""
     if past_labels == "predicted":
         raise InputError("a label bias is chosen for heads that do not read their own past labels (past labels "
                          "none or gold): with predicted past labels each scale would need its own labelling")
     farcer.set_label_bias(())
-    chosen, _ = best_label_bias(label_scores(farcer, processor, val, shots, past_labels), val, processor.labels,
-                                label_counts)
+    chosen, predicted = best_label_bias(label_scores(farcer, processor, val, shots, past_labels), val,
+                                        processor.labels, label_counts)
     farcer.set_label_bias(chosen["bias"])
-    return chosen
+    return chosen, predicted
 
 
 @torch.no_grad()
@@ -500,7 +491,7 @@ class _PackedLoss(torch.nn.Module):
         super().__init__()
         self.farcer = farcer
 
-    def forward(self, rows: list, start_layer: int, text_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, rows: list, text_weight: float, start_layer: int) -> tuple[torch.Tensor, dict[str, float]]:
         return self.farcer.packed_loss(rows, text_weight, start_layer)
 
 
@@ -515,7 +506,7 @@ class FrozenStates:
     def rows(self, farcer: Farcer, keys: Sequence[int | None], rows: list, text_only: bool) -> tuple[list, int]:
         """The rows to train on and the decoder layer they enter; rows with image slots enter at the
         bottom, since the projector that fills the slots trains."""
-        if not self.layers or not text_only or not rows:
+        if not self.layers or not text_only:
             return rows, 0
         missing = [i for i, k in enumerate(keys) if k not in self.saved]
         computed = dict(zip(missing, farcer.frozen_states([rows[i] for i in missing], self.layers) if missing else []))
@@ -660,7 +651,8 @@ def fit(
                     # accelerate autocasts on the GPU; on a CPU (avx512_bf16) the loop does it
                     with torch.autocast(farcer.device.type, dtype=torch.bfloat16,
                                         enabled=cfg.bf16 and accelerator.mixed_precision == "no"):
-                        loss, parts = packed_loss(*frozen.rows(farcer, keys, rows, text_only), cfg.text_weight)
+                        entering, start_layer = frozen.rows(farcer, keys, rows, text_only)
+                        loss, parts = packed_loss(entering, cfg.text_weight, start_layer)
                     accelerator.backward(loss * scale)  # divided by cfg.accumulate
                 if distributed(accelerator):  # the chunk's loss parts, as one process reports them
                     mine = torch.tensor([v * float(scale) for v in parts.values()], device=accelerator.device)
@@ -1118,22 +1110,23 @@ def turn_faces(
 def rewrite_label_bias(
     checkpoint: Checkpoint | None, farcer: Farcer, processor: FarcerProcessor, val: Split, shots: Sequence[Example],
     past: str, args: argparse.Namespace,
-) -> Checkpoint:
+) -> tuple[Checkpoint, list[list[str]]]:
     """`evaluate --choose-label-bias`: the bias chosen on `val`, written into the checkpoint folder (a new
-    version of it: the config changes). Store versions never change, so they are refused."""
+    version of it: the config changes), and `val`'s labels with it. Store versions never change, so they
+    are refused."""
     if checkpoint is None or args.split != "validation" or args.calibrate:
         raise InputError("--choose-label-bias chooses a trained head's bias on validation data: give --checkpoint "
                          "and --split validation, without --calibrate")
     if checkpoint.path.name == checkpoint.version:
         raise InputError(f"{checkpoint.path} is a model-store version, which never changes; train a new version "
                          "(train chooses the bias itself) or copy the folder and choose on the copy")
-    chosen = choose_label_bias(farcer, processor, val, shots, past, checkpoint.data["label_counts"])
+    chosen, predicted = choose_label_bias(farcer, processor, val, shots, past, checkpoint.data["label_counts"])
     manifest = {k: v for k, v in checkpoint.manifest.items() if k not in ("format", "files", "version")}
     manifest["config"] = {**checkpoint.config, "model": {**checkpoint.config["model"], "label_bias": chosen["bias"]}}
     manifest["data"] = {**checkpoint.data, "label_bias": {**chosen, "command": _command("evaluate", args, ("record",))}}
     write(checkpoint.path, manifest, card=True)
     print(f"label bias: scale {chosen['scale']} (validation weighted F1 by scale: {chosen['validation']})")
-    return read_checkpoint(checkpoint.path)
+    return read_checkpoint(checkpoint.path), predicted
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -1171,9 +1164,13 @@ def evaluate(args: argparse.Namespace) -> int:
     pool = shot_pool(split(loaded, "train"), trained["seed"])
     shots = sample_shots(pool, shots_k, args.seed)
     if args.choose_label_bias:
-        checkpoint = rewrite_label_bias(checkpoint, farcer, processor, data, shots, past, args)
-    bias = content_free_bias(farcer, processor, shots) if args.calibrate else None
-    report = reports(data, label_split(farcer, processor, data, shots, past, bias), processor.labels, args.protocol)
+        checkpoint, predicted = rewrite_label_bias(checkpoint, farcer, processor, data, shots, past, args)
+    else:
+        if args.calibrate:  # dividing out the content-free prior is one more label bias
+            base = torch.tensor(farcer.config.label_bias or [0.0] * farcer.n_labels)
+            farcer.set_label_bias((base - content_free_bias(farcer, processor, shots).cpu()).tolist())
+        predicted = label_split(farcer, processor, data, shots, past)
+    report = reports(data, predicted, processor.labels, args.protocol)
     report.update(
         split=args.split, shots=shots_k, past_labels=past, oracle=past == "gold", calibrated=args.calibrate,
         **faces.report(), protocol=args.protocol,
