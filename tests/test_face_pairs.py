@@ -22,9 +22,9 @@ from training import farcer as farcer_training
 from training.__main__ import main
 from training.corpora.generic_csv import load_corpus_csv, write_corpus_csv
 from training.corpora.image_folder import load_image_folder
-from training.farcer import EvaluationFaces, evaluation_faces, turn_faces
+from training.farcer import EvaluationFaces, evaluation_faces, face_pool, turn_faces
 from training.metrics import REPORT_KEYS
-from training.pseudo_pairs import PAIRED_VIEWS, PIPELINE_CHECKS, pair_images
+from training.pseudo_pairs import NEUTRAL_LINES, PAIRED_VIEWS, PIPELINE_CHECKS, neutral_line_dialogues, pair_images
 
 LABELS = [["joy", "anger", None, "sadness"], ["fear", "surprise", "disgust", "neutral", "joy"]]
 IMAGES = ["neutral"] * 3 + ["joy"] * 2 + ["anger", "sadness", "fear", "surprise", "disgust"]
@@ -74,7 +74,8 @@ def test_a_class_without_images_gives_no_face():
 
 
 def eval_args(tmp: Path, **kw) -> argparse.Namespace:
-    base = dict(paired_faces=None, face_corpus=None, face_data=None, faces=None, split="test", seed=0, corpus="csv")
+    base = dict(paired_faces=None, neutral_lines=0, face_corpus=None, face_data=None, faces=None, split="test", seed=0,
+                corpus="csv")
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -100,6 +101,28 @@ def test_paired_views_draw_only_the_evaluated_splits_faces(tmp_path, monkeypatch
                 assert {p.parent.name for p in seen} == {"neutral"}
 
 
+def test_farcer_face_pools_share_no_face_and_skip_the_face_encoders_training_faces(tmp_path):
+    """The face encoder trained on FER train: FARCER trains on half of val, validates on the other half."""
+    faces = write_faces(tmp_path / "fer", per_class=4)
+    pools = {name: {i.path for i in face_pool(faces, MELD7, name)} for name in ("train", "validation", "test")}
+    val = {i.path for i in load_image_folder(faces, MELD7, split="val").images}
+    assert pools["train"] | pools["validation"] == val and not pools["train"] & pools["validation"]
+    assert {p.parent.parent.name for p in pools["test"]} == {"test"} and len(pools["test"]) == 28
+    assert all(len({p.parent.name for p in pool}) == 7 for pool in pools.values()), "every emotion on each side"
+
+
+def test_neutral_line_dialogues_take_their_labels_from_the_faces():
+    images = [(Path(f"{label}/{i}.png"), label) for label in MELD7 for i in range(3)]
+    dialogues = neutral_line_dialogues(images, 5, "validation", np.random.default_rng(0))
+    assert len(dialogues) == 5 and all(len(d) == 6 for d in dialogues)
+    label_of = dict(images)
+    for turn in (t for d in dialogues for t in d.turns):
+        assert turn.text in NEUTRAL_LINES["validation"] and turn.label == label_of[turn.face]
+    assert len({t.label for d in dialogues for t in d.turns}) > 3, "faces are drawn at random"
+    splits = list(NEUTRAL_LINES.values())
+    assert all(not set(a) & set(b) for i, a in enumerate(splits) for b in splits[i + 1:]), "no line in two splits"
+
+
 def test_evaluation_faces_say_what_they_are_and_whether_the_model_reads_them(tmp_path):
     dialogues = [Dialogue("d", [Turn("A", None, None, "hi", "joy")])]
     neutral = evaluation_faces(eval_args(tmp_path, paired_faces="neutral", face_corpus="fer2013",
@@ -114,7 +137,7 @@ def test_evaluation_faces_say_what_they_are_and_whether_the_model_reads_them(tmp
     label_matched = evaluation_faces(eval_args(tmp_path, faces=tmp_path), dialogues, True).report()
     assert label_matched["pipeline_check"] is True and label_matched["paired_faces"] is None
     assert evaluation_faces(eval_args(tmp_path), dialogues, True) == EvaluationFaces("none", "none (text only)", False)
-    with pytest.raises(InputError, match="--paired-faces needs --face-corpus and --face-data"):
+    with pytest.raises(InputError, match="need --face-corpus and --face-data"):
         evaluation_faces(eval_args(tmp_path, paired_faces="random"), dialogues, True)
     with pytest.raises(InputError, match="go with --paired-faces"):
         evaluation_faces(eval_args(tmp_path, face_data=tmp_path), dialogues, True)

@@ -5,6 +5,7 @@ import re
 import shutil
 from dataclasses import asdict
 
+import cv2
 import numpy as np
 import pytest
 
@@ -20,6 +21,7 @@ from backend.schema import validate_analysis
 from backend.settings import CHECKPOINTS_DIR, get_settings
 from backend.synthetic_media import make_dialogue_video
 from models.farcer import FarcerConfig
+from tests.emotional_lines import LINES, right
 from tests.test_farcer_training import train_tiny
 
 TURNS = [(0.3, 1.5), (2.0, 3.4), (4.0, 5.2)]
@@ -178,15 +180,36 @@ def test_committed_checkpoint_through_analyze(dialogue, shipped):
     assert doc["models"]["farcer"]["version"] == read_checkpoint(shipped / "farcer").version
 
 
-def test_a_head_trained_without_faces_gets_no_image_slots(shipped):
-    """The shipped head was trained text-only: found faces must not reach a projector it never trained."""
+def test_a_head_trained_without_faces_gets_no_image_slots(shipped, tmp_path):
+    """Found faces must not reach a projector that never trained: the shipped head's weights under a
+    manifest that says they were trained text only (as the text head d81387661660 they grew from was)."""
     store = open_model_store(get_settings())
-    checkpoint = store.find("farcer", "farcer")
-    assert checkpoint.data["faces"] is None
-    predictor = load_predictor(checkpoint, store, get_settings())
+    face_head = store.find("farcer", "farcer")
+    assert face_head.data["faces"] is not None and load_predictor(face_head, store, get_settings()).faces is not None
+    folder = tmp_path / "text-only"
+    shutil.copytree(face_head.path, folder)
+    manifest = {k: v for k, v in face_head.manifest.items() if k not in ("format", "files", "version")}
+    write_checkpoint(folder, **{**manifest, "data": {**manifest["data"], "faces": None}})
+    predictor = load_predictor(read_checkpoint(folder), store, get_settings())
     face = np.full((48, 48, 3), 128, dtype=np.uint8)
     inputs = [TurnInputs(None, 16000, face), TurnInputs(None, 16000, None)]
     turns = [Turn("A", 0.0, 1.0, "I am so happy today!"), Turn("B", 1.0, 2.0, "Me too.")]
-    assert predictor.face_vectors(inputs) == [None, None]
+    assert predictor.faces is None and predictor.face_vectors(inputs) == [None, None]
     rows, _ = predictor.predict(turns, inputs, MELD7, explain=True)
     assert all(s["kind"] != "image" for row in rows for s in row["prompt"])
+
+
+@pytest.mark.parametrize("face", ["neutral", "happy", "angry", "sad", "surprise", "fear"])
+def test_committed_head_follows_emotional_words_beside_any_face(shipped, fer_dir, face):
+    """Issue 12: plainly emotional lines, each beside a FER2013 test face of one emotion (faces the face
+    encoder never trained on), are labelled by their words; a head that reads faces is shown every one.
+    Measured with the shipped head: 6 of 6 beside happy, sad and surprised faces, 5 of 6 (disgust read as
+    anger) beside neutral, angry and afraid ones."""
+    paths = sorted((fer_dir / "test" / face).glob("*.jpg"))[: len(LINES)]
+    crops = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
+    turns = [Turn(("Ann", "Ben")[speaker], float(i), i + 1.0, line) for i, (speaker, _, line) in enumerate(LINES)]
+    predictor = active_farcer()
+    rows, _ = predictor.predict(turns, [TurnInputs(None, 16_000, crop) for crop in crops], MELD7, explain=True)
+    assert right([row["label"] for row in rows]) >= 4
+    shown = [sum(piece["kind"] == "image" for piece in row["prompt"]) for row in rows]
+    assert shown == ([i + 1 for i in range(len(LINES))] if predictor.faces is not None else [0] * len(LINES))

@@ -126,7 +126,7 @@ def test_projector_checkpoint_holds_only_the_projector(trained):
     with safe_open(str(head / WEIGHTS), framework="pt") as f:
         assert torch.equal(f.get_tensor("projector.net.0.weight"), farcer.projector.net[0].weight)
     card = (head / "MODEL_CARD.md").read_text()
-    assert "pseudo-paired by label" in card and "not stored here" in card
+    assert "paired with the corpus turns" in card and "neutral with chance 0.3" in card and "not stored here" in card
 
 
 def test_a_head_whose_core_version_is_gone_refuses_to_load(trained, tmp_path):
@@ -297,6 +297,49 @@ def test_init_starts_a_head_from_another_heads_adapters_and_projector(trained, t
         main([*base, "--variant", "base", "--init", str(first), "--out", str(tmp_path / "bad")])
 
 
+def test_the_face_slot_trains_alone_on_a_text_head_whose_text_labels_stay(trained, tmp_path):
+    """--projector-only: the adapters and label bias are the --init text head's and only the projector
+    moves, so text-only labels are the text head's; training pairs faces by the leak-free mix plus
+    neutral-line dialogues, and validation reports (and selects on) leak-free views only."""
+    from safetensors.torch import load_file
+
+    meld, faces, core, _ = trained
+    text_head, face_head = tmp_path / "text", tmp_path / "faces"
+    assert main(["train", "farcer", "--data", str(meld), "--core", core.name, "--variant", "lora", "--shots", "0",
+                 "--epochs", "1", "--max-steps", "1", "--out", str(text_head)]) == 0
+    assert main(["train", "farcer", "--data", str(meld), "--init", str(text_head), "--faces", str(faces),
+                 "--neutral-lines", "4", "--projector-only", "--face-drop-dialogue", "0", "--shots", "0", "--epochs",
+                 "1", "--max-steps", "2", "--lr", "0.05", "--out", str(face_head)]) == 0
+    start, end = load_file(str(text_head / WEIGHTS)), load_file(str(face_head / WEIGHTS))
+    adapters = [n for n in start if "lora_" in n]
+    assert adapters and all(torch.equal(start[n], end[n]) for n in adapters)
+    assert any(not torch.equal(start[n], end[n]) for n in start if n.startswith("projector."))
+    before, after = read_checkpoint(text_head), read_checkpoint(face_head)
+    assert after.config["model"]["label_bias"] == before.config["model"]["label_bias"]
+    assert after.data["train"]["face_mix"] == [0.3, 0.3, 0.4] and after.data["train"]["neutral_lines"] == 4
+    views = after.metrics["val"]["views"]
+    assert set(views) == {"text", "neutral", "random", "neutral-lines"} and views["neutral-lines"]["n"] == 60 * 6
+    card = (face_head / "MODEL_CARD.md").read_text()
+    assert "neutral with chance 0.3" in card and "Only the projector trained" in card and "- `neutral-lines`" in card
+
+    def evaluate(head: Path, *extra: str) -> dict:
+        out = tmp_path / f"{head.name}{len(extra)}.json"
+        assert main(["evaluate", "farcer", "--checkpoint", str(head), "--data", str(meld), "--split", "validation",
+                     "--out", str(out), *extra]) == 0
+        return json.loads(out.read_text())
+
+    text_before, text_after = evaluate(text_head), evaluate(face_head)
+    assert text_before["confusion"] == text_after["confusion"] and text_after["faces_used"] is False
+    lines = ["--neutral-lines", "3", "--face-corpus", "fer2013", "--face-data", str(faces)]
+    read, unread = evaluate(face_head, *lines), evaluate(text_head, *lines)
+    assert read["n"] == unread["n"] == 18 and read["faces"].startswith("neutral-lines: 3 dialogues")
+    assert read["faces_used"] is True and unread["faces_used"] is False and "trained without faces" in unread["faces_note"]
+    with pytest.raises(InputError, match="--projector-only trains the face slot of an existing LoRA head"):
+        main(["train", "farcer", "--data", str(meld), "--core", core.name, "--faces", str(faces), "--projector-only"])
+    with pytest.raises(InputError, match="give --faces"):
+        main(["train", "farcer", "--data", str(meld), "--init", str(text_head), "--neutral-lines", "2"])
+
+
 def test_iemocap_sub_dialogues_train_with_six_labels(tmp_path, data_dir):
     root = make_iemocap_fixture(tmp_path / "iemocap", utterances=12)
     out = tmp_path / "core"
@@ -453,7 +496,8 @@ def test_corrections_train_with_their_faces_and_validate_apart(trained, tmp_path
     assert facts["turns"] == 12 and facts["dialogues"] == {"train": 3, "validation": 1} and facts["weight"] == 2.0
     assert facts["annotators"] == ["ann", "bob"] and facts["first"].startswith("2026-11-01")
     views = checkpoint.metrics["val"]["views"]
-    assert views["corrections"]["n"] == 3 and views["corpus"]["n"] + 3 == checkpoint.metrics["val"]["n"]
+    assert set(views) == {"text", "neutral", "random", "corrections"}  # the corpus in its leak-free face views
+    assert views["corrections"]["n"] == 3 and 3 * views["text"]["n"] + 3 == checkpoint.metrics["val"]["n"]
     card = (out / "MODEL_CARD.md").read_text()
     assert "**Corrections** from" in card and "- `corrections`: weighted F1" in card
 

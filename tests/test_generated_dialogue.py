@@ -4,8 +4,9 @@ backend with the shipped offline checkpoints. Each model's label must follow the
 a model that learned to read the voice or the face alone (the label-matched pairs did) fails here.
 
 The faces are the ones `backend.synthetic_media` draws (the astronaut photo, which smiles: the shipped
-face encoder reads it as joy). The shipped FARCER head was trained text only, so no face reaches it
-(`tests/test_farcer_predictor.py`); MiSTER-E reads text and speech only.
+face encoder reads it as joy), and the shipped FARCER head reads each speaker's face, so a head that
+learned to answer with the face's emotion says joy here; `tests/test_farcer_predictor.py` shows it the
+same lines beside neutral faces. MiSTER-E reads text and speech only.
 """
 from __future__ import annotations
 
@@ -16,16 +17,8 @@ pytest.importorskip("espeakng_loader", reason="the generated dialogue is spoken 
 from backend.analyze import analyze  # noqa: E402
 from backend.settings import CHECKPOINTS_DIR, get_settings  # noqa: E402
 from backend.synthetic_media import make_spoken_dialogue_video  # noqa: E402
+from tests.emotional_lines import LINES, right  # noqa: E402
 
-# (speaker: 0 left face, 1 right face; the line's emotion; the line)
-LINES = (
-    (0, "joy", "I got the job! I am so happy, this is wonderful!"),
-    (1, "anger", "You lied to me again! I am so angry with you!"),
-    (0, "sadness", "My dog died this morning. I miss him so much."),
-    (1, "surprise", "What? You are getting married? I had no idea!"),
-    (0, "fear", "Someone is breaking in. I am so scared!"),
-    (1, "disgust", "Ew, a hair in my soup. That is disgusting!"),
-)
 SPEAKERS = ("Ann", "Ben")
 
 
@@ -55,24 +48,21 @@ def analysed(tmp_path_factory) -> list[dict]:
     get_settings.cache_clear()
 
 
-def _right(labels: list[str]) -> int:
-    return sum(label == emotion for label, (_, emotion, _) in zip(labels, LINES))
-
-
 def test_the_analysis_has_every_line_with_its_words(analysed):
     assert [turn["text"] for turn in analysed] == [text for _, _, text in LINES]
 
 
 def test_mister_e_text_expert_reads_the_words(analysed):
     text = [turn["mister_e"]["experts"]["text"] for turn in analysed]
-    assert _right([max(probs, key=probs.get) for probs in text]) >= 5
+    assert right([max(probs, key=probs.get) for probs in text]) >= 5
 
 
 def test_mister_e_follows_the_words_over_the_voice(analysed):
-    """Measured with the shipped checkpoint: 5 of 6 (disgust read as anger)."""
-    assert _right([turn["mister_e"]["label"] for turn in analysed]) >= 4
+    """Measured with the shipped checkpoint: 6 of 6."""
+    assert right([turn["mister_e"]["label"] for turn in analysed]) >= 4
 
 
-def test_farcer_follows_the_words(analysed):
-    """Measured with the shipped checkpoint: 4 of 6 (sadness read as surprise, disgust as anger)."""
-    assert _right([turn["farcer"]["label"] for turn in analysed]) >= 4
+def test_farcer_follows_the_words_beside_smiling_faces(analysed):
+    """Measured with the shipped checkpoint (which reads every turn's smiling face): 6 of 6."""
+    assert all(turn["face"]["found"] for turn in analysed)
+    assert right([turn["farcer"]["label"] for turn in analysed]) >= 4

@@ -3,6 +3,7 @@ pseudo-pairs and modality dropping."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from backend.checkpoints import read_checkpoint
+from backend.dialogue import Dialogue, Turn
 from backend.errors import InputError, ModelUnavailableError
 from backend.labels import IEMOCAP6, MELD7
 from backend.mister_e_predictor import build_model, checkpoint_modalities
@@ -22,7 +24,7 @@ from models.mister_e import MisterEConfig
 from tests.fixtures_iemocap import kept_per_dialogue, make_iemocap_fixture
 from training.__main__ import main
 from training.metrics import REPORT_KEYS
-from training.mister_e import model_card, preset_name
+from training.mister_e import _Plan, _speech_train, model_card, preset_name, stage2_speakers
 from training.pseudo_pairs import PairMix, SpeechBank, Stage2Dialogue, drop_modalities, drop_speech
 
 SR = 16_000
@@ -241,6 +243,40 @@ def test_pseudo_pairs_from_a_speech_corpus(tmp_path):
     assert "mixed pseudo-pairs" in card and "0.3 a neutral clip" in card
     with pytest.raises(SystemExit):
         train(text_data, tmp_path / "bad", tmp_path / "cache", "--pair-mix", "0.5,0.5,0.5")
+
+
+def test_held_out_speakers_split_the_speech_corpus_between_the_stages():
+    clips = [Dialogue(f"c{a}{i}", [Turn(f"Actor_{a:02d}", 0.0, None, "x", "joy")], split="train")
+             for a in range(1, 19) for i in range(2)]
+    held = stage2_speakers(clips, 6)
+    assert held == {f"Actor_{a:02d}" for a in (1, 4, 7, 10, 13, 16)}  # odd (male) and even (female) actors
+    plan = _Plan(MELD7, [], clips, ("text", "speech"))
+    args = argparse.Namespace(stage2_speakers=6)
+    first, second = _speech_train(plan, args, 1), _speech_train(plan, args, 2)
+    assert len(second) == 12 and {t.speaker for d in second for t in d.turns} == held
+    assert len(first) == 24 and not {t.speaker for d in first for t in d.turns} & held
+    with pytest.raises(InputError, match="between 1 and 17"):
+        stage2_speakers(clips, 18)
+
+
+def test_stage2_reads_only_speakers_the_speech_expert_never_trained_on(tmp_path):
+    text_data = write_csv_corpus(tmp_path / "text", audio=False, dialogues={"train": 3, "validation": 1})
+    speech_data = write_csv_corpus(tmp_path / "speech", text=False, dialogues={"train": 4, "validation": 2})
+    header, *rows = speech_data.read_text().splitlines()
+    rows = [r.split(",") for r in rows]
+    for row in rows:  # one speaker per dialogue
+        row[2] = f"P{row[0]}"
+    speech_data.write_text("\n".join([header, *(",".join(r) for r in rows)]) + "\n")
+    out = tmp_path / "ckpt"
+    train(text_data, out, tmp_path / "cache", "--speech-corpus", "csv", "--speech-data", speech_data,
+          "--aligned-speech", "--stage2-speakers", "2")
+    ckpt = read_checkpoint(out)
+    assert ckpt.nested("speech").data["n_train"] == 8  # 2 of the 4 train speakers, 4 clips each
+    assert ckpt.data["data"]["stage2_speakers"] == ["Ptrain0", "Ptrain2"] and ckpt.data["data"]["stage2_clips"] == 8
+    assert ckpt.data["train"]["stage2_speakers"] == 2
+    assert "Out of fold: the speech expert never trained on 2" in (out / "MODEL_CARD.md").read_text()
+    with pytest.raises(InputError, match="give --speech-corpus"):
+        run("train", "mister-e", "--corpus", "csv", "--data", text_data, "--stage2-speakers", "2")
 
 
 def test_evaluation_views_pair_each_turn_with_the_speech_they_name(tmp_path, monkeypatch):

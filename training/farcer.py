@@ -13,15 +13,21 @@ Each run writes a checkpoint (backend.checkpoints) as a new version in the model
 holding the projector (+ LoRA adapters) whose components name the core and the face encoder at their
 versions (backend.farcer_predictor reads both).
 
-Faces: MELD ships no frames here, so with `--faces FOLDER` every turn is paired with a random face of
-the same emotion from a FER2013-style image folder (train faces for train, val for validation, test
-for test; seeded) and encoded once (vectors cached on disk) with the face encoder: the offline
-face-encoder checkpoint, or with `--face-encoder` a Hugging Face ViT (the paper's
-vit-face-expression, a hub id or local folder), whose CLS vector the projector then reads. That
-leaks the label, so in evaluation it is a pipeline check; the honest views are `--paired-faces
-neutral` and `random` (training/pseudo_pairs.py). A corpus CSV's `face` column gives turns their own
-faces. Faces reach only a head trained with faces; any other model is evaluated text only and its
-report says so (`faces_used: false`).
+Faces: MELD ships no frames here, so with `--faces FOLDER` every turn is paired with a face from a
+FER2013-style image folder (training/pseudo_pairs.py; seeded): by `--face-mix`, one of the turn's
+emotion, a neutral one or one of a random emotion, so that the face is no more reliable than in real
+conversation (label-matched faces alone teach a head to read the face and ignore the words, issue
+12). `--neutral-lines N` adds N dialogues of emotion-neutral lines each beside a face and labelled by
+it, where the face decides. Faces are encoded once (vectors cached on disk) with the face encoder: the
+offline face-encoder checkpoint, or with `--face-encoder` a Hugging Face ViT (the paper's
+vit-face-expression, a hub id or local folder), whose CLS vector the projector then reads; they come
+from images the encoder never trained on (FACE_POOLS). Validation then reports (and selects on) only
+views that do not leak the label: text only, neutral faces, random faces and the neutral lines. In
+evaluation, `--paired-faces neutral|random` and `--neutral-lines` are the honest views; label-matched
+faces (`--faces`, `--paired-faces matched`) are a pipeline check. A corpus CSV's `face` column gives
+turns their own faces. `--projector-only` trains the face slot alone on top of a text head (`--init`),
+whose text-only labels it then keeps exactly. Faces reach only a head trained with faces; any other
+model is evaluated text only and its report says so (`faces_used: false`).
 """
 from __future__ import annotations
 
@@ -80,15 +86,28 @@ from training.distributed import (
 from training.face_encoder import BUILTIN as FACE_ENCODER_BUILTIN
 from training.face_encoder import load_pixels
 from training.farcer_core import CoreConfig, new_core, save_core, train_tokenizer
-from training.farcer_corrections import corrected_faces, corrected_train, views_lines
+from training.farcer_corrections import corrected_train, views_lines
 from training.metrics import classification_report
 from training.outputs import checkpoint_output, find_checkpoint, reproducible
-from training.pseudo_pairs import PAIRED_VIEWS, PIPELINE_CHECKS, pair_images
+from training.pseudo_pairs import (
+    LABEL_MATCHED,
+    PAIRED_VIEWS,
+    PIPELINE_CHECKS,
+    PairMix,
+    mix_arg,
+    neutral_line_dialogues,
+    pair_images,
+)
 
 VARIANTS = ("base", "three-layer", "lora")
 FACE_CORPORA = ("fer2013",)  # folder-per-class face corpora (training/corpora/image_folder.py)
 PROTOCOLS = ("every", "last-turn")
-FACE_SPLITS = {"train": "train", "validation": "val", "test": "test"}
+# The image-folder split (and half of it) each FARCER split draws its faces from. The face encoder
+# trained on the folder's train split, so its features there are those of faces it memorised: a
+# projector trained on them would learn to trust a face more than the app ever can (issue 12: a stage-2
+# model learns from held-out stage-1 outputs). FARCER therefore trains on every second image of the
+# held-out val split, validates on the others, and tests on the test split.
+FACE_POOLS = {"train": ("val", 0), "validation": ("val", 1), "test": ("test", None)}
 PAST_NOTE = {
     "none": "no labels on past turns",
     "gold": "gold past labels in training and validation: an oracle",
@@ -115,6 +134,10 @@ class TrainConfig:
     max_steps: int = 0  # 0: whole epochs; otherwise stop after this many optimiser steps
     face_drop_turn: float = 0.2  # teach the model to label turns whose face was not found
     face_drop_dialogue: float = 0.3
+    # PairMix shares (matched, neutral, random) of the faces paired with corpus turns: as MiSTER-E's speech
+    face_mix: tuple[float, float, float] = (0.3, 0.3, 0.4)
+    neutral_lines: int = 0  # training dialogues of emotion-neutral lines beside a face that decides the label
+    projector_only: bool = False  # train the face slot alone; the adapters (and label bias) stay the --init head's
     val_dialogues: int = 0  # 0: the whole validation split
     seed: int = 0
     lora_r: int = 8  # the paper's adapters: r8/a16/0.1 on q/k/v
@@ -139,31 +162,84 @@ class Split:
 
 
 def load_split(
-    corpus: str, data: Path, name: str, faces: Path | None, encoder: Checkpoint | str, seed: int
+    corpus: str, data: Path, name: str, faces: Path | None, encoder: Checkpoint | str, seed: int,
+    mix: PairMix = LABEL_MATCHED,
 ) -> Split:
+    """A corpus split, its turns paired with faces from `faces` by `mix` (or text only without `faces`)."""
     dialogues = split(load_corpus(corpus, data), name)
     if not dialogues:
         raise InputError(f"{data}: the {corpus} corpus has no {name!r} dialogues")
     if faces is None:
         return Split(dialogues, [[None] * len(d) for d in dialogues])
-    return Split(dialogues, paired_faces(dialogues, faces, FACE_SPLITS[name], encoder, seed))
+    return Split(dialogues, paired_faces(dialogues, faces, name, encoder, seed, mix))
+
+
+def face_pool(folder: Path, labels: Sequence[str], name: str) -> list[LabelledImage]:
+    """The images of `folder` (of the classes `labels`) that FARCER's split `name` draws faces from
+    (FACE_POOLS), in a fixed order."""
+    folder_split, half = FACE_POOLS[name]
+    images = sorted(load_image_folder(folder, tuple(labels), split=folder_split).images, key=lambda i: str(i.path))
+    return images if half is None else images[half::2]
 
 
 def paired_faces(
-    dialogues: Sequence[Dialogue], folder: Path, face_split: str, encoder: Checkpoint | str, seed: int
+    dialogues: Sequence[Dialogue], folder: Path, name: str, encoder: Checkpoint | str, seed: int,
+    mix: PairMix = LABEL_MATCHED,
 ) -> list[list[np.ndarray | None]]:
-    """Each turn gets the feature of a random face (seeded) with the turn's label from the image
-    folder's split; a turn whose label has no faces there gets none."""
+    """Each labelled turn gets the feature of a face from split `name`'s pool, drawn by `mix` (seeded:
+    `pair_images`); turns whose drawn emotion has no face there get none."""
     labels = tuple(dict.fromkeys(t.label for d in dialogues for t in d.turns if t.label))
-    images = load_image_folder(folder, labels, split=face_split).images
-    by_label: dict[str, list[int]] = {}
-    for i, image in enumerate(images):
-        by_label.setdefault(image.label, []).append(i)
-    rng = random.Random(seed)
-    chosen = [[rng.choice(by_label[t.label]) if t.label in by_label else None for t in d.turns] for d in dialogues]
-    used = sorted({i for row in chosen for i in row if i is not None})
-    vectors = dict(zip(used, face_features([images[i].path for i in used], encoder)))
-    return [[None if i is None else vectors[i] for i in row] for row in chosen]
+    images = face_pool(folder, (*labels, *(("neutral",) if mix.neutral else ())), name)
+    chosen = pair_images([[t.label for t in d.turns] for d in dialogues], [i.label for i in images],
+                         np.random.default_rng(seed), mix)
+    return face_vectors([[None if i is None else images[i].path for i in row] for row in chosen], encoder)
+
+
+def face_vectors(paths: Sequence[Sequence[Path | None]], encoder: Checkpoint | str) -> list[list[np.ndarray | None]]:
+    """Per dialogue, per turn: the feature of the face image at that path (None: no face)."""
+    unique = sorted({p for row in paths for p in row if p is not None})
+    vectors = dict(zip(unique, face_features(unique, encoder))) if unique else {}
+    return [[None if p is None else vectors[p] for p in row] for row in paths]
+
+
+def own_faces(dialogues: Sequence[Dialogue], encoder: Checkpoint | str | None) -> list[list[np.ndarray | None]]:
+    """Each turn's own face (`Turn.face`, a corpus CSV's face column) as a feature; None without one, or
+    for every turn without an `encoder` (a run without faces)."""
+    if encoder is None:
+        return [[None] * len(d) for d in dialogues]
+    return face_vectors([[t.face for t in d.turns] for d in dialogues], encoder)
+
+
+def neutral_line_split(
+    folder: Path, labels: Sequence[str], name: str, n: int, encoder: Checkpoint | str, seed: int,
+) -> Split:
+    """`n` dialogues of split `name`'s emotion-neutral lines, each beside a face of its pool that gives
+    the turn its label (`neutral_line_dialogues`)."""
+    images = [(i.path, i.label) for i in face_pool(folder, labels, name)]
+    dialogues = neutral_line_dialogues(images, n, name, np.random.default_rng(seed))
+    return Split(dialogues, own_faces(dialogues, encoder))
+
+
+def validation_views(
+    dialogues: Sequence[Dialogue], folder: Path, labels: Sequence[str], neutral_lines: int,
+    encoder: Checkpoint | str, seed: int,
+) -> Split:
+    """Validation of a head that reads faces, on views that do not leak the label (issue 12): the
+    dialogues text only, with a neutral face on every turn, with a face of a random emotion, and (with
+    `neutral_lines`) that many dialogues of emotion-neutral lines whose faces decide. Selection is on
+    all of them pooled; each is reported apart."""
+    views = [("text", Split(list(dialogues), [[None] * len(d) for d in dialogues]))]
+    views += [(view, Split(list(dialogues), paired_faces(dialogues, folder, "validation", encoder, seed,
+                                                         PAIRED_VIEWS[view]))) for view in ("neutral", "random")]
+    if neutral_lines:
+        views.append(("neutral-lines", neutral_line_split(folder, labels, "validation", neutral_lines, encoder, seed)))
+    out, ranges = Split([], []), {}
+    for name, view in views:
+        ranges[name] = range(len(out.dialogues), len(out.dialogues) + len(view.dialogues))
+        out.dialogues.extend(view.dialogues)
+        out.faces.extend(view.faces)
+    out.views = ranges
+    return out
 
 
 def face_features(paths: Sequence[Path], encoder: Checkpoint | str) -> np.ndarray:
@@ -501,7 +577,11 @@ class FrozenStates:
     the same every epoch (no shots to rotate, fixed past labels) keeps its states after the first."""
 
     def __init__(self, farcer: Farcer, reusable: bool):
-        self.layers, self.reusable, self.saved = farcer.frozen_layers, reusable, {}
+        frozen = farcer.frozen_layers
+        # nothing of the core trains (--projector-only): text-only rows teach nothing, and rows with
+        # faces need every layer's gradient on their way down to the projector
+        self.layers = 0 if frozen == len(farcer.lm.get_decoder().layers) else frozen
+        self.reusable, self.saved = reusable, {}
 
     def rows(self, farcer: Farcer, keys: Sequence[int | None], rows: list, text_only: bool) -> tuple[list, int]:
         """The rows to train on and the decoder layer they enter; rows with image slots enter at the
@@ -542,8 +622,9 @@ def fit(
     prompts = training_prompts(pool, cfg.prompts, cfg.shots, cfg.seed) if cfg.shots else [[]]
     val_shots = sample_shots(pool, cfg.shots, cfg.seed)
     val_past = {"mixed": "predicted"}.get(cfg.past_labels, cfg.past_labels)
-    # a head (not a core) that does not read its own past labels gets a label prior correction
-    chooses_bias = cfg.text_weight == 0 and val_past in ("none", "gold")
+    # a head (not a core) that does not read its own past labels gets a label prior correction; a face
+    # slot trained alone keeps the text head's, so that text-only labels stay the text head's
+    chooses_bias = cfg.text_weight == 0 and val_past in ("none", "gold") and not cfg.projector_only
     batches_per_epoch = math.ceil(len(samples) / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * math.ceil(batches_per_epoch / cfg.accumulate)
     params = [p for p in farcer.parameters() if p.requires_grad]
@@ -653,7 +734,8 @@ def fit(
                                         enabled=cfg.bf16 and accelerator.mixed_precision == "no"):
                         entering, start_layer = frozen.rows(farcer, keys, rows, text_only)
                         loss, parts = packed_loss(entering, cfg.text_weight, start_layer)
-                    accelerator.backward(loss * scale)  # divided by cfg.accumulate
+                    if loss.requires_grad:  # not when only the projector trains and no row has a face
+                        accelerator.backward(loss * scale)  # divided by cfg.accumulate
                 if distributed(accelerator):  # the chunk's loss parts, as one process reports them
                     mine = torch.tensor([v * float(scale) for v in parts.values()], device=accelerator.device)
                     parts = dict(zip(parts, accelerator.reduce(mine, "mean").tolist()))
@@ -700,7 +782,17 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
                         "store version, a Hugging Face name, or `new` to train a small Llama + tokenizer here (text only)")
     parser.add_argument("--train-core", action="store_true",
                         help="keep training a core made here (text only), e.g. from a finished --core new run")
-    parser.add_argument("--faces", type=Path, default=None, help="FER2013-style image folder for label-matched faces")
+    parser.add_argument("--faces", type=Path, default=None,
+                        help="FER2013-style image folder whose faces are paired with the turns (--face-mix)")
+    parser.add_argument("--face-mix", type=mix_arg("--face-mix"), default=d.face_mix,
+                        help="shares (matched, neutral, random) of the faces paired with corpus turns: of the turn's "
+                        "emotion, neutral, or of a random emotion (default %(default)s; 1,0,0 leaks the label)")
+    parser.add_argument("--neutral-lines", type=int, default=d.neutral_lines,
+                        help="also train on N dialogues of emotion-neutral lines beside faces that decide the label, "
+                        "and validate on 60 such dialogues (needs --faces)")
+    parser.add_argument("--projector-only", action="store_true",
+                        help="train only the face slot (projector) on top of the --init head, whose adapters and label "
+                        "bias stay as they are: its text-only labels do not change (needs --faces and --init)")
     parser.add_argument("--face-encoder", default=None,
                         help="a face-encoder checkpoint folder or store version (default: the shipped one), or a "
                         "Hugging Face ViT id or folder (the paper: trpakov/vit-face-expression) whose CLS vector is read")
@@ -759,8 +851,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _command(action: str, args: argparse.Namespace, skip: tuple[str, ...] = ()) -> str:
-    flags = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-             if k not in ("action", "task", *skip) and v is not None and v is not False]
+    flags = [f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
+             for k, v in vars(args).items() if k not in ("action", "task", *skip) and v is not None and v is not False]
     return f"python -m training {action} farcer " + " ".join(f.replace(" True", "") for f in flags)
 
 
@@ -797,13 +889,18 @@ def train(args: argparse.Namespace) -> int:
                       lora_targets=tuple(t for t in args.lora_targets.split(",") if t), lora_layers=args.lora_layers,
                       accumulate=args.accumulate,
                       max_minutes=args.max_minutes, val_every=args.val_every, bf16=args.bf16,
-                      max_turns=args.max_turns, gradient_checkpointing=args.gradient_checkpointing)
+                      max_turns=args.max_turns, gradient_checkpointing=args.gradient_checkpointing,
+                      face_mix=args.face_mix, neutral_lines=args.neutral_lines, projector_only=args.projector_only)
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.accumulate < 1 or cfg.lr <= 0:
         raise InputError("--epochs, --batch-size and --accumulate must be at least 1 and --lr positive")
     if args.resume and args.out is None:
         raise InputError("--resume continues a run in its --out folder; name the folder the run was writing to")
     if not (0 <= cfg.face_drop_turn <= 1 and 0 <= cfg.face_drop_dialogue <= 1):
         raise InputError("--face-drop-turn and --face-drop-dialogue are chances between 0 and 1")
+    if (cfg.neutral_lines or cfg.projector_only) and args.faces is None:
+        raise InputError("--neutral-lines and --projector-only train with faces: give --faces (a FER2013-style folder)")
+    if cfg.projector_only and (args.init is None or cfg.variant != "lora"):
+        raise InputError("--projector-only trains the face slot of an existing LoRA head: give --init HEAD")
     core = None if args.core == "new" else resolve_core(args.core)
     if args.train_core and not isinstance(core, Checkpoint):
         raise InputError(f"--train-core continues a farcer-core checkpoint; {args.core} is not one")
@@ -813,22 +910,26 @@ def train(args: argparse.Namespace) -> int:
     if not trains_core(args):
         components = {"core": component(core, store), "face_encoder": component(encoder, store)}
     labels = corpus_labels(args.corpus)
-    train_split = load_split(args.corpus, args.data, "train", args.faces, encoder, cfg.seed)
-    val = load_split(args.corpus, args.data, "validation", args.faces, encoder, cfg.seed)
+    train_split = load_split(args.corpus, args.data, "train", args.faces, encoder, cfg.seed, PairMix(*cfg.face_mix))
+    if cfg.neutral_lines:
+        lines = neutral_line_split(args.faces, labels, "train", cfg.neutral_lines, encoder, cfg.seed)
+        train_split = Split(train_split.dialogues + lines.dialogues, train_split.faces + lines.faces)
+    val = load_split(args.corpus, args.data, "validation", None, encoder, cfg.seed)
     if cfg.val_dialogues:
         val = Split(val.dialogues[: cfg.val_dialogues], val.faces[: cfg.val_dialogues])
+    if args.faces is not None:
+        val = validation_views(val.dialogues, args.faces, labels, 60 if cfg.neutral_lines else 0, encoder, cfg.seed)
     corrections = None
     if args.corrections:
         corrections = load_corrections(args.corrections, labels, cfg.seed, args.corrections_weight)
         # A head reads the corrections' own face crops, with or without --faces for the corpus.
-        encode = None if trains_core(args) else (lambda paths: face_features(paths, encoder))
+        face_encoder = None if trains_core(args) else encoder
         extra = corrected_train(corrections)
-        train_split = Split(train_split.dialogues + extra,
-                            train_split.faces + corrected_faces(corrections, extra, encode))
-        if corrections.validation:  # reported apart: the corpus's dialogues, then the held-out corrections
+        train_split = Split(train_split.dialogues + extra, train_split.faces + own_faces(extra, face_encoder))
+        if corrections.validation:  # reported apart: the corpus's dialogues (or views), then the corrections
             n, held = len(val.dialogues), corrections.validation
-            val = Split(val.dialogues + held, val.faces + corrected_faces(corrections, held, encode),
-                        views={"corpus": range(n), "corrections": range(n, n + len(held))})
+            val = Split(val.dialogues + held, val.faces + own_faces(held, face_encoder),
+                        views={**(val.views or {"corpus": range(n)}), "corrections": range(n, n + len(held))})
     # A head's projector reads its face encoder's vectors; a core's is never trained.
     if trains_core(args):
         image_dim = FarcerConfig.image_dim
@@ -839,6 +940,10 @@ def train(args: argparse.Namespace) -> int:
     torch.manual_seed(cfg.seed)  # the adapters' and projector's initial weights follow the seed too
     farcer, processor, core_config = build_model(args, cfg, labels, train_split, core, image_dim)
     init = None if args.init is None else start_from(farcer, args.init, labels, components, cfg.variant)
+    if cfg.projector_only:  # the head's adapters and label bias stay; only the face slot learns
+        for name, param in farcer.lm.named_parameters():
+            param.requires_grad_(False)
+        farcer.set_label_bias(init.config["model"].get("label_bias") or ())
     pool = shot_pool(train_split.dialogues, cfg.seed)
     started = time.time()
     data = {"corpus": args.corpus, "data": str(args.data), "faces": str(args.faces) if args.faces else None,
@@ -847,6 +952,8 @@ def train(args: argparse.Namespace) -> int:
         data["corrections"] = corrections.card_data()
     if init is not None:
         data["init"] = {"version": init.version, "val": init.metrics.get("val")}
+        if cfg.projector_only and "label_bias" in init.data:
+            data["label_bias"] = init.data["label_bias"]  # kept, as chosen for the init head
     if args.train_core:
         data["continued_from"] = [*core.data.get("continued_from", []),
                                   {"command": core.data["command"], "curve": core.metrics["curve"],
@@ -939,6 +1046,32 @@ def core_line(manifest: Mapping) -> str:
             f"(installed with --no-deps; {files}), converted once into the local model cache and checked at load.\n")
 
 
+def faces_line(data: Mapping) -> str:
+    """The card's account of the faces a head was trained with (MELD ships no frames here)."""
+    cfg = data["train"]
+    matched, neutral, random_ = cfg.get("face_mix", (1.0, 0.0, 0.0))
+    pool = ("every second image of the folder's held-out val split for training, the others for validation, test "
+            "for test" if "face_mix" in cfg else "train faces for train turns, val for validation, test for test")
+    lines = cfg.get("neutral_lines", 0)
+    return (
+        f"Faces: `{data['faces']}` paired with the corpus turns (seeded), each turn's face of its own emotion with "
+        f"chance {matched}, neutral with chance {neutral}, of a random emotion with chance {random_} ({pool}), encoded "
+        "with the face encoder. MELD frames are not available here; label-matched faces alone would carry the gold "
+        "emotion more reliably than any real face, and a head trained on them reads the face and ignores the words "
+        "(issue 12), so most faces say nothing or disagree with the words."
+        + (f" Also {lines} dialogues of emotion-neutral lines, each beside a face that gives the turn its label: "
+           "where the words say nothing, the face decides." if lines else "")
+        + (f" Only the projector trained, on top of the --init head `{data.get('init', {}).get('version')}`: its "
+           "adapters and label bias are that head's, so its text-only labels are unchanged."
+           if cfg.get("projector_only") else "")
+        + f" Faces left out at random in training (so turns without one are labelled too): a turn's with chance "
+        f"{cfg.get('face_drop_turn', 0.0)}, all of a row's with chance {cfg.get('face_drop_dialogue', 0.0)}."
+        + (" Validation views (none leaks the label; selection on all pooled): text only, a neutral face on every "
+           "turn, a face of a random emotion" + (", and 60 dialogues of held-out neutral lines with held-out faces."
+                                                  if lines else ".") if "face_mix" in cfg else "")
+    )
+
+
 def model_card(manifest: Mapping) -> str:
     """MODEL_CARD.md from a farcer or farcer-core manifest (re-rendered when a result is recorded)."""
     config, data, metrics = manifest["config"], manifest["data"], manifest["metrics"]
@@ -952,15 +1085,7 @@ def model_card(manifest: Mapping) -> str:
         else f"a {cfg['variant']} FARCER head (projector{' + LoRA adapters' if cfg['variant'] == 'lora' else ''} "
         f"only; the core LM `{config['model']['lm']}` is frozen and not stored here)"
     )
-    faces = (
-        f"Faces: `{data['faces']}` pseudo-paired by label: every turn got a random face of the same emotion "
-        "(train faces for train turns, val for validation, test for test; seeded), encoded with the offline "
-        "face encoder. MELD frames are not available here, so faces carry the gold emotion at FER-classifier "
-        "accuracy: results with faces measure the pipeline, not real audiovisual recognition. Faces left out at "
-        f"random in training (so turns without one are labelled too): a turn's with chance {cfg.get('face_drop_turn', 0.0)}, "
-        f"all of a row's with chance {cfg.get('face_drop_dialogue', 0.0)}."
-        if data["faces"] else "Faces: none (text only)."
-    )
+    faces = faces_line(data) if data["faces"] else "Faces: none (text only)."
     earlier = "".join(f"{reproducible(run['command'])}\n" for run in data.get("continued_from", []))
     tests = "\n".join(f"- {r['name']}: weighted F1 {r['weighted_f1']:.4f} (n={r['n']})\n\n  ```\n  {r['command']}\n  ```"
                       for r in metrics.get("results", []))
@@ -1006,6 +1131,10 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     faces.add_argument("--faces", type=Path, default=None,
                        help="image folder for label-matched faces (leaks the label: a pipeline check only); "
                        "omit for text only, or for the corpus CSV's own `face` column")
+    faces.add_argument("--neutral-lines", type=int, default=0,
+                       help="evaluate on N dialogues of emotion-neutral lines (held apart by split) instead of the "
+                       "corpus, each turn beside a face from --face-corpus's pool for the split and labelled with the "
+                       "face's emotion: the view where the face alone decides")
     faces.add_argument("--paired-faces", choices=sorted(PAIRED_VIEWS), default=None,
                        help="give every labelled turn a face from --face-corpus's same split (test faces for test; "
                        "FER2013 val and test are held out from the face encoder's training): 'neutral' (a "
@@ -1061,15 +1190,20 @@ class EvaluationFaces:
 
 
 def evaluation_faces(args: argparse.Namespace, dialogues: Sequence[Dialogue], reads_faces: bool) -> EvaluationFaces:
-    """The faces the flags and the corpus offer (--faces, --paired-faces, else the turns' own)."""
-    if args.paired_faces is not None:
-        if args.face_corpus is None or args.face_data is None:
-            raise InputError("--paired-faces needs --face-corpus and --face-data (say fer2013 and its folder)")
+    """The faces the flags and the corpus offer (--faces, --paired-faces, --neutral-lines, else the turns' own)."""
+    if (args.paired_faces is not None or args.neutral_lines) and (args.face_corpus is None or args.face_data is None):
+        raise InputError("--paired-faces and --neutral-lines need --face-corpus and --face-data (say fer2013 and its "
+                         "folder)")
+    pool = f"{args.face_corpus} faces of the {args.split} pool ({FACE_POOLS[args.split][0]}) from {args.face_data}"
+    if args.neutral_lines:
+        source, description = "neutral-lines", (
+            f"neutral-lines: {args.neutral_lines} dialogues of emotion-neutral lines, each turn beside one of the {pool} "
+            "and labelled with its emotion")
+    elif args.paired_faces is not None:
         leak = " (leaks the label: a pipeline check only)" if args.paired_faces in PIPELINE_CHECKS else ""
-        source, description = args.paired_faces, (
-            f"paired-{args.paired_faces}{leak}: {args.face_corpus} {FACE_SPLITS[args.split]} faces from {args.face_data}")
+        source, description = args.paired_faces, f"paired-{args.paired_faces}{leak}: {pool}"
     elif args.face_corpus is not None or args.face_data is not None:
-        raise InputError("--face-corpus and --face-data go with --paired-faces")
+        raise InputError("--face-corpus and --face-data go with --paired-faces or --neutral-lines")
     elif args.faces is not None:
         source, description = "label-matched", f"pseudo-paired by label from {args.faces} (a pipeline check only)"
     elif any(t.face is not None for d in dialogues for t in d.turns):
@@ -1091,20 +1225,13 @@ def turn_faces(
     if not faces.used:
         return [[None] * len(d) for d in dialogues]
     if faces.source == "label-matched":
-        return paired_faces(dialogues, args.faces, FACE_SPLITS[args.split], encoder, args.seed)
-    if faces.source == "corpus":
-        paths = [[t.face for t in d.turns] for d in dialogues]
-    else:
-        if faces.source == "neutral" and "neutral" not in labels:
-            raise InputError("--paired-faces neutral needs a 'neutral' label")
-        # Only the evaluated split's faces: FER2013 val and test are held out from the face encoder.
-        images = load_image_folder(args.face_data, tuple(labels), split=FACE_SPLITS[args.split]).images
-        chosen = pair_images([[t.label for t in d.turns] for d in dialogues], [i.label for i in images],
-                             np.random.default_rng(args.seed), PAIRED_VIEWS[faces.source])
-        paths = [[None if i is None else images[i].path for i in row] for row in chosen]
-    unique = sorted({p for row in paths for p in row if p is not None})
-    vectors = dict(zip(unique, face_features(unique, encoder))) if unique else {}
-    return [[None if p is None else vectors[p] for p in row] for row in paths]
+        return paired_faces(dialogues, args.faces, args.split, encoder, args.seed)
+    if faces.source in ("corpus", "neutral-lines"):
+        return own_faces(dialogues, encoder)
+    if faces.source == "neutral" and "neutral" not in labels:
+        raise InputError("--paired-faces neutral needs a 'neutral' label")
+    # Only the evaluated split's pool (FACE_POOLS): faces the face encoder never trained on.
+    return paired_faces(dialogues, args.face_data, args.split, encoder, args.seed, PAIRED_VIEWS[faces.source])
 
 
 def rewrite_label_bias(
@@ -1157,6 +1284,9 @@ def evaluate(args: argparse.Namespace) -> int:
         raise InputError(f"{args.data}: the {args.corpus} corpus has no {args.split!r} dialogues")
     dialogues = dialogues[: args.limit] if args.limit else dialogues
     faces = evaluation_faces(args, dialogues, checkpoint is not None and trained_with_faces(checkpoint))
+    if args.neutral_lines:  # instead of the corpus's dialogues
+        images = [(i.path, i.label) for i in face_pool(args.face_data, processor.labels, args.split)]
+        dialogues = neutral_line_dialogues(images, args.neutral_lines, args.split, np.random.default_rng(args.seed))
     if faces.note:
         print(f"notice: {faces.note}")
     encoder = evaluation_face_encoder(checkpoint, args.face_encoder, store) if faces.used else None

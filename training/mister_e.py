@@ -64,6 +64,7 @@ from training.pseudo_pairs import (
     PAIRED_VIEWS,
     PairMix,
     SpeechBank,
+    mix_arg,
     Stage2Dialogue,
     drop_modalities,
     drop_speech,
@@ -97,6 +98,9 @@ class Stage2Config:
     # PairMix shares (matched, neutral, random) of the pseudo-pairs: label-matched pairs alone leak the
     # label (issue 12); this is the shipped checkpoint's mix.
     pair_mix: tuple[float, float, float] = (0.3, 0.3, 0.4)
+    # speech-corpus train speakers held out of the speech expert's training, whose clips alone stage 2
+    # pairs and reads (`stage2_speakers`); 0: stage 2 reads every train clip
+    stage2_speakers: int = 0
     seed: int = 0
 
 
@@ -429,6 +433,14 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         help="stage 2 also reads the speech corpus's clips with their own words (real aligned pairs: RAVDESS "
         "speech with its emotion-neutral sentences), and an `aligned` validation view scores them",
     )
+    parser.add_argument(
+        "--stage2-speakers",
+        type=int,
+        default=d.stage2_speakers,
+        help="hold this many of the speech corpus's train speakers out of the speech expert's training; stage 2 "
+        "pairs and reads only their clips (out-of-fold, so the gate never sees the expert on clips it memorised). "
+        "Stage 1 and stage 2 must be given the same number",
+    )
     parser.add_argument("--modalities", type=_modalities_arg, default=None, help="e.g. text or text,speech")
     parser.add_argument(
         "--out",
@@ -447,7 +459,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speech-drop-dialogue", type=float, default=d.speech_drop_dialogue)
     parser.add_argument(
         "--pair-mix",
-        type=_pair_mix_arg,
+        type=mix_arg("--pair-mix"),
         default=d.pair_mix,
         help="shares of pseudo-paired clips of the turn's emotion, neutral, and a random emotion "
         "(default 0.3,0.3,0.4; 1,0,0 pairs by label alone, which leaks it)",
@@ -480,17 +492,6 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     add_init_args(parser)
 
 
-def _pair_mix_arg(text: str) -> tuple[float, float, float]:
-    try:
-        shares = tuple(float(x) for x in text.split(","))
-        PairMix(*shares)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(
-            f"--pair-mix takes three shares (matched, neutral, random) summing to 1, got {text!r}"
-        ) from None
-    return shares
-
-
 def command_line(prefix: str, args: argparse.Namespace, skip: tuple[str, ...] = ()) -> str:
     parts = [prefix]
     for key, value in vars(args).items():
@@ -509,6 +510,8 @@ def _check_train_args(args: argparse.Namespace) -> None:
         raise InputError("--speech-corpus and --speech-data go together")
     if args.aligned_speech and args.speech_corpus is None:
         raise InputError("--aligned-speech needs --speech-corpus and --speech-data (a corpus whose clips have words)")
+    if args.stage2_speakers and args.speech_corpus is None:
+        raise InputError("--stage2-speakers holds speakers of the speech corpus out of stage 1; give --speech-corpus")
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         raise InputError("--epochs and --batch-size must be at least 1 and --lr positive")
     for name in ("speech_drop_turn", "speech_drop_dialogue"):
@@ -566,9 +569,34 @@ def _plan(args: argparse.Namespace) -> _Plan:
     return _Plan(labels, primary, speech_corpus, (*text, "speech"), corrections)
 
 
+def stage2_speakers(dialogues: list[Dialogue], k: int) -> frozenset[str]:
+    """The `k` train speakers of the speech corpus that the speech expert never trains on. Stage 2 pairs
+    and reads only their clips, so the cross-modal expert and the gate learn how the speech expert
+    behaves on voices it has not memorised, as in the app (issue 12: stage 2 learns from out-of-fold
+    stage-1 outputs). Evenly spaced in sorted order: RAVDESS's odd actors are male, even female, so
+    both stay on each side."""
+    speakers = sorted({t.speaker for d in dialogues for t in d.turns})
+    if not 0 < k < len(speakers):
+        raise InputError(f"--stage2-speakers must be between 1 and {len(speakers) - 1} (the speech corpus has "
+                         f"{len(speakers)} train speakers), got {k}")
+    return frozenset(speakers[i * len(speakers) // k] for i in range(k))
+
+
+def _speech_train(plan: _Plan, args: argparse.Namespace, stage: int) -> list[Dialogue]:
+    """The speech corpus's train dialogues that stage `stage` reads: with --stage2-speakers, stage 1 those
+    without a held-out speaker and stage 2 those with held-out speakers only; else both read all."""
+    clips = split(plan.speech_source, "train")
+    if not args.stage2_speakers:
+        return clips
+    held = stage2_speakers(clips, args.stage2_speakers)
+    speakers = [{t.speaker for t in d.turns} for d in clips]
+    return [d for d, who in zip(clips, speakers) if (who <= held if stage == 2 else not who & held)]
+
+
 def _train_stage1(folder: Path, args: argparse.Namespace, plan: _Plan, command: str) -> None:
-    """The stage-1 encoders as checkpoints nested in `folder` (`text/`, `speech/`)."""
-    if "text" in plan.modalities:
+    """The stage-1 encoders as checkpoints nested in `folder` (`text/`, `speech/`). An encoder the folder
+    already holds (copied from another run) is kept, so a run can retrain one encoder alone."""
+    if "text" in plan.modalities and not (folder / "text" / MANIFEST).is_file():
         train_text_encoder(
             split(plan.primary, "train") + plan.extra("train"),
             split(plan.primary, "validation") + plan.extra("validation"),
@@ -585,9 +613,11 @@ def _train_stage1(folder: Path, args: argparse.Namespace, plan: _Plan, command: 
             gradient_checkpointing=args.gradient_checkpointing,
             bf16=args.bf16,
         )
-    if "speech" in plan.modalities and args.speech_backbone != WHISPER_BASE:
+    if "speech" not in plan.modalities or (folder / "speech" / MANIFEST).is_file():
+        return
+    if args.speech_backbone != WHISPER_BASE:
         train_tower_speech_encoder(
-            split(plan.speech_source, "train") + plan.extra("train"),
+            _speech_train(plan, args, 1) + plan.extra("train"),
             split(plan.speech_source, "validation") + plan.extra("validation"),
             plan.labels,
             backbone=args.speech_backbone,
@@ -599,9 +629,9 @@ def _train_stage1(folder: Path, args: argparse.Namespace, plan: _Plan, command: 
             gradient_checkpointing=args.gradient_checkpointing,
             bf16=args.bf16,
         )
-    elif "speech" in plan.modalities:
+    else:
         train_speech_encoder(
-            split(plan.speech_source, "train") + plan.extra("train"),
+            _speech_train(plan, args, 1) + plan.extra("train"),
             split(plan.speech_source, "validation") + plan.extra("validation"),
             plan.labels,
             epochs=args.speech_epochs,
@@ -667,7 +697,7 @@ def _stage2_data(
         {"main": build(split(plan.primary, "validation"), text, own_speech)},
     )
     if plan.speech_corpus is not None:
-        data.speech_train = build(split(plan.speech_corpus, "train"), None, speech)
+        data.speech_train = build(_speech_train(plan, args, 2), None, speech)
         speech_val = build(split(plan.speech_corpus, "validation"), None, speech)
         if text is not None:
             data.bank = SpeechBank(data.speech_train)
@@ -682,7 +712,7 @@ def _stage2_data(
         if args.aligned_speech and text is not None:
             # The same clips with their real words beside them: the gate learns that emotion-neutral
             # words next to an emotional voice should follow the voice.
-            data.speech_train += build(split(plan.speech_corpus, "train"), text, speech)
+            data.speech_train += build(_speech_train(plan, args, 2), text, speech)
             data.val_views["aligned"] = build(split(plan.speech_corpus, "validation"), text, speech)
     if plan.corrections is not None:  # corrections carry their own speech
         data.corrections_train = build(plan.extra("train"), text, speech)
@@ -708,6 +738,7 @@ def _train_stage2(folder: Path, args: argparse.Namespace, plan: _Plan, command: 
         speech_drop_turn=args.speech_drop_turn,
         speech_drop_dialogue=args.speech_drop_dialogue,
         pair_mix=args.pair_mix,
+        stage2_speakers=args.stage2_speakers,
     )
     mix, neutral = PairMix(*cfg.pair_mix), neutral_id(plan.labels)
     if data.bank is not None and mix.neutral and neutral is None:
@@ -822,6 +853,10 @@ def _data_summary(args: argparse.Namespace, plan: _Plan, data: _Stage2Data) -> d
                 for s in ("train", "validation", "test")
             },
         )
+        if args.stage2_speakers:
+            held = _speech_train(plan, args, 2)
+            summary.update(stage2_speakers=sorted({t.speaker for d in held for t in d.turns}),
+                           stage2_clips=sum(len(d.turns) for d in held))
     if plan.corrections is not None:
         summary["corrections"] = plan.corrections.card_data()
     return summary
@@ -1038,6 +1073,13 @@ def model_card(checkpoint: Checkpoint) -> str:
         "speakers' clips with their words) takes part in choosing the epoch."
         if data.get("aligned_speech") else ""
     )
+    held = (
+        f"\nOut of fold: the speech expert never trained on {len(data['stage2_speakers'])} of the train speakers "
+        f"({', '.join(data['stage2_speakers'])}; {data['stage2_clips']} clips), and stage 2 pairs and reads only "
+        "their clips, so the cross-modal expert and the gate learn how the speech expert does on voices it has "
+        "not memorised, as in the app."
+        if data.get("stage2_speakers") else ""
+    )
     if "speech_corpus" in data:
         matched, neutral, random = train_cfg.get("pair_mix", (1.0, 0.0, 0.0))
         mixture = (
@@ -1054,7 +1096,7 @@ No corpus here has speech and text of the same utterances. The text expert learn
 cross-modal expert and the gate from {mixture} {data["corpus"]} train turn gets the speech embedding
 of a random {data["speech_corpus"]} train clip so drawn, anew each epoch (seeded); validation pairs use
 {data["speech_corpus"]} validation speakers only. The label-matched `paired` validation view is a
-pipeline check and never chooses the epoch.{aligned}
+pipeline check and never chooses the epoch.{aligned}{held}
 Speech is removed from a whole dialogue with probability {train_cfg["speech_drop_dialogue"]} and
 otherwise from each turn with probability {train_cfg["speech_drop_turn"]}, so the gate learns to
 do without it. The speech and text of a pair never come from the same person, so cross-modal and

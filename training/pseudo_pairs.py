@@ -7,14 +7,23 @@ in any real conversation and the gate would learn to read speech alone (issue 12
 therefore draws, per turn, a clip of the turn's emotion, a neutral clip (flat voice, emotional
 words) or a clip of a random emotion (voice and words disagree). Speech is also dropped at random
 so the gate learns to do without. Faces for FARCER are paired the same way (`pair_images`).
+
+Faces have no real aligned corpus here (RAVDESS gives speech with its own emotion-neutral sentences),
+so `neutral_line_dialogues` builds the face counterpart: emotion-neutral lines written for this
+purpose, each beside a face and labelled with the face's emotion. There the words say nothing and the
+face decides, as RAVDESS's voice does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import argparse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
+
+from backend.dialogue import Dialogue, Turn
 
 
 @dataclass
@@ -47,6 +56,21 @@ class PairMix:
 
 
 LABEL_MATCHED = PairMix()
+
+
+def mix_arg(flag: str) -> Callable[[str], tuple[float, float, float]]:
+    """An argparse type for `flag`: "matched,neutral,random" shares that make a PairMix."""
+
+    def parse(text: str) -> tuple[float, float, float]:
+        try:
+            shares = tuple(float(x) for x in text.split(","))
+            PairMix(*shares)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(
+                f"{flag} takes three shares (matched, neutral, random) summing to 1, got {text!r}") from None
+        return shares
+
+    return parse
 
 # Evaluation views of a text corpus paired with another modality (issue 12): how a model behaves when
 # the voice or face says nothing (neutral), disagrees (random) or, as a pipeline check only, leaks the
@@ -87,6 +111,47 @@ def pair_images(
             row.append(None if images is None else images[rng.integers(len(images))])
         chosen.append(row)
     return chosen
+
+
+# Lines that carry no emotion, held apart by split so that validation and test never read a line the
+# model trained on.
+NEUTRAL_LINES = {
+    "train": (
+        "The meeting moved to three o'clock.", "I put the keys on the kitchen table.", "The bus leaves from the corner.",
+        "We need two more chairs for the room.", "The report is in the blue folder.", "My sister lives near the station.",
+        "The store closes at nine tonight.", "I took the train this morning.", "The printer is on the second floor.",
+        "He asked for the phone number again.", "The box goes on the top shelf.", "We talked about the schedule.",
+        "The package came on Tuesday.", "I read the letter at lunch.", "The window faces the street.",
+        "She parked the car behind the building.", "The class starts after the break.", "I wrote the address down.",
+        "The coffee machine is by the door.", "They moved the desk to the other wall.", "The tickets are in my bag.",
+        "We walked to the bank and back.", "The lamp needs a new bulb.", "He left the umbrella in the hall.",
+    ),
+    "validation": (
+        "The plates go in the left cupboard.", "I called the office at ten.", "The map is on the back seat.",
+        "We ordered the paper last week.", "The elevator stops at every floor.", "She copied the list for everyone.",
+    ),
+    "test": (
+        "The file is on the shared drive.", "I changed the sheets on Monday.", "The bakery is across the road.",
+        "He brought the chairs from the garage.", "The form needs two signatures.", "We checked the bus times.",
+    ),
+}
+
+
+def neutral_line_dialogues(
+    images: Sequence[tuple[Path, str]], n: int, split: str, rng: np.random.Generator, turns: int = 6,
+) -> list[Dialogue]:
+    """`n` dialogues of `turns` turns between two speakers: each turn an emotion-neutral line of `split`
+    (NEUTRAL_LINES) beside a random face from `images` ((path, label) pairs), labelled with the face's
+    label; the face is the turn's own (`Turn.face`)."""
+    lines = NEUTRAL_LINES[split]
+    dialogues = []
+    for d in range(n):
+        chosen = [images[i] for i in rng.integers(len(images), size=turns)]
+        dialogues.append(Dialogue(f"neutral-lines-{split}-{d}", [
+            Turn(("Alex", "Sam")[t % 2], None, None, lines[rng.integers(len(lines))], label=label, face=path)
+            for t, (path, label) in enumerate(chosen)
+        ], split=split))
+    return dialogues
 
 
 class SpeechBank:

@@ -67,9 +67,8 @@ def compare_farcer(candidate, active, args: argparse.Namespace) -> dict:
     from backend.farcer_predictor import load_farcer
     from backend.farcer_processor import sample_shots
     from training.corpora.registry import load_corpus, split
-    from training.farcer import Split, evaluation_face_encoder, face_features, label_split, load_split, reports
+    from training.farcer import Split, evaluation_face_encoder, label_split, load_split, own_faces, reports
     from training.farcer import shot_pool
-    from training.farcer_corrections import corrected_faces
 
     store = open_model_store(get_settings())
     corrections = (load_corrections(args.corrections, candidate.labels, args.seed, args.corrections_weight)
@@ -84,8 +83,7 @@ def compare_farcer(candidate, active, args: argparse.Namespace) -> dict:
                                              out["corpus validation"].faces[: args.val_dialogues])
         if corrections is not None:
             held = corrections.validation
-            encode = lambda paths: face_features(paths, encoder)  # noqa: E731
-            out["held-out corrections"] = Split(held, corrected_faces(corrections, held, encode))
+            out["held-out corrections"] = Split(held, own_faces(held, encoder))
         return out
 
     result: dict[str, dict] = {}
