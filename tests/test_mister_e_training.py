@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,13 @@ def test_stages_run_apart_into_one_folder(tmp_path):
     assert "--stage 1" in ckpt.data["stage1_command"] and "--stage 2" in ckpt.data["command"]
     card = (out / "MODEL_CARD.md").read_text()
     assert card.count("--out NEW_FOLDER") == 2
+    # stage 1 into a folder holding one encoder trains only the missing one
+    again = tmp_path / "again"
+    again.mkdir()
+    shutil.copytree(out / "text", again / "text")
+    train(data, again, tmp_path / "cache", "--stage", "1")
+    assert read_checkpoint(again / "text").version == encoders["text"].version
+    assert read_checkpoint(again / "speech").data["n_train"] == encoders["speech"].data["n_train"]
 
 
 def test_train_without_out_adds_a_version_to_the_model_store(tmp_path, data_dir):

@@ -595,7 +595,11 @@ def _speech_train(plan: _Plan, args: argparse.Namespace, stage: int) -> list[Dia
 
 def _train_stage1(folder: Path, args: argparse.Namespace, plan: _Plan, command: str) -> None:
     """The stage-1 encoders as checkpoints nested in `folder` (`text/`, `speech/`). An encoder the folder
-    already holds (copied from another run) is kept, so a run can retrain one encoder alone."""
+    already holds (copied from another run) is kept, so a run can retrain one encoder alone; a folder
+    that holds them all is refused, as training never overwrites a checkpoint."""
+    if all((folder / m / MANIFEST).is_file() for m in plan.modalities):
+        raise InputError(f"{folder} already holds a checkpoint for each stage-1 encoder ({', '.join(plan.modalities)}); "
+                         "training never overwrites one. Give a new --out folder")
     if "text" in plan.modalities and not (folder / "text" / MANIFEST).is_file():
         train_text_encoder(
             split(plan.primary, "train") + plan.extra("train"),
