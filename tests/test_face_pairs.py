@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from backend.checkpoints import read_checkpoint, write_checkpoint
-from backend.dialogue import Dialogue, Turn
+from backend.dialogue import Dialogue, LabelledImage, Turn
 from backend.errors import InputError
 from backend.labels import MELD7
 from backend.settings import get_settings
@@ -112,10 +112,10 @@ def test_farcer_face_pools_share_no_face_and_skip_the_face_encoders_training_fac
 
 
 def test_neutral_line_dialogues_take_their_labels_from_the_faces():
-    images = [(Path(f"{label}/{i}.png"), label) for label in MELD7 for i in range(3)]
+    images = [LabelledImage(Path(f"{label}/{i}.png"), label) for label in MELD7 for i in range(3)]
     dialogues = neutral_line_dialogues(images, 5, "validation", np.random.default_rng(0))
     assert len(dialogues) == 5 and all(len(d) == 6 for d in dialogues)
-    label_of = dict(images)
+    label_of = {image.path: image.label for image in images}
     for turn in (t for d in dialogues for t in d.turns):
         assert turn.text in NEUTRAL_LINES["validation"] and turn.label == label_of[turn.face]
     assert len({t.label for d in dialogues for t in d.turns}) > 3, "faces are drawn at random"

@@ -215,8 +215,7 @@ def neutral_line_split(
 ) -> Split:
     """`n` dialogues of split `name`'s emotion-neutral lines, each beside a face of its pool that gives
     the turn its label (`neutral_line_dialogues`)."""
-    images = [(i.path, i.label) for i in face_pool(folder, labels, name)]
-    dialogues = neutral_line_dialogues(images, n, name, np.random.default_rng(seed))
+    dialogues = neutral_line_dialogues(face_pool(folder, labels, name), n, name, np.random.default_rng(seed))
     return Split(dialogues, own_faces(dialogues, encoder))
 
 
@@ -1285,8 +1284,8 @@ def evaluate(args: argparse.Namespace) -> int:
     dialogues = dialogues[: args.limit] if args.limit else dialogues
     faces = evaluation_faces(args, dialogues, checkpoint is not None and trained_with_faces(checkpoint))
     if args.neutral_lines:  # instead of the corpus's dialogues
-        images = [(i.path, i.label) for i in face_pool(args.face_data, processor.labels, args.split)]
-        dialogues = neutral_line_dialogues(images, args.neutral_lines, args.split, np.random.default_rng(args.seed))
+        dialogues = neutral_line_dialogues(face_pool(args.face_data, processor.labels, args.split), args.neutral_lines,
+                                           args.split, np.random.default_rng(args.seed))
     if faces.note:
         print(f"notice: {faces.note}")
     encoder = evaluation_face_encoder(checkpoint, args.face_encoder, store) if faces.used else None

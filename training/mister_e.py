@@ -701,7 +701,8 @@ def _stage2_data(
         {"main": build(split(plan.primary, "validation"), text, own_speech)},
     )
     if plan.speech_corpus is not None:
-        data.speech_train = build(_speech_train(plan, args, 2), None, speech)
+        clips = _speech_train(plan, args, 2)
+        data.speech_train = build(clips, None, speech)
         speech_val = build(split(plan.speech_corpus, "validation"), None, speech)
         if text is not None:
             data.bank = SpeechBank(data.speech_train)
@@ -716,7 +717,7 @@ def _stage2_data(
         if args.aligned_speech and text is not None:
             # The same clips with their real words beside them: the gate learns that emotion-neutral
             # words next to an emotional voice should follow the voice.
-            data.speech_train += build(_speech_train(plan, args, 2), text, speech)
+            data.speech_train += build(clips, text, speech)
             data.val_views["aligned"] = build(split(plan.speech_corpus, "validation"), text, speech)
     if plan.corrections is not None:  # corrections carry their own speech
         data.corrections_train = build(plan.extra("train"), text, speech)

@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
-from backend.dialogue import Dialogue, Turn
+from backend.dialogue import Dialogue, LabelledImage, Turn
 
 
 @dataclass
@@ -138,18 +137,19 @@ NEUTRAL_LINES = {
 
 
 def neutral_line_dialogues(
-    images: Sequence[tuple[Path, str]], n: int, split: str, rng: np.random.Generator, turns: int = 6,
+    images: Sequence[LabelledImage], n: int, split: str, rng: np.random.Generator, turns: int = 6,
 ) -> list[Dialogue]:
     """`n` dialogues of `turns` turns between two speakers: each turn an emotion-neutral line of `split`
-    (NEUTRAL_LINES) beside a random face from `images` ((path, label) pairs), labelled with the face's
-    label; the face is the turn's own (`Turn.face`)."""
+    (NEUTRAL_LINES) beside a random face from `images`, labelled with the face's label; the face is the
+    turn's own (`Turn.face`)."""
     lines = NEUTRAL_LINES[split]
     dialogues = []
     for d in range(n):
         chosen = [images[i] for i in rng.integers(len(images), size=turns)]
         dialogues.append(Dialogue(f"neutral-lines-{split}-{d}", [
-            Turn(("Alex", "Sam")[t % 2], None, None, lines[rng.integers(len(lines))], label=label, face=path)
-            for t, (path, label) in enumerate(chosen)
+            Turn(("Alex", "Sam")[t % 2], None, None, lines[rng.integers(len(lines))], label=image.label,
+                 face=image.path)
+            for t, image in enumerate(chosen)
         ], split=split))
     return dialogues
 
