@@ -21,7 +21,7 @@ from backend.settings import CHECKPOINTS_DIR, get_settings
 from tests.fixtures_iemocap import make_iemocap_fixture
 from training.__main__ import main
 from models.farcer import Farcer
-from training.farcer import PRIOR_SCALES, TrainConfig, drop_faces, make_samples
+from training.farcer import PRIOR_SCALES, TrainConfig, drop_faces, make_samples, selection_key
 from training.metrics import REPORT_KEYS
 
 WORDS = ["oh", "my", "god", "you", "know", "what", "I", "mean", "this", "is", "the", "best", "day", "ever", "no",
@@ -308,7 +308,7 @@ def test_the_face_slot_trains_alone_on_a_text_head_whose_text_labels_stay(traine
     assert main(["train", "farcer", "--data", str(meld), "--core", core.name, "--variant", "lora", "--shots", "0",
                  "--epochs", "1", "--max-steps", "1", "--out", str(text_head)]) == 0
     assert main(["train", "farcer", "--data", str(meld), "--init", str(text_head), "--faces", str(faces),
-                 "--neutral-lines", "4", "--projector-only", "--face-drop-dialogue", "0", "--shots", "0", "--epochs",
+                 "--neutral-lines", "4", "--projector-only", "--shots", "0", "--epochs",
                  "1", "--max-steps", "2", "--lr", "0.05", "--out", str(face_head)]) == 0
     start, end = load_file(str(text_head / WEIGHTS)), load_file(str(face_head / WEIGHTS))
     adapters = [n for n in start if "lora_" in n]
@@ -317,10 +317,13 @@ def test_the_face_slot_trains_alone_on_a_text_head_whose_text_labels_stay(traine
     before, after = read_checkpoint(text_head), read_checkpoint(face_head)
     assert after.config["model"]["label_bias"] == before.config["model"]["label_bias"]
     assert after.data["train"]["face_mix"] == [0.3, 0.3, 0.4] and after.data["train"]["neutral_lines"] == 4
+    # a row without faces teaches a projector nothing: none is left faceless on purpose
+    assert after.data["train"]["face_drop_dialogue"] == 0.0 and after.data["train"]["face_tolerance"] == 0.03
     views = after.metrics["val"]["views"]
     assert set(views) == {"text", "neutral", "random", "neutral-lines"} and views["neutral-lines"]["n"] == 60 * 6
     card = (face_head / "MODEL_CARD.md").read_text()
     assert "neutral with chance 0.3" in card and "Only the projector trained" in card and "- `neutral-lines`" in card
+    assert "random-face view is within 0.03 of text only" in card
 
     def evaluate(head: Path, *extra: str) -> dict:
         out = tmp_path / f"{head.name}{len(extra)}.json"
@@ -330,6 +333,7 @@ def test_the_face_slot_trains_alone_on_a_text_head_whose_text_labels_stay(traine
 
     text_before, text_after = evaluate(text_head), evaluate(face_head)
     assert text_before["confusion"] == text_after["confusion"] and text_after["faces_used"] is False
+    assert "--neutral-lines" not in text_after["command"]
     lines = ["--neutral-lines", "3", "--face-corpus", "fer2013", "--face-data", str(faces)]
     read, unread = evaluate(face_head, *lines), evaluate(text_head, *lines)
     assert read["n"] == unread["n"] == 18 and read["faces"].startswith("neutral-lines: 3 dialogues")
@@ -517,4 +521,23 @@ def test_retrain_compares_a_farcer_candidate_with_the_active_head(trained, tmp_p
     assert result["active_version"] == active.version and result["version"] != active.version
     comparison = result["comparison"]
     assert comparison["held-out corrections"]["candidate"]["n"] == comparison["held-out corrections"]["active"]["n"] == 3
-    assert comparison["corpus validation"]["candidate"]["n"] == comparison["corpus validation"]["active"]["n"] == 18
+    # heads that read faces are compared on the leak-free views of the 18 validation turns (text only, a
+    # neutral face, a random-emotion face), never on label-matched faces
+    assert comparison["corpus validation"]["candidate"]["n"] == comparison["corpus validation"]["active"]["n"] == 3 * 18
+
+
+def test_a_step_whose_random_faces_overrule_the_words_is_kept_only_when_no_step_keeps_within_tolerance():
+    cfg = TrainConfig(face_tolerance=0.03)
+
+    def step(pooled: float, text: float, random_faces: float) -> dict:
+        return {"weighted_f1": pooled, "views": {"text": {"weighted_f1": text}, "random": {"weighted_f1": random_faces}}}
+
+    keeps, better_pooled_but_overruled = step(0.50, 0.55, 0.53), step(0.54, 0.55, 0.51)
+    assert max([better_pooled_but_overruled, keeps], key=lambda r: selection_key(r, cfg)) is keeps
+    assert max([keeps, step(0.52, 0.55, 0.525)], key=lambda r: selection_key(r, cfg))["weighted_f1"] == 0.52
+    # no step keeps within tolerance: the pooled score decides, as without the rule
+    assert max([better_pooled_but_overruled, step(0.53, 0.55, 0.45)],
+               key=lambda r: selection_key(r, cfg)) is better_pooled_but_overruled
+    # a run without face views (text only, or corrections) is chosen on weighted F1 alone
+    assert selection_key({"weighted_f1": 0.4}, cfg) < selection_key({"weighted_f1": 0.5}, cfg)
+    assert selection_key({"weighted_f1": 0.4, "views": {"corpus": {}, "corrections": {}}}, cfg) == (True, 0.4)

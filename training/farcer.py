@@ -138,6 +138,9 @@ class TrainConfig:
     face_mix: tuple[float, float, float] = (0.3, 0.3, 0.4)
     neutral_lines: int = 0  # training dialogues of emotion-neutral lines beside a face that decides the label
     projector_only: bool = False  # train the face slot alone; the adapters (and label bias) stay the --init head's
+    # a step whose validation with random-emotion faces falls more than this below text only is chosen only
+    # when no step keeps within it (issue 12: a face unrelated to the words must not overrule them)
+    face_tolerance: float = 0.03
     val_dialogues: int = 0  # 0: the whole validation split
     seed: int = 0
     lora_r: int = 8  # the paper's adapters: r8/a16/0.1 on q/k/v
@@ -161,17 +164,13 @@ class Split:
     views: dict[str, range] | None = None  # named runs of dialogues, reported apart in validation
 
 
-def load_split(
-    corpus: str, data: Path, name: str, faces: Path | None, encoder: Checkpoint | str, seed: int,
-    mix: PairMix = LABEL_MATCHED,
-) -> Split:
-    """A corpus split, its turns paired with faces from `faces` by `mix` (or text only without `faces`)."""
+def load_split(corpus: str, data: Path, name: str, limit: int = 0) -> Split:
+    """A corpus split (its first `limit` dialogues, 0: all), text only."""
     dialogues = split(load_corpus(corpus, data), name)
     if not dialogues:
         raise InputError(f"{data}: the {corpus} corpus has no {name!r} dialogues")
-    if faces is None:
-        return Split(dialogues, [[None] * len(d) for d in dialogues])
-    return Split(dialogues, paired_faces(dialogues, faces, name, encoder, seed, mix))
+    dialogues = dialogues[:limit] if limit else dialogues
+    return Split(dialogues, [[None] * len(d) for d in dialogues])
 
 
 def face_pool(folder: Path, labels: Sequence[str], name: str) -> list[LabelledImage]:
@@ -183,8 +182,7 @@ def face_pool(folder: Path, labels: Sequence[str], name: str) -> list[LabelledIm
 
 
 def paired_faces(
-    dialogues: Sequence[Dialogue], folder: Path, name: str, encoder: Checkpoint | str, seed: int,
-    mix: PairMix = LABEL_MATCHED,
+    dialogues: Sequence[Dialogue], folder: Path, name: str, encoder: Checkpoint | str, seed: int, mix: PairMix,
 ) -> list[list[np.ndarray | None]]:
     """Each labelled turn gets the feature of a face from split `name`'s pool, drawn by `mix` (seeded:
     `pair_images`); turns whose drawn emotion has no face there get none."""
@@ -602,12 +600,21 @@ def _label_weight(farcer: Farcer, rows: list) -> torch.Tensor:
         float(len(ids)), device=farcer.device)
 
 
+def selection_key(report: Mapping, cfg: TrainConfig) -> tuple[bool, float]:
+    """What validation step is best: with face views, first whether random-emotion faces keep within
+    `face_tolerance` of text only, then the pooled weighted F1 (without face views, that alone)."""
+    views = report.get("views", {})
+    keeps_text = "random" not in views or (
+        views["random"]["weighted_f1"] >= views["text"]["weighted_f1"] - cfg.face_tolerance)
+    return keeps_text, report["weighted_f1"]
+
+
 def fit(
     farcer: Farcer, processor: FarcerProcessor, train: Split, val: Split, pool: list[Example],
     cfg: TrainConfig, on_best: Callable[[dict, int], None], state_path: Path | None = None, resume: bool = False,
 ) -> dict:
     """AdamW + warmup/cosine over packed rows (`accumulate` batches per step, bf16 autocast optional);
-    validate every-turn after each epoch or every `val_every` steps and keep the best weighted F1
+    validate every-turn after each epoch or every `val_every` steps and keep the best by `selection_key`
     (`on_best(report, epoch)`). Stops at `max_steps` or once `max_minutes` is spent. With `state_path`
     the run saves its state at each validation, and `resume` continues from the saved state."""
     rng = random.Random(cfg.seed)
@@ -682,7 +689,7 @@ def fit(
                "minutes": round(spent() / 60, 1), "val_seconds": round(time.time() - t, 1)}
         sums.clear()
         state.curve.append(row)
-        improved = report["weighted_f1"] > state.best["weighted_f1"]
+        improved = "step" not in state.best or selection_key(report, cfg) > selection_key(state.best, cfg)
         if improved:
             state.best = {**report, "epoch": state.epoch, "step": state.step}
             on_best(report, state.epoch)
@@ -810,8 +817,12 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-weight", type=float, default=None, help="LM loss weight (default 1 for --core new, else 0)")
     parser.add_argument("--face-drop-turn", type=float, default=d.face_drop_turn,
                         help="chance a training turn's face is left out (the app meets turns without a face)")
-    parser.add_argument("--face-drop-dialogue", type=float, default=d.face_drop_dialogue,
-                        help="chance all faces of a training row are left out")
+    parser.add_argument("--face-drop-dialogue", type=float, default=None,
+                        help=f"chance all faces of a training row are left out (default {d.face_drop_dialogue}; 0 "
+                        "with --projector-only, where a row without faces teaches nothing)")
+    parser.add_argument("--face-tolerance", type=float, default=d.face_tolerance,
+                        help="choose among the validated steps whose random-emotion-face view is at most this much "
+                        "below text only (all steps if none is); default %(default)s")
     parser.add_argument("--val-dialogues", type=int, default=d.val_dialogues)
     parser.add_argument("--val-every", type=int, default=d.val_every,
                         help="validate every this many optimiser steps (default: after each epoch)")
@@ -884,12 +895,14 @@ def train(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, lr=args.lr, targets=targets, max_steps=args.max_steps,
                       text_weight=args.text_weight if args.text_weight is not None else float(trains_core(args)),
                       val_dialogues=args.val_dialogues, seed=args.seed, face_drop_turn=args.face_drop_turn,
-                      face_drop_dialogue=args.face_drop_dialogue, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+                      face_drop_dialogue=args.face_drop_dialogue if args.face_drop_dialogue is not None else
+                      0.0 if args.projector_only else TrainConfig.face_drop_dialogue, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
                       lora_targets=tuple(t for t in args.lora_targets.split(",") if t), lora_layers=args.lora_layers,
                       accumulate=args.accumulate,
                       max_minutes=args.max_minutes, val_every=args.val_every, bf16=args.bf16,
                       max_turns=args.max_turns, gradient_checkpointing=args.gradient_checkpointing,
-                      face_mix=args.face_mix, neutral_lines=args.neutral_lines, projector_only=args.projector_only)
+                      face_mix=args.face_mix, neutral_lines=args.neutral_lines, projector_only=args.projector_only,
+                      face_tolerance=args.face_tolerance)
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.accumulate < 1 or cfg.lr <= 0:
         raise InputError("--epochs, --batch-size and --accumulate must be at least 1 and --lr positive")
     if args.resume and args.out is None:
@@ -909,13 +922,14 @@ def train(args: argparse.Namespace) -> int:
     if not trains_core(args):
         components = {"core": component(core, store), "face_encoder": component(encoder, store)}
     labels = corpus_labels(args.corpus)
-    train_split = load_split(args.corpus, args.data, "train", args.faces, encoder, cfg.seed, PairMix(*cfg.face_mix))
+    train_split = load_split(args.corpus, args.data, "train")
+    if args.faces is not None:
+        train_split.faces = paired_faces(train_split.dialogues, args.faces, "train", encoder, cfg.seed,
+                                         PairMix(*cfg.face_mix))
     if cfg.neutral_lines:
         lines = neutral_line_split(args.faces, labels, "train", cfg.neutral_lines, encoder, cfg.seed)
         train_split = Split(train_split.dialogues + lines.dialogues, train_split.faces + lines.faces)
-    val = load_split(args.corpus, args.data, "validation", None, encoder, cfg.seed)
-    if cfg.val_dialogues:
-        val = Split(val.dialogues[: cfg.val_dialogues], val.faces[: cfg.val_dialogues])
+    val = load_split(args.corpus, args.data, "validation", cfg.val_dialogues)
     if args.faces is not None:
         val = validation_views(val.dialogues, args.faces, labels, 60 if cfg.neutral_lines else 0, encoder, cfg.seed)
     corrections = None
@@ -1052,6 +1066,10 @@ def faces_line(data: Mapping) -> str:
     pool = ("every second image of the folder's held-out val split for training, the others for validation, test "
             "for test" if "face_mix" in cfg else "train faces for train turns, val for validation, test for test")
     lines = cfg.get("neutral_lines", 0)
+    choice = "selection on all pooled"
+    if "face_tolerance" in cfg:
+        choice = (f"selection: the best weighted F1 on all pooled among the steps whose random-face view is within "
+                  f"{cfg['face_tolerance']} of text only, or on all pooled if none is")
     return (
         f"Faces: `{data['faces']}` paired with the corpus turns (seeded), each turn's face of its own emotion with "
         f"chance {matched}, neutral with chance {neutral}, of a random emotion with chance {random_} ({pool}), encoded "
@@ -1065,9 +1083,9 @@ def faces_line(data: Mapping) -> str:
            if cfg.get("projector_only") else "")
         + f" Faces left out at random in training (so turns without one are labelled too): a turn's with chance "
         f"{cfg.get('face_drop_turn', 0.0)}, all of a row's with chance {cfg.get('face_drop_dialogue', 0.0)}."
-        + (" Validation views (none leaks the label; selection on all pooled): text only, a neutral face on every "
-           "turn, a face of a random emotion" + (", and 60 dialogues of held-out neutral lines with held-out faces."
-                                                  if lines else ".") if "face_mix" in cfg else "")
+        + (f" Validation views (none leaks the label; {choice}): text only, a neutral face on every turn, a face "
+           "of a random emotion" + (", and 60 dialogues of held-out neutral lines with held-out faces."
+                                    if lines else ".") if "face_mix" in cfg else "")
     )
 
 
@@ -1130,7 +1148,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     faces.add_argument("--faces", type=Path, default=None,
                        help="image folder for label-matched faces (leaks the label: a pipeline check only); "
                        "omit for text only, or for the corpus CSV's own `face` column")
-    faces.add_argument("--neutral-lines", type=int, default=0,
+    faces.add_argument("--neutral-lines", type=int, default=None,
                        help="evaluate on N dialogues of emotion-neutral lines (held apart by split) instead of the "
                        "corpus, each turn beside a face from --face-corpus's pool for the split and labelled with the "
                        "face's emotion: the view where the face alone decides")
@@ -1224,7 +1242,7 @@ def turn_faces(
     if not faces.used:
         return [[None] * len(d) for d in dialogues]
     if faces.source == "label-matched":
-        return paired_faces(dialogues, args.faces, args.split, encoder, args.seed)
+        return paired_faces(dialogues, args.faces, args.split, encoder, args.seed, LABEL_MATCHED)
     if faces.source in ("corpus", "neutral-lines"):
         return own_faces(dialogues, encoder)
     if faces.source == "neutral" and "neutral" not in labels:

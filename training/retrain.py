@@ -6,8 +6,10 @@ It trains a candidate with the task's `train` (TRAIN-ARGS as `python -m training
 and the active version side by side on the held-out corrections and on the corpus's validation split
 and writes FILE (JSON): {model, version, active_version, comparison: {view: {candidate, active}}}.
 Each version is evaluated as it was trained: MiSTER-E on its encoders' embeddings; FARCER with its own
-few-shot prompt, past-label setting and face encoder (corpus turns get label-matched faces from --faces
-when the run had them, corrected turns their own face crops).
+few-shot prompt, past-label setting and face encoder. A head that reads faces is judged on the corpus's
+validation views that do not leak the label, pooled, when the run had --faces (text only, a neutral face
+on every turn, a face of a random emotion: `training.farcer.validation_views`), else text only; corrected
+turns keep their own face crops.
 """
 
 from __future__ import annotations
@@ -64,11 +66,11 @@ def compare_mister_e(candidate, active, args: argparse.Namespace) -> dict:
 
 def compare_farcer(candidate, active, args: argparse.Namespace) -> dict:
     """As `compare_mister_e`, for FARCER heads."""
-    from backend.farcer_predictor import load_farcer
+    from backend.farcer_predictor import load_farcer, trained_with_faces
     from backend.farcer_processor import sample_shots
     from training.corpora.registry import load_corpus, split
     from training.farcer import Split, evaluation_face_encoder, label_split, load_split, own_faces, reports
-    from training.farcer import shot_pool
+    from training.farcer import shot_pool, validation_views
 
     store = open_model_store(get_settings())
     corrections = (load_corrections(args.corrections, candidate.labels, args.seed, args.corrections_weight)
@@ -77,10 +79,10 @@ def compare_farcer(candidate, active, args: argparse.Namespace) -> dict:
 
     def views(checkpoint) -> dict:
         encoder = evaluation_face_encoder(checkpoint, None, store)
-        out = {"corpus validation": load_split(args.corpus, args.data, "validation", args.faces, encoder, args.seed)}
-        if args.val_dialogues:
-            out["corpus validation"] = Split(out["corpus validation"].dialogues[: args.val_dialogues],
-                                             out["corpus validation"].faces[: args.val_dialogues])
+        out = {"corpus validation": load_split(args.corpus, args.data, "validation", args.val_dialogues)}
+        if args.faces is not None and trained_with_faces(checkpoint):
+            out["corpus validation"] = validation_views(out["corpus validation"].dialogues, args.faces,
+                                                        checkpoint.labels, 0, encoder, args.seed)
         if corrections is not None:
             held = corrections.validation
             out["held-out corrections"] = Split(held, own_faces(held, encoder))
