@@ -462,9 +462,10 @@ class FarcerProcessor:
         past_labels: PastLabels = "none",
         turns_per_pass: int = TURNS_PER_PASS,
     ) -> DialogueLabels:
-        """Every turn labelled incrementally on top of the cached prefix (`Farcer.label_dialogue`)."""
-        inputs = self.dialogue_turns(turns, faces, past_labels)
-        return self._labels(lambda: farcer.label_dialogue(inputs, prefix, past_labels, turns_per_pass))
+        """Every turn labelled incrementally on top of the cached prefix (`Farcer.label_dialogue`),
+        faces weighed by the head's face weight (`_face_weighted`)."""
+        return self._face_weighted(farcer, turns, faces, past_labels,
+                                   lambda inputs: farcer.label_dialogue(inputs, prefix, past_labels, turns_per_pass))
 
     def label_dialogue_naive(
         self,
@@ -475,8 +476,8 @@ class FarcerProcessor:
         past_labels: PastLabels = "none",
     ) -> DialogueLabels:
         """`label_dialogue` re-encoding every turn's prompt from scratch (the reference)."""
-        inputs = self.dialogue_turns(turns, faces, past_labels)
-        return self._labels(lambda: farcer.label_dialogue_naive(inputs, prefix, past_labels))
+        return self._face_weighted(farcer, turns, faces, past_labels,
+                                   lambda inputs: farcer.label_dialogue_naive(inputs, prefix, past_labels))
 
     def pack(
         self,
@@ -519,6 +520,23 @@ class FarcerProcessor:
                 f"got {len(faces)} faces for {len(turns)} turns; give one per turn (None for no face)"
             )
         return faces
+
+    def _face_weighted(
+        self, farcer: Farcer, turns: Sequence[Turn], faces: Sequence[Any] | None, past_labels: PastLabels,
+        score: Callable[[list[DialogueTurn]], Any],
+    ) -> DialogueLabels:
+        """`score`'s labels for the turns with their faces. Under a face weight w below 1 the turns are
+        scored again without faces and labelled by text + w * (with faces - text): a face moves a turn's
+        label scores only a share w of the way it would alone, so a face unrelated to the words cannot
+        overrule plainly emotional words (issue 12). With predicted past labels each pass follows its own."""
+        with_faces = self._labels(lambda: score(self.dialogue_turns(turns, faces, past_labels)))
+        weight = farcer.config.face_weight
+        if weight == 1.0 or faces is None or all(face is None for face in faces):
+            return with_faces
+        text = self._labels(lambda: score(self.dialogue_turns(turns, None, past_labels)))
+        logprobs = text.logprobs + weight * (with_faces.logprobs - text.logprobs)
+        return DialogueLabels(logprobs, [self.labels[int(j)] for j in logprobs.argmax(-1)], with_faces.warning,
+                              with_faces.starts)
 
     def _labels(self, run: Callable[[], Any]) -> DialogueLabels:
         try:

@@ -49,12 +49,18 @@ class FarcerConfig:
     # Added to each label's log-probability before labels are compared (a prior correction chosen on
     # validation, see training.farcer.choose_label_bias); (): nothing added.
     label_bias: tuple[float, ...] = ()
+    # How far a turn's face may move its label scores from the same turn's text-only scores: the
+    # processor labels with text + face_weight * (with faces - text) (chosen on validation, see
+    # training.farcer.choose_face_weight); 1: the scores with faces as they are.
+    face_weight: float = 1.0
 
     def __post_init__(self) -> None:
         self.lora_targets = tuple(self.lora_targets)
         self.label_bias = tuple(float(b) for b in self.label_bias)
         if self.projector not in PROJECTORS:
             raise ValueError(f"unknown projector {self.projector!r}; choose 'base' or 'three-layer'")
+        if not 0.0 <= self.face_weight <= 1.0:
+            raise ValueError(f"face_weight must be between 0 and 1, got {self.face_weight}")
         if self.lora_layers < 0:
             raise ValueError(f"lora_layers must be 0 (every layer) or positive, got {self.lora_layers}")
         if self.image_dim < 1 or self.max_context < 1:
@@ -200,6 +206,10 @@ class Farcer(nn.Module):
         if bias and len(bias) != self.n_labels:
             raise ValueError(f"label_bias has {len(bias)} values for {self.n_labels} labels")
         self.config = replace(self.config, label_bias=tuple(bias))  # __post_init__ makes them floats
+
+    def set_face_weight(self, weight: float) -> None:
+        """How far faces may move the label scores from text-only ones (FarcerConfig.face_weight)."""
+        self.config = replace(self.config, face_weight=float(weight))  # __post_init__ checks the range
 
     def set_token_weights(self, weights: Mapping[int, float] | None) -> None:
         """Weight the training loss per target token (tokens not named weigh 1); None: unweighted."""

@@ -74,7 +74,7 @@ def test_a_class_without_images_gives_no_face():
 
 
 def eval_args(tmp: Path, **kw) -> argparse.Namespace:
-    base = dict(paired_faces=None, neutral_lines=0, face_corpus=None, face_data=None, faces=None, split="test", seed=0,
+    base = dict(paired_faces=None, neutral_lines=0, choose_face_weight=False, face_corpus=None, face_data=None, faces=None, split="test", seed=0,
                 corpus="csv")
     return argparse.Namespace(**{**base, **kw})
 

@@ -399,6 +399,31 @@ def test_label_bias_is_added_to_every_labels_score_and_moves_the_labels(shots):
     torch.testing.assert_close(proc.label_dialogue(farcer, turns, faces, prefix, "none").logprobs, plain.logprobs)
 
 
+@pytest.mark.parametrize("past_labels", ["none", "gold"])
+def test_face_weight_moves_the_labels_that_share_of_the_way_from_the_text_only_ones(shots, past_labels):
+    farcer, proc = tiny(seed=7)
+    turns, faces = synthetic_dialogue(5, DIM, seed=43)
+    faces[1] = None
+    prefix = proc.encode_prefix(farcer, shots, past_labels)
+    text = proc.label_dialogue(farcer, turns, None, prefix, past_labels)
+    full = proc.label_dialogue(farcer, turns, faces, prefix, past_labels)
+    assert float((full.logprobs - text.logprobs).abs().max()) > 1e-3  # the faces do move this model
+    try:
+        for weight in (0.0, 0.3):
+            farcer.set_face_weight(weight)
+            for label in (proc.label_dialogue, proc.label_dialogue_naive):
+                mixed = label(farcer, turns, faces, prefix, past_labels)
+                torch.testing.assert_close(mixed.logprobs, text.logprobs + weight * (full.logprobs - text.logprobs),
+                                           atol=1e-4, rtol=0)
+                assert mixed.labels == [MELD7[int(j)] for j in mixed.logprobs.argmax(-1)]
+        assert proc.label_dialogue(farcer, turns, faces, prefix, past_labels).starts == full.starts
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            farcer.set_face_weight(1.5)
+    finally:
+        farcer.set_face_weight(1.0)
+    torch.testing.assert_close(proc.label_dialogue(farcer, turns, faces, prefix, past_labels).logprobs, full.logprobs)
+
+
 def test_lora_on_top_layers_trains_from_frozen_states_as_from_the_embeddings(shots):
     """Adapters on the last layer only: the layer below holds nothing that trains, and a batch that
     enters the top layer with `frozen_states` gives the same loss and adapter gradients as one run

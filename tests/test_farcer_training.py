@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import shutil
 from pathlib import Path
 
 import cv2
@@ -21,7 +22,7 @@ from backend.settings import CHECKPOINTS_DIR, get_settings
 from tests.fixtures_iemocap import make_iemocap_fixture
 from training.__main__ import main
 from models.farcer import Farcer
-from training.farcer import PRIOR_SCALES, TrainConfig, drop_faces, make_samples, selection_key
+from training.farcer import FACE_WEIGHTS, PRIOR_SCALES, TrainConfig, drop_faces, make_samples, selection_key
 from training.metrics import REPORT_KEYS
 
 WORDS = ["oh", "my", "god", "you", "know", "what", "I", "mean", "this", "is", "the", "best", "day", "ever", "no",
@@ -338,6 +339,24 @@ def test_the_face_slot_trains_alone_on_a_text_head_whose_text_labels_stay(traine
     read, unread = evaluate(face_head, *lines), evaluate(text_head, *lines)
     assert read["n"] == unread["n"] == 18 and read["faces"].startswith("neutral-lines: 3 dialogues")
     assert read["faces_used"] is True and unread["faces_used"] is False and "trained without faces" in unread["faces_note"]
+
+    # the face weight, chosen on the validation views and written into a copy of the head
+    weighted = tmp_path / "weighted"
+    shutil.copytree(face_head, weighted)
+    choose = ["--choose-face-weight", "--face-corpus", "fer2013", "--face-data", str(faces)]
+    report = evaluate(weighted, *choose)
+    head = read_checkpoint(weighted)
+    chosen, weight = head.data["face_weight"], head.config["model"]["face_weight"]
+    assert (head.version != after.version) == (weight != 1.0)  # the weight is part of the config
+    assert set(chosen["validation"]) == {str(w) for w in FACE_WEIGHTS}
+    # at weight 0 every turn gets its text-only labels, whatever face it shows
+    assert chosen["validation"]["0.0"]["random"] == chosen["validation"]["0.0"]["text"] == chosen["validation"]["0.0"]["neutral"]
+    assert weight == max(FACE_WEIGHTS, key=lambda w: (selection_key({"weighted_f1": chosen["validation"][str(w)]["pooled"],
+                         "views": {k: {"weighted_f1": v} for k, v in chosen["validation"][str(w)].items()}}, 0.03), w))
+    assert report["n"] == 3 * 18 + 60 * 6 and set(report["views"]) == {"text", "neutral", "random", "neutral-lines"}
+    assert report["faces"].startswith("validation views") and f"Face weight {weight}" in (weighted / "MODEL_CARD.md").read_text()
+    with pytest.raises(InputError, match="this head reads none"):
+        evaluate(text_head, *choose)
     with pytest.raises(InputError, match="--projector-only trains the face slot of an existing LoRA head"):
         main(["train", "farcer", "--data", str(meld), "--core", core.name, "--faces", str(faces), "--projector-only"])
     with pytest.raises(InputError, match="give --faces"):
@@ -533,11 +552,11 @@ def test_a_step_whose_random_faces_overrule_the_words_is_kept_only_when_no_step_
         return {"weighted_f1": pooled, "views": {"text": {"weighted_f1": text}, "random": {"weighted_f1": random_faces}}}
 
     keeps, better_pooled_but_overruled = step(0.50, 0.55, 0.53), step(0.54, 0.55, 0.51)
-    assert max([better_pooled_but_overruled, keeps], key=lambda r: selection_key(r, cfg)) is keeps
-    assert max([keeps, step(0.52, 0.55, 0.525)], key=lambda r: selection_key(r, cfg))["weighted_f1"] == 0.52
+    assert max([better_pooled_but_overruled, keeps], key=lambda r: selection_key(r, cfg.face_tolerance)) is keeps
+    assert max([keeps, step(0.52, 0.55, 0.525)], key=lambda r: selection_key(r, cfg.face_tolerance))["weighted_f1"] == 0.52
     # no step keeps within tolerance: the pooled score decides, as without the rule
     assert max([better_pooled_but_overruled, step(0.53, 0.55, 0.45)],
-               key=lambda r: selection_key(r, cfg)) is better_pooled_but_overruled
+               key=lambda r: selection_key(r, cfg.face_tolerance)) is better_pooled_but_overruled
     # a run without face views (text only, or corrections) is chosen on weighted F1 alone
-    assert selection_key({"weighted_f1": 0.4}, cfg) < selection_key({"weighted_f1": 0.5}, cfg)
-    assert selection_key({"weighted_f1": 0.4, "views": {"corpus": {}, "corrections": {}}}, cfg) == (True, 0.4)
+    assert selection_key({"weighted_f1": 0.4}, 0.03) < selection_key({"weighted_f1": 0.5}, 0.03)
+    assert selection_key({"weighted_f1": 0.4, "views": {"corpus": {}, "corrections": {}}}, 0.03) == (True, 0.4)

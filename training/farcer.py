@@ -438,6 +438,36 @@ def choose_label_bias(
     return chosen, predicted
 
 
+FACE_WEIGHTS = tuple(i / 10 for i in range(11))
+
+
+def choose_face_weight(
+    farcer: Farcer, processor: FarcerProcessor, val: Split, shots: Sequence[Example], past_labels: str,
+    tolerance: float,
+) -> tuple[dict, list[list[str]]]:
+    """The face weight (FarcerConfig.face_weight, from FACE_WEIGHTS) that is best on the validation views
+    `val` (`validation_views`) by `selection_key`: the best pooled weighted F1 among the weights whose
+    random-emotion-face view stays within `tolerance` of text only. Set on `farcer`; returns {weight,
+    tolerance, validation: {weight: pooled and per-view weighted F1}, n} and `val`'s labels with it.
+    Each dialogue is scored once with its faces and once without (views share their dialogues)."""
+    farcer.set_face_weight(1.0)
+    with_faces = label_scores(farcer, processor, val, shots, past_labels)
+    unique = list({id(d): d for d in val.dialogues}.values())
+    text_only = dict(zip(map(id, unique), label_scores(
+        farcer, processor, Split(unique, [[None] * len(d) for d in unique]), shots, past_labels)))
+    results = {}
+    for weight in FACE_WEIGHTS:
+        predicted = [[processor.labels[int(j)] for j in (text_only[id(d)] + weight * (f - text_only[id(d)])).argmax(-1)]
+                     for d, f in zip(val.dialogues, with_faces)]
+        results[weight] = (reports(val, predicted, processor.labels), predicted)
+    best = max(FACE_WEIGHTS, key=lambda w: (selection_key(results[w][0], tolerance), w))  # ties: the larger
+    farcer.set_face_weight(best)
+    chosen = {"weight": best, "tolerance": tolerance, "n": results[best][0]["n"], "validation": {
+        str(w): {"pooled": round(r["weighted_f1"], 4), **{k: round(v["weighted_f1"], 4) for k, v in r["views"].items()}}
+        for w, (r, _) in results.items()}}
+    return chosen, results[best][1]
+
+
 @torch.no_grad()
 def content_free_bias(farcer: Farcer, processor: FarcerProcessor, shots: Sequence[Example]) -> torch.Tensor:
     """Contextual calibration (Zhao et al., 2021): log of the mean label distribution the model gives
@@ -451,13 +481,17 @@ def content_free_bias(farcer: Farcer, processor: FarcerProcessor, shots: Sequenc
 
 
 def reports(data: Split, predicted: list[list[str]], labels: Sequence[str], protocol: str = "every") -> dict:
-    """The every-utterance report (REPORT_KEYS), plus `last_turn` for the paper's protocol."""
+    """The every-utterance report (REPORT_KEYS), plus `last_turn` for the paper's protocol and, for a
+    split of named views, each view's report under `views`."""
     present = sorted({t.label for d in data.dialogues for t in d.turns}, key=labels.index)
     true = [t.label for d in data.dialogues for t in d.turns]
     report = classification_report(true, [p for row in predicted for p in row], labels, present)
     if protocol == "last-turn":
         last = [d.turns[-1].label for d in data.dialogues]
         report["last_turn"] = classification_report(last, [row[-1] for row in predicted], labels, present)
+    if data.views:
+        report["views"] = {name: reports(Split([data.dialogues[i] for i in run], []), predicted[run.start : run.stop],
+                                         labels) for name, run in data.views.items()}
     return report
 
 
@@ -600,12 +634,11 @@ def _label_weight(farcer: Farcer, rows: list) -> torch.Tensor:
         float(len(ids)), device=farcer.device)
 
 
-def selection_key(report: Mapping, cfg: TrainConfig) -> tuple[bool, float]:
-    """What validation step is best: with face views, first whether random-emotion faces keep within
-    `face_tolerance` of text only, then the pooled weighted F1 (without face views, that alone)."""
+def selection_key(report: Mapping, tolerance: float) -> tuple[bool, float]:
+    """What validation result is best: with face views, first whether random-emotion faces keep within
+    `tolerance` of text only, then the pooled weighted F1 (without face views, that alone)."""
     views = report.get("views", {})
-    keeps_text = "random" not in views or (
-        views["random"]["weighted_f1"] >= views["text"]["weighted_f1"] - cfg.face_tolerance)
+    keeps_text = "random" not in views or views["random"]["weighted_f1"] >= views["text"]["weighted_f1"] - tolerance
     return keeps_text, report["weighted_f1"]
 
 
@@ -676,9 +709,6 @@ def fit(
         report = reports(val, predicted, processor.labels)
         if chooses_bias:
             report["label_bias"] = prior
-        if val.views:
-            report["views"] = {name: reports(Split([val.dialogues[i] for i in run], []), predicted[run.start : run.stop],
-                                             processor.labels) for name, run in val.views.items()}
         # How often each label is predicted shows a collapse onto a few classes before the F1 does.
         predicted_counts = Counter(label for labels in predicted for label in labels)
         n = max(sums["n"], 1)
@@ -689,7 +719,7 @@ def fit(
                "minutes": round(spent() / 60, 1), "val_seconds": round(time.time() - t, 1)}
         sums.clear()
         state.curve.append(row)
-        improved = "step" not in state.best or selection_key(report, cfg) > selection_key(state.best, cfg)
+        improved = "step" not in state.best or selection_key(report, cfg.face_tolerance) > selection_key(state.best, cfg.face_tolerance)
         if improved:
             state.best = {**report, "epoch": state.epoch, "step": state.step}
             on_best(report, state.epoch)
@@ -1048,6 +1078,19 @@ def bias_line(data: Mapping) -> str:
             "label loss, which trains the head to over-predict rare labels (logit adjustment).\n")
 
 
+def face_weight_line(data: Mapping) -> str:
+    """The card's account of the face weight, when one was chosen."""
+    chosen = data.get("face_weight")
+    if not chosen:
+        return ""
+    by_weight = "; ".join(f"{w}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items()) for w, r in chosen["validation"].items())
+    return (f"\nFace weight {chosen['weight']}: a turn with a face is labelled by text + {chosen['weight']} x (with faces "
+            "- text), where text is the same turn's label scores without its face (a second pass), so a face moves the "
+            f"labels only that share of the way. Chosen on {chosen['n']} validation turns "
+            f"(`{reproducible(chosen['command'])}`): the best weighted F1 on all views pooled among the weights whose "
+            f"random-face view is within {chosen['tolerance']} of text only; weighted F1 by weight: {by_weight}.\n")
+
+
 def core_line(manifest: Mapping) -> str:
     """For a head on a packaged core: where the frozen core comes from (package, version, file hashes)."""
     component = manifest.get("components", {}).get("core", {})
@@ -1125,7 +1168,7 @@ lr {cfg['lr']}; {selection(metrics, cfg)},
 
 Validation (every utterance, selected epoch): weighted F1 {val['weighted_f1']:.4f}, accuracy {val['accuracy']:.4f},
 n={val['n']}.
-{reselected_line(data)}{bias_line(data)}{card_section(data)}{views_lines(val)}
+{reselected_line(data)}{bias_line(data)}{face_weight_line(data)}{card_section(data)}{views_lines(val)}
 ## Results
 
 {tests or 'None recorded yet: run `python -m training evaluate farcer ... --record NAME`.'}
@@ -1174,9 +1217,18 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON report")
     parser.add_argument("--record", default=None,
                         help="also list the result in the checkpoint (and its card) under this name")
-    parser.add_argument("--choose-label-bias", action="store_true",
+    choose = parser.add_mutually_exclusive_group()
+    choose.add_argument("--choose-label-bias", action="store_true",
                         help="choose the head's prior correction on this validation split (as `train` does after "
                         "training) and write it into the checkpoint folder, then report with it")
+    choose.add_argument("--choose-face-weight", action="store_true",
+                        help="choose how far faces may move a face-reading head's labels from its text-only ones, on "
+                        "this validation split's views (text only, neutral and random-emotion faces from --face-data's "
+                        "validation pool, 60 dialogues of neutral lines) by --face-tolerance, and write it into the "
+                        "checkpoint folder, then report with it")
+    parser.add_argument("--face-tolerance", type=float, default=TrainConfig.face_tolerance,
+                        help="--choose-face-weight keeps the random-face view within this of text only (default "
+                        "%(default)s)")
 
 
 def evaluation_face_encoder(checkpoint: Checkpoint, ref: str | None, store: ModelStore) -> Checkpoint | str:
@@ -1195,7 +1247,7 @@ def evaluation_face_encoder(checkpoint: Checkpoint, ref: str | None, store: Mode
 class EvaluationFaces:
     """Where an evaluation's faces come from, and whether the model reads them."""
 
-    source: str  # "none", "corpus" (the CSV's face column), "label-matched" (--faces) or a PAIRED_VIEWS name
+    source: str  # "none", "corpus" (the CSV's face column), "label-matched" (--faces), "views" or a PAIRED_VIEWS name
     description: str
     used: bool
     note: str | None = None  # why faces that exist are not used
@@ -1207,11 +1259,21 @@ class EvaluationFaces:
 
 
 def evaluation_faces(args: argparse.Namespace, dialogues: Sequence[Dialogue], reads_faces: bool) -> EvaluationFaces:
-    """The faces the flags and the corpus offer (--faces, --paired-faces, --neutral-lines, else the turns' own)."""
-    if (args.paired_faces is not None or args.neutral_lines) and (args.face_corpus is None or args.face_data is None):
-        raise InputError("--paired-faces and --neutral-lines need --face-corpus and --face-data (say fer2013 and its "
-                         "folder)")
+    """The faces the flags and the corpus offer (--choose-face-weight's views, --faces, --paired-faces,
+    --neutral-lines, else the turns' own)."""
+    drawn = args.paired_faces is not None or args.neutral_lines or args.choose_face_weight
+    if drawn and (args.face_corpus is None or args.face_data is None):
+        raise InputError("--paired-faces, --neutral-lines and --choose-face-weight need --face-corpus and --face-data "
+                         "(say fer2013 and its folder)")
     pool = f"{args.face_corpus} faces of the {args.split} pool ({FACE_POOLS[args.split][0]}) from {args.face_data}"
+    if args.choose_face_weight:
+        if args.paired_faces is not None or args.neutral_lines or args.faces is not None:
+            raise InputError("--choose-face-weight draws its own validation views; drop --paired-faces, "
+                             "--neutral-lines and --faces")
+        if not reads_faces:
+            raise InputError("--choose-face-weight weighs the faces of a head trained with them; this head reads none")
+        return EvaluationFaces("views", "validation views: text only; a neutral face, a face of a random emotion "
+                               f"({pool}); 60 dialogues of held-out neutral lines beside such faces", True)
     if args.neutral_lines:
         source, description = "neutral-lines", (
             f"neutral-lines: {args.neutral_lines} dialogues of emotion-neutral lines, each turn beside one of the {pool} "
@@ -1251,26 +1313,28 @@ def turn_faces(
     return paired_faces(dialogues, args.face_data, args.split, encoder, args.seed, PAIRED_VIEWS[faces.source])
 
 
-def rewrite_label_bias(
-    checkpoint: Checkpoint | None, farcer: Farcer, processor: FarcerProcessor, val: Split, shots: Sequence[Example],
-    past: str, args: argparse.Namespace,
-) -> tuple[Checkpoint, list[list[str]]]:
-    """`evaluate --choose-label-bias`: the bias chosen on `val`, written into the checkpoint folder (a new
-    version of it: the config changes), and `val`'s labels with it. Store versions never change, so they
-    are refused."""
+def check_choosable(checkpoint: Checkpoint | None, args: argparse.Namespace, flag: str) -> Checkpoint:
+    """The head folder an `evaluate --choose-...` run may rewrite: a trained head's folder (store versions
+    never change), evaluated on validation data without --calibrate."""
     if checkpoint is None or args.split != "validation" or args.calibrate:
-        raise InputError("--choose-label-bias chooses a trained head's bias on validation data: give --checkpoint "
-                         "and --split validation, without --calibrate")
+        raise InputError(f"{flag} chooses for a trained head on validation data: give --checkpoint and --split "
+                         "validation, without --calibrate")
     if checkpoint.path.name == checkpoint.version:
-        raise InputError(f"{checkpoint.path} is a model-store version, which never changes; train a new version "
-                         "(train chooses the bias itself) or copy the folder and choose on the copy")
-    chosen, predicted = choose_label_bias(farcer, processor, val, shots, past, checkpoint.data["label_counts"])
+        raise InputError(f"{checkpoint.path} is a model-store version, which never changes; copy the folder and "
+                         "choose on the copy")
+    return checkpoint
+
+
+def rewrite_head(checkpoint: Checkpoint, model: Mapping, chosen: Mapping) -> Checkpoint:
+    """Write a setting chosen on validation into the head folder: `model` into its model config and the
+    account of the choice `chosen` into its data. The folder becomes a new version (the config changes);
+    results recorded before were measured with the old setting, so they are dropped."""
     manifest = {k: v for k, v in checkpoint.manifest.items() if k not in ("format", "files", "version")}
-    manifest["config"] = {**checkpoint.config, "model": {**checkpoint.config["model"], "label_bias": chosen["bias"]}}
-    manifest["data"] = {**checkpoint.data, "label_bias": {**chosen, "command": _command("evaluate", args, ("record",))}}
+    manifest["config"] = {**checkpoint.config, "model": {**checkpoint.config["model"], **model}}
+    manifest["data"] = {**checkpoint.data, **chosen}
+    manifest["metrics"] = {**checkpoint.metrics, "results": []}
     write(checkpoint.path, manifest, card=True)
-    print(f"label bias: scale {chosen['scale']} (validation weighted F1 by scale: {chosen['validation']})")
-    return read_checkpoint(checkpoint.path), predicted
+    return read_checkpoint(checkpoint.path)
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -1300,6 +1364,9 @@ def evaluate(args: argparse.Namespace) -> int:
     if not dialogues:
         raise InputError(f"{args.data}: the {args.corpus} corpus has no {args.split!r} dialogues")
     dialogues = dialogues[: args.limit] if args.limit else dialogues
+    for flag, chooses in (("--choose-label-bias", args.choose_label_bias), ("--choose-face-weight", args.choose_face_weight)):
+        if chooses:
+            checkpoint = check_choosable(checkpoint, args, flag)
     faces = evaluation_faces(args, dialogues, checkpoint is not None and trained_with_faces(checkpoint))
     if args.neutral_lines:  # instead of the corpus's dialogues
         dialogues = neutral_line_dialogues(face_pool(args.face_data, processor.labels, args.split), args.neutral_lines,
@@ -1307,11 +1374,21 @@ def evaluate(args: argparse.Namespace) -> int:
     if faces.note:
         print(f"notice: {faces.note}")
     encoder = evaluation_face_encoder(checkpoint, args.face_encoder, store) if faces.used else None
-    data = Split(dialogues, turn_faces(dialogues, faces, args, processor.labels, encoder))
+    data = (validation_views(dialogues, args.face_data, processor.labels, 60, encoder, args.seed)
+            if faces.source == "views" else Split(dialogues, turn_faces(dialogues, faces, args, processor.labels, encoder)))
     pool = shot_pool(split(loaded, "train"), trained["seed"])
     shots = sample_shots(pool, shots_k, args.seed)
+    command = _command("evaluate", args, ("record",))
     if args.choose_label_bias:
-        checkpoint, predicted = rewrite_label_bias(checkpoint, farcer, processor, data, shots, past, args)
+        chosen, predicted = choose_label_bias(farcer, processor, data, shots, past, checkpoint.data["label_counts"])
+        checkpoint = rewrite_head(checkpoint, {"label_bias": chosen["bias"]},
+                                  {"label_bias": {**chosen, "command": command}})
+        print(f"label bias: scale {chosen['scale']} (validation weighted F1 by scale: {chosen['validation']})")
+    elif args.choose_face_weight:
+        chosen, predicted = choose_face_weight(farcer, processor, data, shots, past, args.face_tolerance)
+        checkpoint = rewrite_head(checkpoint, {"face_weight": chosen["weight"]},
+                                  {"face_weight": {**chosen, "command": command}})
+        print(f"face weight: {chosen['weight']} (validation by weight: {chosen['validation']})")
     else:
         if args.calibrate:  # dividing out the content-free prior is one more label bias
             base = torch.tensor(farcer.config.label_bias or [0.0] * farcer.n_labels)
@@ -1323,7 +1400,7 @@ def evaluate(args: argparse.Namespace) -> int:
         **faces.report(), protocol=args.protocol,
         checkpoint=str(checkpoint.path) if checkpoint else f"untrained core {args.core}",
         version=checkpoint.version if checkpoint else None,
-        command=_command("evaluate", args, ("record",)),
+        command=command,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
