@@ -324,7 +324,8 @@ def test_the_face_slot_trains_alone_on_a_text_head_whose_text_labels_stay(traine
     assert set(views) == {"text", "neutral", "random", "neutral-lines"} and views["neutral-lines"]["n"] == 60 * 6
     card = (face_head / "MODEL_CARD.md").read_text()
     assert "neutral with chance 0.3" in card and "Only the projector trained" in card and "- `neutral-lines`" in card
-    assert "random-face view is within 0.03 of text only" in card
+    assert "random-face view is within 0.03 of text only" in card and "among the steps whose random-face view" in card
+    assert set(after.metrics["curve"][-1]["val_views"]) == set(views)
 
     def evaluate(head: Path, *extra: str) -> dict:
         out = tmp_path / f"{head.name}{len(extra)}.json"

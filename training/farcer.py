@@ -714,6 +714,8 @@ def fit(
         n = max(sums["n"], 1)
         row = {"epoch": state.epoch, "steps": state.step, **{f"train_{k}_loss": sums[k] / n for k in sums if k != "n"},
                "val_weighted_f1": report["weighted_f1"], "val_accuracy": report["accuracy"],
+               **({"val_views": {k: round(v["weighted_f1"], 4) for k, v in report["views"].items()}}
+                  if "views" in report else {}),
                **({"label_bias_scale": prior["scale"]} if chooses_bias else {}),
                "val_predicted": {label: predicted_counts[label] for label in processor.labels},
                "minutes": round(spent() / 60, 1), "val_seconds": round(time.time() - t, 1)}
@@ -1050,8 +1052,12 @@ def selection(metrics: Mapping, cfg: Mapping) -> str:
                 f"{len(metrics['curve'])}")
     lora = (f"LoRA r{cfg['lora_r']}/a{cfg['lora_alpha']} on {','.join(cfg['lora_targets'])}; "
             if cfg["variant"] == "lora" else "")
+    rule = "weighted F1 only"
+    if "face_tolerance" in cfg and "random" in metrics.get("val", {}).get("views", {}):
+        rule = (f"weighted F1 on all views pooled, among the steps whose random-face view is within "
+                f"{cfg['face_tolerance']} of text only if any is")
     return (f"{lora}{cfg['accumulate']} batch(es) per step{', bf16 autocast' if cfg['bf16'] else ''}; weights "
-            f"selected on validation weighted F1 only: step {metrics['best_step']} of {metrics['curve'][-1]['steps']} "
+            f"selected on validation {rule}: step {metrics['best_step']} of {metrics['curve'][-1]['steps']} "
             f"(validated {len(metrics['curve'])} times)")
 
 
