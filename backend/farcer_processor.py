@@ -359,6 +359,11 @@ class DialogueLabels:
         return self.logprobs.softmax(-1)
 
 
+def face_weighted(text: Any, with_faces: Any, weight: float) -> Any:
+    """Label scores (tensors or arrays) a face moves only a share `weight` of the way from text-only ones."""
+    return text + weight * (with_faces - text)
+
+
 class FarcerProcessor:
     """A tokenizer, its chat format and a label set: segments -> `Tokens`, and the label candidates
     (each label's tokens + the end of turn) that a `Farcer` is built with."""
@@ -534,7 +539,7 @@ class FarcerProcessor:
         if weight == 1.0 or faces is None or all(face is None for face in faces):
             return with_faces
         text = self._labels(lambda: score(self.dialogue_turns(turns, None, past_labels)))
-        logprobs = text.logprobs + weight * (with_faces.logprobs - text.logprobs)
+        logprobs = face_weighted(text.logprobs, with_faces.logprobs, weight)
         return DialogueLabels(logprobs, [self.labels[int(j)] for j in logprobs.argmax(-1)], with_faces.warning,
                               with_faces.starts)
 

@@ -67,7 +67,14 @@ from backend.farcer_predictor import (
     trained_with_faces,
 )
 from backend.hub_components import hub_component
-from backend.farcer_processor import SHOT_COUNTS, Example, FarcerProcessor, sample_shots, training_prompts
+from backend.farcer_processor import (
+    SHOT_COUNTS,
+    Example,
+    FarcerProcessor,
+    face_weighted,
+    sample_shots,
+    training_prompts,
+)
 from backend.model_store import ModelStore, open_model_store
 from backend.packaged import PACKAGED, packaged_for
 from backend.settings import get_settings
@@ -457,7 +464,7 @@ def choose_face_weight(
         farcer, processor, Split(unique, [[None] * len(d) for d in unique]), shots, past_labels)))
     results = {}
     for weight in FACE_WEIGHTS:
-        predicted = [[processor.labels[int(j)] for j in (text_only[id(d)] + weight * (f - text_only[id(d)])).argmax(-1)]
+        predicted = [[processor.labels[int(j)] for j in face_weighted(text_only[id(d)], f, weight).argmax(-1)]
                      for d, f in zip(val.dialogues, with_faces)]
         results[weight] = (reports(val, predicted, processor.labels), predicted)
     best = max(FACE_WEIGHTS, key=lambda w: (selection_key(results[w][0], tolerance), w))  # ties: the larger
