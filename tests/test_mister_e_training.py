@@ -169,12 +169,14 @@ def test_stages_run_apart_into_one_folder(tmp_path):
     train(data, out, tmp_path / "cache", "--stage", "1")
     assert not (out / "manifest.json").exists()  # not a MiSTER-E checkpoint yet
     encoders = {m: read_checkpoint(out / m) for m in ("text", "speech")}
-    train(data, out, tmp_path / "cache", "--stage", "2")
+    train(data, out, tmp_path / "cache", "--stage", "2", "--lr", "0.01", "--lr-schedule", "cosine")
     ckpt = read_checkpoint(out)
     assert {m: ckpt.nested(m).version for m in encoders} == {m: e.version for m, e in encoders.items()}
     assert "--stage 1" in ckpt.data["stage1_command"] and "--stage 2" in ckpt.data["command"]
+    # the optimizer's lr, read back after each epoch was set: 0.01 * (1 + cos(pi * epoch / 2)) / 2
+    assert [row["lr"] for row in ckpt.metrics["history"]] == pytest.approx([0.01, 0.005])
     card = (out / "MODEL_CARD.md").read_text()
-    assert card.count("--out NEW_FOLDER") == 2
+    assert card.count("--out NEW_FOLDER") == 2 and "AdamW lr 0.01\n(cosine)" in card
     # stage 1 into a folder holding one encoder trains only the missing one
     again = tmp_path / "again"
     again.mkdir()
@@ -182,6 +184,13 @@ def test_stages_run_apart_into_one_folder(tmp_path):
     train(data, again, tmp_path / "cache", "--stage", "1")
     assert read_checkpoint(again / "text").version == encoders["text"].version
     assert read_checkpoint(again / "speech").data["n_train"] == encoders["speech"].data["n_train"]
+    # stage 2 on encoders of two runs: the card gives each encoder's own command, then stage 2's
+    train(data, again, tmp_path / "cache", "--stage", "2")
+    assert read_checkpoint(again).data["stage1_command"] is None
+    card = (again / "MODEL_CARD.md").read_text()
+    commands = card.split("```")[1]
+    text_at, speech_at, stage2_at = (commands.index(s) for s in ("# the text", "# the speech", "# stage 2 on them"))
+    assert text_at < speech_at < stage2_at and commands.count("--stage 1") == 2 and commands.count("--stage 2") == 1
 
 
 def test_train_without_out_adds_a_version_to_the_model_store(tmp_path, data_dir):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -91,6 +92,9 @@ class Stage2Config:
     epochs: int = 40
     batch_size: int = 8
     lr: float = 5e-4
+    # "cosine" anneals the lr from `lr` towards 0 over the epochs (set once per epoch, see `epoch_lr`);
+    # "constant" keeps it (the checkpoints trained before the option existed)
+    lr_schedule: str = "constant"
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     speech_drop_turn: float = 0.2  # teach the gate to cope with missing speech
@@ -337,6 +341,18 @@ def make_optimizer(model: MisterE, cfg: Stage2Config) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def epoch_lr(cfg: Stage2Config, epoch: int) -> float:
+    """The learning rate of 0-based `epoch`. Cosine: lr * (1 + cos(pi * epoch / epochs)) / 2, so the
+    first epoch trains at `lr` and the last at a small share of it (1.7% of it over 12 epochs), as
+    torch's CosineAnnealingLR with T_max=epochs stepped once per epoch."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
+
+
 def fit_stage2(
     model: MisterE,
     train_epoch: Callable[[np.random.Generator], list[Stage2Dialogue]],
@@ -355,6 +371,8 @@ def fit_stage2(
     bar = tqdm(range(cfg.epochs), desc="mister-e stage 2", disable=not accelerator.is_main_process)
     for epoch in bar:
         started = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = epoch_lr(cfg, epoch)
         # every process draws the same epoch (same seed), then trains on its share of each batch
         loss = train_one_epoch(trained, optimizer, train_epoch(rng), cfg, rng, accelerator)
         train_seconds = time.perf_counter() - started
@@ -363,6 +381,7 @@ def fit_stage2(
         history.append(
             {
                 "epoch": epoch + 1,
+                "lr": optimizer.param_groups[0]["lr"],
                 "train_loss": loss,
                 "train_seconds": round(train_seconds, 2),
                 "val_weighted_f1": {k: round(r["weighted_f1"], 4) for k, r in reports.items()},
@@ -455,6 +474,12 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=d.epochs, help="stage-2 epochs")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="stage-2 dialogues per batch")
     parser.add_argument("--lr", type=float, default=d.lr, help="stage-2 learning rate")
+    parser.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default=d.lr_schedule,
+        help="stage-2 learning rate over the epochs: constant, or cosine (from --lr towards 0)",
+    )
     parser.add_argument("--speech-drop-turn", type=float, default=d.speech_drop_turn)
     parser.add_argument("--speech-drop-dialogue", type=float, default=d.speech_drop_dialogue)
     parser.add_argument(
@@ -739,6 +764,7 @@ def _train_stage2(folder: Path, args: argparse.Namespace, plan: _Plan, command: 
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
         seed=args.seed,
         speech_drop_turn=args.speech_drop_turn,
         speech_drop_dialogue=args.speech_drop_dialogue,
@@ -1069,8 +1095,13 @@ def model_card(checkpoint: Checkpoint) -> str:
         for m, s in metrics["stage1"].items()
     )
     commands = [recorded["command"]]
-    if recorded["stage1_command"] != recorded["command"]:
-        commands.insert(0, recorded["stage1_command"] or "(stage 1 from an earlier run)")
+    if recorded["stage1_command"] is None:  # encoders of different runs: each one's own command
+        commands[:0] = [
+            f"# the {m} encoder:\n{checkpoint.nested(m).data.get('command') or '(not recorded)'}" for m in modalities
+        ]
+        commands.insert(len(modalities), "# stage 2 on them (its stage-1 options unused):")
+    elif recorded["stage1_command"] != recorded["command"]:
+        commands.insert(0, recorded["stage1_command"])
     pairs = ""
     aligned = (
         f"\nReal aligned pairs too: every {data.get('speech_corpus')} train clip is also read with its own words "
@@ -1149,8 +1180,8 @@ Stage 1:
 {stage1}
 
 Stage 2: focal loss on the mixed and each expert's logits, supervised contrastive loss between the
-cross-modal streams and symmetric KL between experts, all masked; AdamW lr {train_cfg["lr"]},
-{train_cfg["epochs"]} epochs, {metrics["train_minutes"]} min on CPU. The epoch was chosen on the
+cross-modal streams and symmetric KL between experts, all masked; AdamW lr {train_cfg["lr"]}
+({train_cfg.get("lr_schedule", "constant")}), {train_cfg["epochs"]} epochs, {metrics["train_minutes"]} min on CPU. The epoch was chosen on the
 mean validation weighted F1 of the views below except `paired` (validation only, never test): epoch
 {metrics["best_epoch"]}.
 
