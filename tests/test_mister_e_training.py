@@ -25,7 +25,14 @@ from models.mister_e import MisterEConfig
 from tests.fixtures_iemocap import kept_per_dialogue, make_iemocap_fixture
 from training.__main__ import main
 from training.metrics import REPORT_KEYS
-from training.mister_e import _Plan, _speech_train, model_card, preset_name, stage2_speakers
+from training.mister_e import (
+    _Plan,
+    _speech_train,
+    held_dialogues,
+    model_card,
+    preset_name,
+    stage2_speakers,
+)
 from training.pseudo_pairs import PairMix, SpeechBank, Stage2Dialogue, drop_modalities, drop_speech
 
 SR = 16_000
@@ -294,6 +301,26 @@ def test_stage2_reads_only_speakers_the_speech_expert_never_trained_on(tmp_path)
     assert "Out of fold: the speech expert never trained on 2" in (out / "MODEL_CARD.md").read_text()
     with pytest.raises(InputError, match="give --speech-corpus"):
         run("train", "mister-e", "--corpus", "csv", "--data", text_data, "--stage2-speakers", "2")
+
+
+def test_held_dialogues_are_an_evenly_spaced_share():
+    dialogues = [Dialogue(f"d{i:02d}") for i in range(10)]
+    assert held_dialogues(dialogues, 0.3) == {"d03", "d06", "d09"}
+    with pytest.raises(InputError, match="holds 0 of 3 train dialogues out"):
+        held_dialogues(dialogues[:3], 0.2)
+
+
+def test_stage2_reads_only_dialogues_the_text_encoder_never_trained_on(tmp_path):
+    data = write_csv_corpus(tmp_path / "corpus", audio=False, dialogues={"train": 4, "validation": 1})
+    out = tmp_path / "ckpt"
+    train(data, out, tmp_path / "cache", "--stage2-text-share", "0.5")
+    ckpt = read_checkpoint(out)
+    # train0..train3, 4 turns each: the text encoder reads train0 and train2, stage 2 train1 and train3
+    assert ckpt.nested("text").data["n_train"] == 8 and ckpt.data["data"]["train_turns"] == 8
+    assert ckpt.data["data"]["stage2_text_dialogues"] == 2 and ckpt.data["train"]["stage2_text_share"] == 0.5
+    assert "Out of fold (text): the text encoder never trained on 2 of the train" in (out / "MODEL_CARD.md").read_text()
+    with pytest.raises(InputError, match=r"must be in \[0, 1\)"):
+        run("train", "mister-e", "--corpus", "csv", "--data", data, "--stage2-text-share", "1")
 
 
 def test_evaluation_views_pair_each_turn_with_the_speech_they_name(tmp_path, monkeypatch):

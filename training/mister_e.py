@@ -105,6 +105,9 @@ class Stage2Config:
     # speech-corpus train speakers held out of the speech expert's training, whose clips alone stage 2
     # pairs and reads (`stage2_speakers`); 0: stage 2 reads every train clip
     stage2_speakers: int = 0
+    # share of the main corpus's train dialogues held out of the text encoder's training, which alone
+    # stage 2 reads (`held_dialogues`); 0: both stages read every train dialogue
+    stage2_text_share: float = 0.0
     seed: int = 0
 
 
@@ -460,6 +463,14 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         "pairs and reads only their clips (out-of-fold, so the gate never sees the expert on clips it memorised). "
         "Stage 1 and stage 2 must be given the same number",
     )
+    parser.add_argument(
+        "--stage2-text-share",
+        type=float,
+        default=d.stage2_text_share,
+        help="hold this share of the main corpus's train dialogues out of the text encoder's training; stage 2 "
+        "reads only them (out-of-fold text, so the gate never sees the text expert on lines it memorised). "
+        "Stage 1 and stage 2 must be given the same share",
+    )
     parser.add_argument("--modalities", type=_modalities_arg, default=None, help="e.g. text or text,speech")
     parser.add_argument(
         "--out",
@@ -539,6 +550,8 @@ def _check_train_args(args: argparse.Namespace) -> None:
         raise InputError("--stage2-speakers holds speakers of the speech corpus out of stage 1; give --speech-corpus")
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         raise InputError("--epochs and --batch-size must be at least 1 and --lr positive")
+    if not 0 <= args.stage2_text_share < 1:
+        raise InputError(f"--stage2-text-share must be in [0, 1), got {args.stage2_text_share}")
     for name in ("speech_drop_turn", "speech_drop_dialogue"):
         if not 0 <= getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be in [0, 1)")
@@ -607,6 +620,28 @@ def stage2_speakers(dialogues: list[Dialogue], k: int) -> frozenset[str]:
     return frozenset(speakers[i * len(speakers) // k] for i in range(k))
 
 
+def held_dialogues(dialogues: list[Dialogue], share: float) -> frozenset[str]:
+    """The ids of a `share` of `dialogues` that the text encoder never trains on and stage 2 alone reads
+    (out-of-fold text, as `stage2_speakers` for speech): evenly spaced in sorted id order, one dialogue
+    wherever floor((i + 1) * share) steps up, so floor(n * share) of them."""
+    ids = sorted(d.id for d in dialogues)
+    held = frozenset(ids[i] for i in range(len(ids)) if int((i + 1) * share) > int(i * share))
+    if not held or len(held) == len(ids):
+        raise InputError(f"--stage2-text-share {share:g} holds {len(held)} of {len(ids)} train dialogues out; "
+                         "both stages need some")
+    return held
+
+
+def _main_train(plan: _Plan, args: argparse.Namespace, stage: int) -> list[Dialogue]:
+    """The main corpus's train dialogues that stage `stage` reads: with --stage2-text-share, the text
+    encoder those outside the held-out share and stage 2 the held-out ones only; else both read all."""
+    train = split(plan.primary, "train")
+    if not args.stage2_text_share:
+        return train
+    held = held_dialogues(train, args.stage2_text_share)
+    return [d for d in train if (d.id in held) == (stage == 2)]
+
+
 def _speech_train(plan: _Plan, args: argparse.Namespace, stage: int) -> list[Dialogue]:
     """The speech corpus's train dialogues that stage `stage` reads: with --stage2-speakers, stage 1 those
     without a held-out speaker and stage 2 those with held-out speakers only; else both read all."""
@@ -627,7 +662,7 @@ def _train_stage1(folder: Path, args: argparse.Namespace, plan: _Plan, command: 
                          "training never overwrites one. Give a new --out folder")
     if "text" in plan.modalities and not (folder / "text" / MANIFEST).is_file():
         train_text_encoder(
-            split(plan.primary, "train") + plan.extra("train"),
+            _main_train(plan, args, 1) + plan.extra("train"),
             split(plan.primary, "validation") + plan.extra("validation"),
             plan.labels,
             backbone=args.text_backbone,
@@ -720,7 +755,7 @@ def _stage2_data(
 
     own_speech = speech if plan.speech_corpus is None else None
     data = _Stage2Data(
-        build(split(plan.primary, "train"), text, own_speech),
+        build(_main_train(plan, args, 2), text, own_speech),
         [],
         None,
         {"main": build(split(plan.primary, "validation"), text, own_speech)},
@@ -770,6 +805,7 @@ def _train_stage2(folder: Path, args: argparse.Namespace, plan: _Plan, command: 
         speech_drop_dialogue=args.speech_drop_dialogue,
         pair_mix=args.pair_mix,
         stage2_speakers=args.stage2_speakers,
+        stage2_text_share=args.stage2_text_share,
     )
     mix, neutral = PairMix(*cfg.pair_mix), neutral_id(plan.labels)
     if data.bank is not None and mix.neutral and neutral is None:
@@ -888,6 +924,8 @@ def _data_summary(args: argparse.Namespace, plan: _Plan, data: _Stage2Data) -> d
             held = _speech_train(plan, args, 2)
             summary.update(stage2_speakers=sorted({t.speaker for d in held for t in d.turns}),
                            stage2_clips=sum(len(d.turns) for d in held))
+    if args.stage2_text_share:
+        summary["stage2_text_dialogues"] = len(data.main_train)
     if plan.corrections is not None:
         summary["corrections"] = plan.corrections.card_data()
     return summary
@@ -1116,6 +1154,12 @@ def model_card(checkpoint: Checkpoint) -> str:
         "not memorised, as in the app."
         if data.get("stage2_speakers") else ""
     )
+    text_held = (
+        f"\nOut of fold (text): the text encoder never trained on {data['stage2_text_dialogues']} of the train "
+        f"dialogues (a share {train_cfg['stage2_text_share']:g}, evenly spaced by id), and stage 2 reads only them, "
+        "so the gate learns how the text expert does on lines it has not memorised, as in the app."
+        if data.get("stage2_text_dialogues") else ""
+    )
     if "speech_corpus" in data:
         matched, neutral, random = train_cfg.get("pair_mix", (1.0, 0.0, 0.0))
         mixture = (
@@ -1165,7 +1209,7 @@ renormalised.
 
 {"; ".join(LICENCES[c] for c in corpora)}.
 Main corpus `{data["corpus"]}` at `{data["root"]}`: {data["dialogues"]["train"]} train /
-{data["dialogues"]["validation"]} validation dialogues ({data["train_turns"]} train turns).
+{data["dialogues"]["validation"]} validation dialogues ({data["train_turns"]} train turns in stage 2).{text_held}
 {card_section(data)}{pairs}
 ## Training
 
