@@ -467,9 +467,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         "--stage2-text-share",
         type=float,
         default=d.stage2_text_share,
-        help="hold this share of the main corpus's train dialogues out of the text encoder's training; stage 2 "
-        "reads only them (out-of-fold text, so the gate never sees the text expert on lines it memorised). "
-        "Stage 1 and stage 2 must be given the same share",
+        help="hold this share of the main corpus's train dialogues out of the text encoder's training; "
+        "stage 2 reads only them (out-of-fold text, so the gate never sees the text expert on lines it "
+        "memorised). Stage 1 and stage 2 must be given the same share",
     )
     parser.add_argument("--modalities", type=_modalities_arg, default=None, help="e.g. text or text,speech")
     parser.add_argument(
@@ -627,8 +627,8 @@ def held_dialogues(dialogues: list[Dialogue], share: float) -> frozenset[str]:
     ids = sorted(d.id for d in dialogues)
     held = frozenset(ids[i] for i in range(len(ids)) if int((i + 1) * share) > int(i * share))
     if not held or len(held) == len(ids):
-        raise InputError(f"--stage2-text-share {share:g} holds {len(held)} of {len(ids)} train dialogues out; "
-                         "both stages need some")
+        raise InputError(f"--stage2-text-share {share:g} holds {len(held)} of {len(ids)} train dialogues "
+                         "out; both stages need some")
     return held
 
 
@@ -1135,7 +1135,8 @@ def model_card(checkpoint: Checkpoint) -> str:
     commands = [recorded["command"]]
     if recorded["stage1_command"] is None:  # encoders of different runs: each one's own command
         commands[:0] = [
-            f"# the {m} encoder:\n{checkpoint.nested(m).data.get('command') or '(not recorded)'}" for m in modalities
+            f"# the {m} encoder:\n{checkpoint.nested(m).data.get('command') or '(not recorded)'}"
+            for m in modalities
         ]
         commands.insert(len(modalities), "# stage 2 on them (its stage-1 options unused):")
     elif recorded["stage1_command"] != recorded["command"]:
@@ -1155,9 +1156,9 @@ def model_card(checkpoint: Checkpoint) -> str:
         if data.get("stage2_speakers") else ""
     )
     text_held = (
-        f"\nOut of fold (text): the text encoder never trained on {data['stage2_text_dialogues']} of the train "
-        f"dialogues (a share {train_cfg['stage2_text_share']:g}, evenly spaced by id), and stage 2 reads only them, "
-        "so the gate learns how the text expert does on lines it has not memorised, as in the app."
+        f"\nOut of fold (text): the text encoder never trained on {data['stage2_text_dialogues']} of the "
+        f"train dialogues (a share {train_cfg['stage2_text_share']:g}, evenly spaced by id), and stage 2 reads "
+        "only them, so the gate learns how the text expert does on lines it has not memorised, as in the app."
         if data.get("stage2_text_dialogues") else ""
     )
     if "speech_corpus" in data:
@@ -1209,7 +1210,8 @@ renormalised.
 
 {"; ".join(LICENCES[c] for c in corpora)}.
 Main corpus `{data["corpus"]}` at `{data["root"]}`: {data["dialogues"]["train"]} train /
-{data["dialogues"]["validation"]} validation dialogues ({data["train_turns"]} train turns in stage 2).{text_held}
+{data["dialogues"]["validation"]} validation dialogues ({data["train_turns"]} train turns in stage 2).\
+{text_held}
 {card_section(data)}{pairs}
 ## Training
 
@@ -1225,7 +1227,8 @@ Stage 1:
 
 Stage 2: focal loss on the mixed and each expert's logits, supervised contrastive loss between the
 cross-modal streams and symmetric KL between experts, all masked; AdamW lr {train_cfg["lr"]}
-({train_cfg.get("lr_schedule", "constant")}), {train_cfg["epochs"]} epochs, {metrics["train_minutes"]} min on CPU. The epoch was chosen on the
+({train_cfg.get("lr_schedule", "constant")}), {train_cfg["epochs"]} epochs, {metrics["train_minutes"]} min \
+on CPU. The epoch was chosen on the
 mean validation weighted F1 of the views below except `paired` (validation only, never test): epoch
 {metrics["best_epoch"]}.
 
