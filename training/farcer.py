@@ -728,7 +728,8 @@ def fit(
                "minutes": round(spent() / 60, 1), "val_seconds": round(time.time() - t, 1)}
         sums.clear()
         state.curve.append(row)
-        improved = "step" not in state.best or selection_key(report, cfg.face_tolerance) > selection_key(state.best, cfg.face_tolerance)
+        improved = "step" not in state.best or (
+            selection_key(report, cfg.face_tolerance) > selection_key(state.best, cfg.face_tolerance))
         if improved:
             state.best = {**report, "epoch": state.epoch, "step": state.step}
             on_best(report, state.epoch)
@@ -1096,10 +1097,11 @@ def face_weight_line(data: Mapping) -> str:
     chosen = data.get("face_weight")
     if not chosen:
         return ""
-    by_weight = "; ".join(f"{w}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items()) for w, r in chosen["validation"].items())
-    return (f"\nFace weight {chosen['weight']}: a turn with a face is labelled by text + {chosen['weight']} x (with faces "
-            "- text), where text is the same turn's label scores without its face (a second pass), so a face moves the "
-            f"labels only that share of the way. Chosen on {chosen['n']} validation turns "
+    by_weight = "; ".join(f"{w}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items())
+                          for w, r in chosen["validation"].items())
+    return (f"\nFace weight {chosen['weight']}: a turn with a face is labelled by text + {chosen['weight']} x "
+            "(with faces - text), where text is the same turn's label scores without its face (a second pass), so "
+            f"a face moves the labels only that share of the way. Chosen on {chosen['n']} validation turns "
             f"(`{reproducible(chosen['command'])}`): the best weighted F1 on all views pooled among the weights whose "
             f"random-face view is within {chosen['tolerance']} of text only; weighted F1 by weight: {by_weight}.\n")
 
@@ -1377,9 +1379,9 @@ def evaluate(args: argparse.Namespace) -> int:
     if not dialogues:
         raise InputError(f"{args.data}: the {args.corpus} corpus has no {args.split!r} dialogues")
     dialogues = dialogues[: args.limit] if args.limit else dialogues
-    for flag, chooses in (("--choose-label-bias", args.choose_label_bias), ("--choose-face-weight", args.choose_face_weight)):
-        if chooses:
-            checkpoint = check_choosable(checkpoint, args, flag)
+    if args.choose_label_bias or args.choose_face_weight:  # one at most: they are mutually exclusive
+        flag = "--choose-label-bias" if args.choose_label_bias else "--choose-face-weight"
+        checkpoint = check_choosable(checkpoint, args, flag)
     faces = evaluation_faces(args, dialogues, checkpoint is not None and trained_with_faces(checkpoint))
     if args.neutral_lines:  # instead of the corpus's dialogues
         dialogues = neutral_line_dialogues(face_pool(args.face_data, processor.labels, args.split), args.neutral_lines,
@@ -1387,8 +1389,10 @@ def evaluate(args: argparse.Namespace) -> int:
     if faces.note:
         print(f"notice: {faces.note}")
     encoder = evaluation_face_encoder(checkpoint, args.face_encoder, store) if faces.used else None
-    data = (validation_views(dialogues, args.face_data, processor.labels, 60, encoder, args.seed)
-            if faces.source == "views" else Split(dialogues, turn_faces(dialogues, faces, args, processor.labels, encoder)))
+    if faces.source == "views":
+        data = validation_views(dialogues, args.face_data, processor.labels, 60, encoder, args.seed)
+    else:
+        data = Split(dialogues, turn_faces(dialogues, faces, args, processor.labels, encoder))
     pool = shot_pool(split(loaded, "train"), trained["seed"])
     shots = sample_shots(pool, shots_k, args.seed)
     command = _command("evaluate", args, ("record",))

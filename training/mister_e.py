@@ -1132,15 +1132,12 @@ def model_card(checkpoint: Checkpoint) -> str:
         f"{s['epochs']}, {s['n_train']} train / {s['n_val']} validation utterances, {s['minutes']} min)"
         for m, s in metrics["stage1"].items()
     )
-    commands = [recorded["command"]]
     if recorded["stage1_command"] is None:  # encoders of different runs: each one's own command
-        commands[:0] = [
-            f"# the {m} encoder:\n{checkpoint.nested(m).data.get('command') or '(not recorded)'}"
-            for m in modalities
-        ]
-        commands.insert(len(modalities), "# stage 2 on them (its stage-1 options unused):")
-    elif recorded["stage1_command"] != recorded["command"]:
-        commands.insert(0, recorded["stage1_command"])
+        before = [f"# the {m} encoder:\n{checkpoint.nested(m).data.get('command') or '(not recorded)'}"
+                  for m in modalities] + ["# stage 2 on them (its stage-1 options unused):"]
+    else:
+        before = [recorded["stage1_command"]] if recorded["stage1_command"] != recorded["command"] else []
+    commands = [*before, recorded["command"]]
     pairs = ""
     aligned = (
         f"\nReal aligned pairs too: every {data.get('speech_corpus')} train clip is also read with its own words "
